@@ -1,0 +1,359 @@
+"""Analysis spec v1: the YAML a central data scientist writes, as validated pydantic models.
+
+Structure is checked here, once and completely. Meaning against a node's data (columns,
+types, policy, budget) is checked by the node before anything runs (`analyses.catalog`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+from collections.abc import Sequence
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from analyses.keysets import load_keyset
+from privacy.budget import Rho, rho_from_epsilon_delta
+from privacy.unit import MAX_ROWS_LIMIT, PrivacyUnit
+
+__all__ = [
+    "MAX_CELLS_PER_STEP",
+    "SPEC_MAJOR_VERSIONS",
+    "AnalysisSpec",
+    "CountStep",
+    "DisclosureSpec",
+    "HistogramStep",
+    "KeySpec",
+    "MeanStep",
+    "PrivacySpec",
+    "QuantileStep",
+    "Step",
+    "SumStep",
+    "UnitSpec",
+]
+
+#: Spec major versions this code reads; anything else is refused with this list.
+SPEC_MAJOR_VERSIONS = (1,)
+#: A step may not release more cells than this: each cell is a noisy number to compute and ship.
+MAX_CELLS_PER_STEP = 200_000
+#: Largest budget one analysis may ask for; beyond it, DP offers next to no protection.
+MAX_RHO = 10.0
+
+DERIVED_KEYS: dict[str, tuple[str, ...]] = {
+    "hour": tuple(f"{h:02d}" for h in range(24)),
+    "weekday": ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"),
+    "month": tuple(f"{m:02d}" for m in range(1, 13)),
+}
+
+KeyValue = str | int
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KeySpec(_Model):
+    """One grouping column and its public keys: listed, a shipped key set, or derived buckets."""
+
+    column: str = Field(min_length=1)
+    values: tuple[KeyValue, ...] | None = None
+    keyset: str | None = None
+    derive: Literal["hour", "weekday", "month", "band"] | None = None
+    edges: tuple[float, ...] | None = None
+    name: str | None = Field(default=None, description="output column name")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> KeySpec:
+        sources = [s for s in (self.values, self.keyset, self.derive) if s is not None]
+        if len(sources) != 1:
+            raise ValueError(
+                "give exactly one of 'values' (a published list), 'keyset' (a shipped key set) "
+                "or 'derive' (hour, weekday, month, band)"
+            )
+        if self.values is not None:
+            if not self.values:
+                raise ValueError("'values' must list at least one key")
+            if len(set(self.values)) != len(self.values):
+                raise ValueError("'values' has duplicate keys")
+        if self.derive == "band":
+            if self.edges is None or len(self.edges) < 2:
+                raise ValueError("derive: band needs 'edges' with at least two numbers")
+            if any(b <= a for a, b in itertools.pairwise(self.edges)):
+                raise ValueError("'edges' must increase strictly")
+            if not all(math.isfinite(e) for e in self.edges):
+                raise ValueError("'edges' must be finite numbers")
+        elif self.edges is not None:
+            raise ValueError("'edges' is only for derive: band")
+        if self.keyset is not None:
+            load_keyset(self.keyset)
+        return self
+
+    @property
+    def output(self) -> str:
+        """Name of the key column in result tables."""
+        if self.name:
+            return self.name
+        return f"{self.column}_{self.derive}" if self.derive else self.column
+
+    def keys(self) -> tuple[KeyValue, ...]:
+        """The public keys, in the canonical order every node and the coordinator use."""
+        if self.values is not None:
+            return self.values
+        if self.keyset is not None:
+            return load_keyset(self.keyset)
+        if self.derive == "band":
+            return band_labels(self.edges or ())
+        return DERIVED_KEYS[self.derive or ""]
+
+
+def band_labels(edges: Sequence[float]) -> tuple[str, ...]:
+    """`[0, 18, 65]` -> `("0-18", "18-65")`: half-open intervals [low, high)."""
+    return tuple(f"{_fmt(a)}-{_fmt(b)}" for a, b in itertools.pairwise(edges))
+
+
+def _fmt(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+class UnitSpec(_Model):
+    """Who is protected: one identifier, at most `max_rows` rows each (enforced by truncation)."""
+
+    identifier: str = Field(min_length=1)
+    max_rows: int = Field(ge=1, le=MAX_ROWS_LIMIT)
+
+    def to_unit(self) -> PrivacyUnit:
+        return PrivacyUnit(self.identifier, self.max_rows)
+
+
+class _StepBase(_Model):
+    id: str = Field(min_length=1, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    by: tuple[KeySpec, ...] = ()
+    dataset: str | None = Field(default=None, description="overrides the analysis dataset")
+    weight: float = Field(default=1.0, gt=0, le=1000, description="share of the budget")
+    unit: UnitSpec | None = Field(default=None, description="overrides the analysis privacy unit")
+
+    def key_columns(self) -> tuple[str, ...]:
+        return tuple(k.output for k in self.by)
+
+    def groups(self) -> int:
+        """Number of cells of the `by` keys alone."""
+        return math.prod(len(k.keys()) for k in self.by)
+
+    def cells(self) -> int:
+        """Number of values each measurement of this step releases."""
+        return self.groups()
+
+    def measurements(self) -> tuple[str, ...]:
+        raise NotImplementedError
+
+
+class _Bounded(_StepBase):
+    column: str = Field(min_length=1)
+    bounds: tuple[float, float]
+    precision: float = Field(default=1.0, gt=0, description="values are summed in units of this")
+
+    @field_validator("bounds", mode="before")
+    @classmethod
+    def _bounds_present(cls, value: object) -> object:
+        if value is None:
+            raise ValueError("numeric steps need bounds: [lower, upper]")
+        return value
+
+    @model_validator(mode="after")
+    def _bounds_order(self) -> _Bounded:
+        low, high = self.bounds
+        if not (math.isfinite(low) and math.isfinite(high)):
+            raise ValueError("bounds must be finite numbers")
+        if low >= high:
+            raise ValueError(f"bounds must be [lower, upper] with lower < upper, got {list(self.bounds)}")
+        if max(abs(low), abs(high)) / self.precision > 1e12:
+            raise ValueError("bounds / precision exceeds 1e12: widen precision or narrow bounds")
+        return self
+
+
+class CountStep(_StepBase):
+    """Noisy number of rows in each cell."""
+
+    kind: Literal["count"]
+
+    def measurements(self) -> tuple[str, ...]:
+        return ("count",)
+
+
+class SumStep(_Bounded):
+    """Noisy sum of a bounded numeric column in each cell."""
+
+    kind: Literal["sum"]
+
+    def measurements(self) -> tuple[str, ...]:
+        return ("sum",)
+
+
+class MeanStep(_Bounded):
+    """Noisy mean: a noisy sum over a noisy count of rows with a value."""
+
+    kind: Literal["mean"]
+
+    def measurements(self) -> tuple[str, ...]:
+        return ("sum", "count")
+
+
+class HistogramStep(_StepBase):
+    """Noisy counts of a numeric column in bins, optionally crossed with group keys."""
+
+    kind: Literal["histogram"]
+    column: str = Field(min_length=1)
+    edges: tuple[float, ...] = Field(min_length=2)
+
+    @model_validator(mode="after")
+    def _edges(self) -> HistogramStep:
+        if any(b <= a for a, b in itertools.pairwise(self.edges)):
+            raise ValueError("histogram edges must increase strictly")
+        return self
+
+    def band(self) -> KeySpec:
+        return KeySpec(column=self.column, derive="band", edges=self.edges)
+
+    def key_columns(self) -> tuple[str, ...]:
+        return (self.band().output, *super().key_columns())
+
+    def cells(self) -> int:
+        return (len(self.edges) - 1) * self.groups()
+
+    def measurements(self) -> tuple[str, ...]:
+        return ("count",)
+
+
+class QuantileStep(_Bounded):
+    """Quantiles from a noisy fine histogram of a bounded column (poolable across partners)."""
+
+    kind: Literal["quantile"]
+    quantiles: tuple[float, ...] = Field(min_length=1)
+    bins: int = Field(default=100, ge=2, le=10_000)
+
+    @field_validator("quantiles")
+    @classmethod
+    def _q_range(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not 0 < q < 1 for q in value):
+            raise ValueError("quantiles must lie strictly between 0 and 1")
+        return value
+
+    def cells(self) -> int:
+        return self.bins * self.groups()
+
+    def measurements(self) -> tuple[str, ...]:
+        return ("histogram",)
+
+
+Step = Annotated[
+    CountStep | SumStep | MeanStep | HistogramStep | QuantileStep, Field(discriminator="kind")
+]
+
+
+class PrivacySpec(_Model):
+    """This analysis's total budget at each node: rho, or epsilon and delta."""
+
+    rho: float | None = Field(default=None, gt=0, le=MAX_RHO)
+    epsilon: float | None = Field(default=None, gt=0, le=50)
+    delta: float | None = Field(default=None, gt=0, le=1e-3)
+    unit: UnitSpec
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> PrivacySpec:
+        if (self.rho is None) == (self.epsilon is None):
+            raise ValueError("give the budget as 'rho', or as 'epsilon' with 'delta', not both")
+        if self.epsilon is not None and self.delta is None:
+            raise ValueError("'epsilon' needs 'delta' (for example 1e-6)")
+        if self.delta is not None and self.epsilon is None:
+            raise ValueError("'delta' is only used with 'epsilon'")
+        return self
+
+    def budget(self) -> Rho:
+        if self.rho is not None:
+            return Rho(self.rho)
+        return rho_from_epsilon_delta(self.epsilon or 0.0, self.delta or 0.0)
+
+
+class DisclosureSpec(_Model):
+    """Publication rules applied to results (post-processing, no budget)."""
+
+    min_cell: int = Field(default=10, ge=0, le=1000)
+    round_to: int = Field(default=1, ge=1, le=1000)
+
+
+class AnalysisSpec(_Model):
+    """A federated analysis: what to compute, on which logical dataset, at what privacy cost."""
+
+    version: int
+    name: str = Field(min_length=1, max_length=120, pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    dataset: str | None = Field(default=None, description="logical dataset partners map to data")
+    combine: Literal["pool", "by_partner", "join"] = "pool"
+    privacy: PrivacySpec
+    disclosure: DisclosureSpec = DisclosureSpec()
+    steps: tuple[Step, ...] = Field(min_length=1, max_length=50)
+
+    @field_validator("version")
+    @classmethod
+    def _known_version(cls, value: int) -> int:
+        if value not in SPEC_MAJOR_VERSIONS:
+            known = ", ".join(str(v) for v in SPEC_MAJOR_VERSIONS)
+            raise ValueError(f"spec version {value} is not supported; this release reads {known}")
+        return value
+
+    @model_validator(mode="after")
+    def _meaning(self) -> AnalysisSpec:
+        problems: list[str] = []
+        ids = [s.id for s in self.steps]
+        for dup in sorted({i for i in ids if ids.count(i) > 1}):
+            problems.append(f"step id {dup!r} is used twice")
+        for step in self.steps:
+            identifier = self.unit_of(step).identifier
+            if step.dataset is None and self.dataset is None:
+                problems.append(f"step {step.id!r} has no dataset: set 'dataset' on the analysis")
+            cols = [k.column for k in step.by]
+            if identifier in cols or getattr(step, "column", None) == identifier:
+                problems.append(
+                    f"step {step.id!r} uses the identifier {identifier!r} as a key or value: "
+                    "identifiers are never published"
+                )
+            outputs = step.key_columns()
+            if len(set(outputs)) != len(outputs):
+                problems.append(f"step {step.id!r} has two key columns with the same name")
+            cells = step.cells()
+            if cells > MAX_CELLS_PER_STEP:
+                problems.append(
+                    f"step {step.id!r} would release {cells:,} cells, over the limit of "
+                    f"{MAX_CELLS_PER_STEP:,}: use fewer or coarser keys"
+                )
+        if self.combine != "join" and any(s.dataset not in (None, self.dataset) for s in self.steps):
+            problems.append("steps on different datasets need combine: join")
+        if self.combine == "join":
+            shared = set.intersection(*(set(s.key_columns()) for s in self.steps))
+            if not shared:
+                problems.append("combine: join needs key columns shared by every step")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def dataset_of(self, step: CountStep | SumStep | MeanStep | HistogramStep | QuantileStep) -> str:
+        """The logical dataset a step reads."""
+        return step.dataset or self.dataset or ""
+
+    def unit_of(self, step: CountStep | SumStep | MeanStep | HistogramStep | QuantileStep) -> UnitSpec:
+        """The privacy unit a step protects: its own, or the analysis's."""
+        return step.unit or self.privacy.unit
+
+    def step_budget(self, step_id: str) -> Rho:
+        """The share of the analysis budget given to one step (by weight)."""
+        total = sum(s.weight for s in self.steps)
+        step = next(s for s in self.steps if s.id == step_id)
+        return Rho(self.privacy.budget().value * step.weight / total)
+
+    def spec_hash(self) -> str:
+        """sha256 of the canonical JSON of the validated spec: what the nodes agreed to run."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()

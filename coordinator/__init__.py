@@ -1,0 +1,1 @@
+"""Central side: Flower server adapter, orchestration, outputs, the embedded federation, `oda`."""

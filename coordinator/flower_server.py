@@ -1,0 +1,178 @@
+"""The coordinator side's one module that speaks Flower.
+
+`FlowerLink` talks to a SuperLink on loopback: it starts a run with the runner bundle through
+the Control API, then acts as that run's ServerApp itself (acquiring the task through the
+Runtime API, as Flower's own executor would), so no `flwr-serverapp` process is started per
+analysis. Replies are collected with a short poll loop instead of `send_and_receive`'s 3 s
+sleep. Everything leaves this module as plain Python objects (`NodeReply`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from typing import Literal
+
+import httpx
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.cli.build import build_fab_from_files
+from flwr.common.constant import SubStatus
+from flwr.common.serde import context_from_proto, context_to_proto, fab_to_proto, run_from_proto, user_config_to_proto
+from flwr.proto.control_pb2 import StartRunRequest
+from flwr.proto.runtime_pb2 import AcquireTaskRequest, PullTaskInputRequest, PushTaskOutputRequest
+from flwr.serverapp import Grid, ServerApp
+from flwr.supercore.constant import TaskType
+from flwr.supercore.control import ControlHttpClient
+from flwr.supercore.fab import Fab
+from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
+from flwr.supercore.retry import make_simple_http_retry_invoker
+from flwr.supercore.runtime import RuntimeHttpClient
+from flwr.supercore.task_identity import TaskIdentity
+from flwr.superlink.grid import HttpGrid
+
+from analyses.runner_bundle import RUNNER_BUNDLES
+from coordinator.replies import NodeReply
+from privacy.errors import FederationError
+
+__all__ = ["FlowerLink", "NodeReply", "app", "exchange"]
+
+MESSAGE_TYPE = "query"
+POLL_INTERVAL = 0.02
+
+
+def runner_fab(protocol: int = 1) -> tuple[str, bytes]:
+    """(sha256, bytes) of the runner bundle of `protocol`."""
+    content = build_fab_from_files(RUNNER_BUNDLES[protocol])[0]
+    return hashlib.sha256(content).hexdigest(), content
+
+
+def exchange(grid: Grid, request_json: str, timeout: float) -> list[NodeReply]:
+    """Send a request to every node of the federation and collect one reply each."""
+    node_ids = list(grid.get_node_ids())
+    content = RecordDict({"request": ConfigRecord({"json": request_json})})
+    messages = [
+        Message(content, n, MESSAGE_TYPE, ttl=max(timeout * 2, 60.0), group_id="") for n in node_ids
+    ]
+    ids = list(grid.push_messages(messages))
+    pending = {mid: n for mid, n in zip(ids, node_ids, strict=True) if mid}
+    replies: list[NodeReply] = []
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        for reply in grid.pull_messages(list(pending)):
+            node = pending.pop(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
+            if reply.has_error():
+                error = reply.error
+                outcome: Literal["refused", "error"] = "refused" if error.code == 400 else "error"
+                replies.append(NodeReply(node, outcome, error.reason or ""))
+            else:
+                body = reply.content.config_records["release"]["json"]
+                replies.append(NodeReply(node, "release", str(body)))
+        if pending:
+            time.sleep(POLL_INTERVAL)
+    for node in pending.values():
+        replies.append(NodeReply(node, "timeout", json.dumps({"message": f"no reply within {timeout:.0f} s"})))
+    return replies
+
+
+class FlowerLink:
+    """A connection to a SuperLink's Control and Runtime APIs (loopback only)."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        version = RuntimeVersionHttpInterceptor(component_name="flwr CLI")
+        self._control = ControlHttpClient.from_server_address(
+            server_address=address, insecure=True, root_certificates=None, interceptors=[version]
+        )
+        self._runtime = RuntimeHttpClient.from_server_address(
+            server_address=address,
+            insecure=True,
+            root_certificates=None,
+            interceptors=[RuntimeVersionHttpInterceptor(component_name="SuperExec")],
+            retry_invoker=make_simple_http_retry_invoker(),
+        )
+        self._fab_hash, self._fab = runner_fab()
+
+    def close(self) -> None:
+        self._control.close()
+        self._runtime.close()
+
+    def node_count(self) -> int:
+        """How many nodes are connected now (starts and ends a short run)."""
+        grid, finish = self._open_run()
+        try:
+            return len(list(grid.get_node_ids()))
+        finally:
+            finish()
+
+    def broadcast(self, request_json: str, timeout: float) -> list[NodeReply]:
+        """Start a run, send `request_json` to every node, and return their replies.
+
+        Raises:
+            FederationError: the SuperLink cannot be reached or refuses the run.
+        """
+        grid, finish = self._open_run()
+        try:
+            return exchange(grid, request_json, timeout)
+        except httpx.HTTPError as exc:
+            raise FederationError(f"lost the SuperLink at {self.address}: {exc}") from exc
+        finally:
+            finish()
+
+    def _open_run(self) -> tuple[HttpGrid, Callable[[], None]]:
+        try:
+            started = self._control.StartRun(
+                StartRunRequest(
+                    fab=fab_to_proto(Fab(self._fab_hash, self._fab, {})),
+                    override_config=user_config_to_proto({}),
+                    federation="",
+                )
+            )
+            token = ""
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                acquired = self._runtime.AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.SERVER_APP.value]))
+                if acquired.HasField("task") and acquired.token and acquired.task.run_id == started.run_id:
+                    token = acquired.token
+                    break
+                time.sleep(POLL_INTERVAL)
+            if not token:
+                raise FederationError(f"the SuperLink at {self.address} did not hand over run {started.run_id}")
+            grid = HttpGrid(runtime_api_address=self.address, insecure=True, token=token)
+            task = grid._runtime_client.PullTaskInput(PullTaskInputRequest())  # noqa: SLF001  # Flower's executor does the same
+        except httpx.HTTPError as exc:
+            raise FederationError(
+                f"cannot reach the SuperLink at {self.address} ({exc}); is the federation running?"
+            ) from exc
+        run = run_from_proto(task.run)
+        grid.set_run(run)
+        TaskIdentity.task_id = task.task_id
+        TaskIdentity.run_id = run.run_id
+        TaskIdentity.node_id = task.context.node_id
+        context = context_from_proto(task.context)
+
+        def finish() -> None:
+            try:
+                grid._runtime_client.PushTaskOutput(  # noqa: SLF001
+                    PushTaskOutputRequest(context=context_to_proto(context), sub_status=SubStatus.COMPLETED, details="")
+                )
+            except httpx.HTTPError:
+                pass  # the run ends by expiry instead; nothing was lost
+            grid.close()
+
+        return grid, finish
+
+
+# The ServerApp that the runner bundle's shim names, for stock `flwr run` deployments:
+# it sends the request in run config key "oda-request" and logs the replies.
+app = ServerApp()
+
+
+@app.main()
+def _main(grid: Grid, context: Context) -> None:
+    request_json = str(context.run_config.get("oda-request", ""))
+    if not request_json:
+        raise FederationError("run config 'oda-request' is empty: use `oda run`, which fills it")
+    for reply in exchange(grid, request_json, timeout=60):
+        print(json.dumps({"node": reply.node_id, "outcome": reply.outcome}))

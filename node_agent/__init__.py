@@ -1,0 +1,1 @@
+"""Partner side: config, data connectors, policy, ledger, Flower client adapter, `oda-node`."""

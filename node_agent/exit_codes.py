@@ -1,0 +1,61 @@
+"""Exit codes of `oda-node` and `oda`, each with the help text partner IT reads."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+__all__ = ["EXIT_HELP", "ExitCode", "code_for"]
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    INTERNAL = 1
+    USAGE = 2
+    CONFIG = 10
+    SPEC = 11
+    DATA = 12
+    POLICY = 13
+    BUDGET = 14
+    PROTOCOL = 15
+    FEDERATION = 16
+    INTERRUPTED = 130
+
+
+EXIT_HELP: dict[ExitCode, str] = {
+    ExitCode.OK: "Success.",
+    ExitCode.INTERNAL: "Internal error: a bug in oda-federated. Please report it with the log.",
+    ExitCode.USAGE: "Wrong command-line usage; see --help.",
+    ExitCode.CONFIG: "The node or coordinator config is invalid; the message lists each problem with its field.",
+    ExitCode.SPEC: "The analysis spec is invalid; the message lists each problem with its field.",
+    ExitCode.DATA: "A data source is missing, unreadable, outside the data folder, or off its declared columns.",
+    ExitCode.POLICY: "The node's local policy refuses the request (dataset not allowed, cost over the per-analysis cap).",
+    ExitCode.BUDGET: "The privacy budget of a population is exhausted; the message gives requested, remaining and difference.",
+    ExitCode.PROTOCOL: "A peer spoke a protocol version or sent an app bundle this side does not accept.",
+    ExitCode.FEDERATION: "The federation could not be started or reached, or no partner released anything.",
+    ExitCode.INTERRUPTED: "Stopped by the user (Ctrl-C or SIGTERM).",
+}
+
+
+def code_for(exc: BaseException) -> ExitCode:
+    """The exit code for an error raised by oda-federated."""
+    from privacy.errors import (
+        BudgetExhausted,
+        ConfigError,
+        DataError,
+        FederationError,
+        PolicyRefusal,
+        ProtocolError,
+        SpecError,
+    )
+
+    table: list[tuple[type[BaseException], ExitCode]] = [
+        (ConfigError, ExitCode.CONFIG),
+        (SpecError, ExitCode.SPEC),
+        (DataError, ExitCode.DATA),
+        (PolicyRefusal, ExitCode.POLICY),
+        (BudgetExhausted, ExitCode.BUDGET),
+        (ProtocolError, ExitCode.PROTOCOL),
+        (FederationError, ExitCode.FEDERATION),
+        (KeyboardInterrupt, ExitCode.INTERRUPTED),
+    ]
+    return next((code for kind, code in table if isinstance(exc, kind)), ExitCode.INTERNAL)

@@ -1,0 +1,157 @@
+"""The node side's one module that speaks Flower.
+
+`serve` connects to a SuperLink's Fleet API (outbound only), pulls messages, and answers each
+with a release or an error reply, never silence (a SuperNode that does not reply leaves the run
+blocked until the message expires). Before anything runs, the run's app bundle must be the
+runner of a protocol version this node speaks; any other bundle is refused.
+
+The messages are handled in this process by `NodeAgent`, which keeps data and OpenDP warm:
+there is no per-message process, and the idle poll interval is the node's own setting rather
+than Flower's 3 s. `app` is the same handler as a Flower `ClientApp`, which is what the runner
+bundle's shim points at, so a stock `flower-supernode` would run identical code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from functools import cache
+from pathlib import Path
+from typing import cast
+
+from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
+from flwr.cli.build import build_fab_from_files
+from flwr.clientapp import ClientApp
+from flwr.supercore.inflatable.inflatable_object import (
+    get_all_nested_objects,
+    get_object_tree,
+    iterate_object_tree,
+)
+from flwr.supercore.inflatable.inflatable_utils import (
+    inflate_object_from_contents,
+    pull_objects,
+    push_object_contents_from_iterable,
+)
+from flwr.supernode.fleet_http_connection import http_request_response
+
+from analyses.release import AnalysisRequest
+from analyses.runner_bundle import RUNNER_BUNDLES
+from node_agent.agent import NodeAgent
+from node_agent.config import load_node_config
+from privacy.errors import InternalError, ProtocolError, UserError
+
+__all__ = ["ERROR_CODE_INTERNAL", "ERROR_CODE_REFUSED", "accepted_bundle_hashes", "app", "handle_message", "serve"]
+
+log = logging.getLogger("oda.node")
+
+#: Error codes in replies (Flower's own codes are below 100).
+ERROR_CODE_REFUSED = 400
+ERROR_CODE_INTERNAL = 500
+MESSAGE_TYPE = "query"
+
+
+@cache
+def accepted_bundle_hashes() -> dict[str, int]:
+    """sha256 of each runner bundle this node accepts -> its protocol version."""
+    return {
+        hashlib.sha256(build_fab_from_files(files)[0]).hexdigest(): version
+        for version, files in RUNNER_BUNDLES.items()
+    }
+
+
+def _error_reply(message: Message, partner: str, exc: BaseException) -> Message:
+    internal = not isinstance(exc, UserError)
+    reason = json.dumps(
+        {
+            "partner": partner,
+            "error": type(exc).__name__,
+            "message": str(exc) if not internal else f"internal error at the node: {exc}",
+        }
+    )
+    code = ERROR_CODE_INTERNAL if internal else ERROR_CODE_REFUSED
+    return Message(Error(code=code, reason=reason), reply_to=message)
+
+
+def handle_message(agent: NodeAgent, message: Message, fab_hash: str) -> Message:
+    """Answer one message: a release, or an error reply naming why."""
+    try:
+        if fab_hash not in accepted_bundle_hashes():
+            raise ProtocolError(
+                f"app bundle {fab_hash[:12]} is not the oda runner of any protocol version "
+                f"this node speaks ({sorted(set(accepted_bundle_hashes().values()))}); refused"
+            )
+        if message.metadata.message_type != MESSAGE_TYPE:
+            raise ProtocolError(f"message type {message.metadata.message_type!r} is not handled; expected {MESSAGE_TYPE!r}")
+        record = message.content.config_records.get("request")
+        if record is None or not isinstance(record.get("json"), str):
+            raise ProtocolError("the message carries no analysis request")
+        request = AnalysisRequest.from_json(cast(str, record["json"]))
+        release = agent.handle(request)
+        return Message(RecordDict({"release": ConfigRecord({"json": release.to_json()})}), reply_to=message)
+    except Exception as exc:  # every failure becomes a reply; the node itself keeps serving
+        if not isinstance(exc, UserError):
+            log.exception("internal error while handling a request")
+        else:
+            log.warning("refused: %s", exc)
+        return _error_reply(message, agent.config.partner, exc)
+
+
+def serve(agent: NodeAgent, address: str, *, stop: threading.Event | None = None, max_retries: int | None = None) -> None:
+    """Connect to the SuperLink at `address` (insecure loopback) and answer messages until stopped."""
+    stop = stop or threading.Event()
+    interval = agent.config.poll_interval
+    with http_request_response(address, True, None, None, max_retries, None) as conn:
+        node_id, receive, send, get_run, get_fab, pull_object, push_object, confirm = conn
+        log.info("node %s connected to %s as Flower node %s", agent.config.partner, address, node_id)
+        print(f"oda-node {agent.config.partner}: ready (flower node {node_id})", flush=True)
+        while not stop.is_set():
+            received = receive()
+            if received is None:
+                stop.wait(interval)
+                continue
+            message, tree = received
+            run_id = message.metadata.run_id
+            run = get_run(run_id)
+            # The bundle is identified by its hash. Only a bundle whose hash we accept is
+            # fetched; the bytes are re-hashed so a lying SuperLink cannot substitute one.
+            fab_hash = run.fab_hash
+            if fab_hash in accepted_bundle_hashes():
+                fab = get_fab(fab_hash, run_id)
+                fab_hash = hashlib.sha256(fab.content).hexdigest()
+            contents = pull_objects(
+                [t.object_id for t in iterate_object_tree(tree)],
+                pull_object_fn=lambda oid, rid=run_id: pull_object(rid, oid),
+            )
+            confirm(run_id, message.metadata.message_id)
+            full = cast(Message, inflate_object_from_contents(message.metadata.message_id, contents))
+            full.metadata.__dict__["_message_id"] = message.metadata.message_id
+            started = time.perf_counter()
+            reply = handle_message(agent, full, fab_hash)
+            reply.metadata.__dict__["_message_id"] = reply.object_id
+            objects = get_all_nested_objects(reply)
+            to_push, session = send(reply, get_object_tree(reply), time.perf_counter() - started)
+            push_object_contents_from_iterable(
+                ((oid, objects[oid].deflate()) for oid in to_push),
+                push_object_fn=lambda oid, data, rid=run_id, s=session: push_object(rid, s, oid, data),
+            )
+
+
+# The ClientApp that the runner bundle's shim names, for stock Flower SuperNodes.
+app = ClientApp()
+
+
+@app.query()
+def _query(message: Message, context: Context) -> Message:
+    config_path = os.environ.get("ODA_NODE_CONFIG") or str(context.node_config.get("oda-node-config", ""))
+    if not config_path:
+        raise InternalError("set ODA_NODE_CONFIG (or node config 'oda-node-config') to the node.yaml path")
+    agent = NodeAgent(load_node_config(Path(config_path)))
+    try:
+        fab_hash = next(iter(accepted_bundle_hashes()))  # stock SuperNodes verify bundles themselves
+        return handle_message(agent, message, fab_hash)
+    finally:
+        agent.close()

@@ -1,0 +1,93 @@
+"""Privacy budgets as types: zCDP rho, with (epsilon, delta) for display.
+
+zCDP composes by addition, which makes the node ledger a sum of `Rho` values. People think in
+epsilon, so every budget can also be shown as (epsilon, delta) through OpenDP's own conversion.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+from privacy._opendp import dp
+from privacy.errors import SpecError
+
+__all__ = ["DISPLAY_DELTA", "Rho", "rho_from_epsilon_delta"]
+
+#: delta used when a budget is shown as (epsilon, delta) and the user named none.
+DISPLAY_DELTA = 1e-6
+
+
+@dataclass(frozen=True, order=True)
+class Rho:
+    """A zero-concentrated DP budget or cost. Non-negative and finite."""
+
+    value: float
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.value) or self.value < 0:
+            raise SpecError(f"rho must be a finite number >= 0, got {self.value!r}")
+
+    def __add__(self, other: Rho) -> Rho:
+        return Rho(self.value + other.value)
+
+    def __sub__(self, other: Rho) -> Rho:
+        return Rho(max(0.0, self.value - other.value))
+
+    def split(self, parts: int) -> Rho:
+        """An equal share of this budget among `parts` releases (zCDP adds up exactly)."""
+        if parts < 1:
+            raise SpecError(f"cannot split a budget into {parts} parts")
+        return Rho(self.value / parts)
+
+    def epsilon(self, delta: float = DISPLAY_DELTA) -> float:
+        """The (epsilon, delta)-DP guarantee implied by this rho, via OpenDP's conversion."""
+        return _epsilon_of(self.value, delta)
+
+    def describe(self, delta: float = DISPLAY_DELTA) -> str:
+        """`rho 0.1 (epsilon 2.14 at delta 1e-06)`."""
+        return f"rho {self.value:.6g} (epsilon {self.epsilon(delta):.3g} at delta {delta:g})"
+
+
+@lru_cache(maxsize=1024)
+def _epsilon_of(rho: float, delta: float) -> float:
+    if rho == 0:
+        return 0.0
+    if not 0 < delta < 1:
+        raise SpecError(f"delta must be in (0, 1), got {delta!r}")
+    # A unit-sensitivity Gaussian whose zCDP cost is exactly rho stands in for any mechanism
+    # with that cost: the conversion depends on rho alone.
+    gaussian = dp.m.make_gaussian(
+        dp.atom_domain(T=float, nan=False),
+        dp.absolute_distance(T=float),
+        scale=1.0 / math.sqrt(2.0 * rho),
+    )
+    curve = dp.c.make_zCDP_to_approxDP(gaussian).map(1.0)
+    return float(curve.epsilon(delta))
+
+
+def rho_from_epsilon_delta(epsilon: float, delta: float) -> Rho:
+    """The largest rho whose OpenDP conversion gives at most `epsilon` at `delta`.
+
+    Raises:
+        SpecError: epsilon or delta out of range.
+    """
+    if not math.isfinite(epsilon) or epsilon <= 0:
+        raise SpecError(f"epsilon must be a finite number > 0, got {epsilon!r}")
+    if not 0 < delta < 1:
+        raise SpecError(f"delta must be in (0, 1), got {delta!r}")
+    # Classical bound eps = rho + 2 sqrt(rho ln(1/delta)) gives a safe starting point;
+    # bisection then tightens it against OpenDP's own (tighter) conversion.
+    log_term = math.log(1.0 / delta)
+    low = (math.sqrt(log_term + epsilon) - math.sqrt(log_term)) ** 2
+    high = max(low * 4.0, epsilon)
+    while _epsilon_of(high, delta) <= epsilon:
+        high *= 2.0
+    for _ in range(60):
+        mid = (low + high) / 2.0
+        if _epsilon_of(mid, delta) <= epsilon:
+            low = mid
+        else:
+            high = mid
+    return Rho(low)
