@@ -78,7 +78,9 @@ def pool_vectors(measurements: Sequence[MeasurementRelease]) -> PooledVector:
     )
 
 
-def _disclose(frame: pd.DataFrame, count_col: str, value_cols: list[str], spec: AnalysisSpec, min_cell: int) -> None:
+def _disclose(
+    frame: pd.DataFrame, count_col: str, value_cols: list[str], spec: AnalysisSpec, min_cell: int
+) -> None:
     counts = frame[count_col].to_numpy(dtype=float)
     for col in value_cols:
         frame[col] = [
@@ -87,7 +89,9 @@ def _disclose(frame: pd.DataFrame, count_col: str, value_cols: list[str], spec: 
         ]
 
 
-def _step_frame(spec: AnalysisSpec, step: Step, releases: Sequence[StepRelease], min_cell: int) -> tuple[pd.DataFrame, list[str]]:
+def _step_frame(
+    spec: AnalysisSpec, step: Step, releases: Sequence[StepRelease], min_cell: int
+) -> tuple[pd.DataFrame, list[str]]:
     frame = key_frame(step)
     notes: list[str] = []
     if isinstance(step, QuantileStep):
@@ -118,7 +122,15 @@ def _step_frame(spec: AnalysisSpec, step: Step, releases: Sequence[StepRelease],
     return frame, notes
 
 
-def _quantile_frame(step: QuantileStep, releases: Sequence[StepRelease], keys: pd.DataFrame, min_cell: int) -> tuple[pd.DataFrame, list[str]]:
+def _value_at_rank(cdf: np.ndarray, rank: float, low: float, width: float, bins: int) -> float:
+    """Upper edge of the first bin whose cumulative count reaches `rank`."""
+    j = int(np.searchsorted(cdf, rank, side="left"))
+    return float(low + min(j + 1, bins) * width)
+
+
+def _quantile_frame(
+    step: QuantileStep, releases: Sequence[StepRelease], keys: pd.DataFrame, min_cell: int
+) -> tuple[pd.DataFrame, list[str]]:
     pooled = pool_vectors([r.measurement("histogram") for r in releases])
     hist = pooled.values.reshape(-1, step.bins)
     low, high = step.bounds
@@ -132,17 +144,14 @@ def _quantile_frame(step: QuantileStep, releases: Sequence[StepRelease], keys: p
         slack = _Z95 * pooled.scale * math.sqrt(step.bins)
         row: dict[str, float] = {"count": float(hist[g].sum())}
         for q in step.quantiles:
-            def at(rank: float) -> float:
-                j = int(np.searchsorted(cdf, rank, side="left"))
-                return low + min(j + 1, step.bins) * width
             target = q * total
             label = f"q{round(q * 100):02d}"
             if total < max(min_cell, 1):
                 row[label] = row[f"{label}_low"] = row[f"{label}_high"] = math.nan
                 continue
-            row[label] = at(target)
-            row[f"{label}_low"] = at(max(target - slack, 0)) - width
-            row[f"{label}_high"] = at(min(target + slack, total))
+            row[label] = _value_at_rank(cdf, target, low, width, step.bins)
+            row[f"{label}_low"] = _value_at_rank(cdf, max(target - slack, 0), low, width, step.bins) - width
+            row[f"{label}_high"] = _value_at_rank(cdf, min(target + slack, total), low, width, step.bins)
         rows.append(row)
     frame = pd.concat([keys.reset_index(drop=True), pd.DataFrame(rows)], axis=1)
     if keys.shape[1] == 0:
@@ -154,7 +163,9 @@ def _quantile_frame(step: QuantileStep, releases: Sequence[StepRelease], keys: p
     return frame, notes
 
 
-def combine(spec: AnalysisSpec, releases: Sequence[NodeRelease], min_cells: dict[str, int] | None = None) -> list[ResultTable]:
+def combine(
+    spec: AnalysisSpec, releases: Sequence[NodeRelease], min_cells: dict[str, int] | None = None
+) -> list[ResultTable]:
     """Assemble the published tables of `spec` from the nodes' releases.
 
     Raises:
@@ -182,7 +193,9 @@ def combine(spec: AnalysisSpec, releases: Sequence[NodeRelease], min_cells: dict
             frame, notes = _step_frame(spec, step, parts, min_cell)
         partners = ", ".join(sorted(h.partner for h in holders))
         tables.append(ResultTable(step.id, frame, (f"partners: {partners}", *notes)))
-        step_frames.append(frame.rename(columns={c: f"{step.id}_{c}" for c in frame.columns if c not in step.key_columns()}))
+        step_frames.append(
+            frame.rename(columns={c: f"{step.id}_{c}" for c in frame.columns if c not in step.key_columns()})
+        )
     if spec.combine == "join" and len(step_frames) > 1:
         shared = sorted(set.intersection(*(set(s.key_columns()) for s in spec.steps)))
         joined = step_frames[0]

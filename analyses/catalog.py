@@ -35,7 +35,9 @@ def _problems(step: Step, schema: DatasetSchema, identifier: str, dataset: str) 
         if ctype is None:
             problems.append(f"{where}: unknown column {key.column!r}; known: {', '.join(sorted(schema))}")
         elif key.derive in ("hour", "weekday", "month") and ctype != "datetime":
-            problems.append(f"{where}: derive {key.derive} needs a datetime column, {key.column!r} is {ctype}")
+            problems.append(
+                f"{where}: derive {key.derive} needs a datetime column, {key.column!r} is {ctype}"
+            )
         elif key.derive == "band" and ctype not in _NUMERIC:
             problems.append(f"{where}: derive band needs a numeric column, {key.column!r} is {ctype}")
     column = getattr(step, "column", None)

@@ -47,9 +47,7 @@ def format_validation_error(source: str, err: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def parse_document(
-    text: str, model: type[M], *, source: str, error: type[UserError] = SpecError
-) -> M:
+def parse_document(text: str, model: type[M], *, source: str, error: type[UserError] = SpecError) -> M:
     """Validate YAML `text` against `model`.
 
     Raises:
@@ -80,5 +78,3 @@ def load_document(path: Path, model: type[M], *, error: type[UserError] = SpecEr
     except OSError as exc:
         raise error(f"{path}: cannot read the file: {exc.strerror}") from exc
     return parse_document(text, model, source=str(path), error=error)
-
-

@@ -46,20 +46,18 @@ def _key_codes(frame: pd.DataFrame, key: KeySpec) -> IntArray:
     column = frame[key.column]
     if key.derive in ("hour", "weekday", "month"):
         when = pd.to_datetime(column, errors="coerce")
-        raw = {"hour": when.dt.hour, "weekday": when.dt.weekday, "month": when.dt.month - 1}[
-            key.derive
-        ]
-        return raw.fillna(-1).to_numpy(dtype=np.int64)
+        raw = {"hour": when.dt.hour, "weekday": when.dt.day_of_week, "month": when.dt.month - 1}[key.derive]
+        return np.asarray(raw.fillna(-1).to_numpy(dtype=np.int64), dtype=np.int64)
     if key.derive == "band":
         edges = np.asarray(key.edges, dtype=float)
         values = pd.to_numeric(column, errors="coerce").to_numpy(dtype=float)
         codes = np.searchsorted(edges, values, side="right") - 1
         outside = np.isnan(values) | (codes < 0) | (codes >= len(edges) - 1)
-        return np.where(outside, -1, codes).astype(np.int64)
+        return np.asarray(np.where(outside, -1, codes), dtype=np.int64)
     keys = key.keys()
     lookup = pd.Index(keys)
     as_keys = column.astype(str) if isinstance(keys[0], str) else column
-    return np.asarray(lookup.get_indexer(as_keys), dtype=np.int64)
+    return np.asarray(lookup.get_indexer(pd.Index(as_keys)), dtype=np.int64)
 
 
 def cell_index(frame: pd.DataFrame, keys: tuple[KeySpec, ...]) -> IntArray:
@@ -76,7 +74,7 @@ def cell_index(frame: pd.DataFrame, keys: tuple[KeySpec, ...]) -> IntArray:
 def _quantised(frame: pd.DataFrame, step: SumStep | MeanStep | QuantileStep) -> npt.NDArray[np.float64]:
     low, high = step.bounds
     values = pd.to_numeric(frame[step.column], errors="coerce").to_numpy(dtype=float)
-    return np.clip(values, low, high)
+    return np.asarray(np.clip(values, low, high), dtype=np.float64)
 
 
 def _bincount(cells: IntArray, n: int, weights: npt.NDArray[np.float64] | None = None) -> IntArray:
@@ -91,7 +89,9 @@ def _bincount(cells: IntArray, n: int, weights: npt.NDArray[np.float64] | None =
     return out
 
 
-def exact_aggregates(step: Step, frame: pd.DataFrame, max_rows: int) -> dict[str, tuple[IntArray, int, float]]:
+def exact_aggregates(
+    step: Step, frame: pd.DataFrame, max_rows: int
+) -> dict[str, tuple[IntArray, int, float]]:
     """The exact vectors a step releases: name -> (vector, L2 sensitivity, unit value).
 
     `frame` must already be truncated to `max_rows` rows per person.

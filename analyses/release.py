@@ -91,8 +91,7 @@ class NodeRelease:
                     kind=s["kind"],
                     rows_used="hidden",
                     measurements=tuple(
-                        MeasurementRelease(**{**m, "values": tuple(m["values"])})
-                        for m in s["measurements"]
+                        MeasurementRelease(**{**m, "values": tuple(m["values"])}) for m in s["measurements"]
                     ),
                 )
                 for s in data["steps"]

@@ -248,9 +248,7 @@ class QuantileStep(_Bounded):
         return ("histogram",)
 
 
-Step = Annotated[
-    CountStep | SumStep | MeanStep | HistogramStep | QuantileStep, Field(discriminator="kind")
-]
+Step = Annotated[CountStep | SumStep | MeanStep | HistogramStep | QuantileStep, Field(discriminator="kind")]
 
 
 class PrivacySpec(_Model):

@@ -37,8 +37,12 @@ def _parser() -> argparse.ArgumentParser:
         help="SuperLink address of a running federation (env ODA_SUPERLINK); "
         "without it an embedded federation of three partners is started on loopback",
     )
-    run.add_argument("--rows", type=int, default=60_000, help="rows of synthetic data in the embedded federation")
-    run.add_argument("--work-dir", type=Path, default=None, help="embedded federation folder (default: a temporary one)")
+    run.add_argument(
+        "--rows", type=int, default=60_000, help="rows of synthetic data in the embedded federation"
+    )
+    run.add_argument(
+        "--work-dir", type=Path, default=None, help="embedded federation folder (default: a temporary one)"
+    )
     run.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for node replies")
     schema = sub.add_parser("schema", help="write the JSON Schemas of analysis specs and node configs")
     schema.add_argument("--out", type=Path, default=Path("configs/schema"))
@@ -57,15 +61,19 @@ def _print_result(result: object) -> None:
     print(f"\n== {spec.name}: {spec.description.strip()}")
     print(f"   budget per partner: {spec.privacy.budget().describe()}; combine: {spec.combine}")
     for r in result.releases:
-        print(f"   {r.partner}: {r.status}, cost rho {r.cost_rho:.4g} (epsilon {r.epsilon:.3g} at delta {r.delta:g})")
-    for r in result.refusals:
-        print(f"   {r['node']}: {r['outcome']}: {r['message']}")
+        print(
+            f"   {r.partner}: {r.status}, cost rho {r.cost_rho:.4g} (epsilon {r.epsilon:.3g} at delta {r.delta:g})"
+        )
+    for refusal in result.refusals:
+        print(f"   {refusal['node']}: {refusal['outcome']}: {refusal['message']}")
     with pd.option_context("display.max_rows", 12, "display.width", 160, "display.max_columns", 12):
         for table in result.tables:
             print(f"\n-- table {table.name} ({len(table.frame)} rows); " + "; ".join(table.notes))
             print(table.frame.to_string(max_rows=12, float_format=lambda x: f"{x:,.1f}"))
     if result.out_dir:
-        print(f"\n   files: {result.out_dir}/ (manifest.json, one CSV and one Parquet per table); {result.seconds:.2f} s")
+        print(
+            f"\n   files: {result.out_dir}/ (manifest.json, one CSV and one Parquet per table); {result.seconds:.2f} s"
+        )
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -93,7 +101,9 @@ def _run(args: argparse.Namespace) -> int:
         try:
             for path, text in texts:
                 name = path.stem
-                result = run_analysis(text, link, source=str(path), out_dir=args.out / name, timeout=args.timeout)
+                result = run_analysis(
+                    text, link, source=str(path), out_dir=args.out / name, timeout=args.timeout
+                )
                 _print_result(result)
         finally:
             link.close()
@@ -103,7 +113,10 @@ def _run(args: argparse.Namespace) -> int:
         return ExitCode.OK
     with tempfile.TemporaryDirectory(prefix="oda-federation-") as tmp:
         work = args.work_dir or Path(tmp)
-        print(f"starting the embedded federation (SuperLink + police, fire, council nodes) in {work} ...", flush=True)
+        print(
+            f"starting the embedded federation (SuperLink + police, fire, council nodes) in {work} ...",
+            flush=True,
+        )
         with EmbeddedFederation(work, rows=args.rows) as federation:
             print(f"federation up on {federation.address}", flush=True)
             run_all(federation.address)
@@ -116,7 +129,11 @@ def _schema(out: Path) -> int:
     from node_agent.config import NodeConfig
 
     out.mkdir(parents=True, exist_ok=True)
-    for name, model in [("analysis-spec.v1.json", AnalysisSpec), ("node-config.v1.json", NodeConfig)]:
+    models: list[tuple[str, type[AnalysisSpec] | type[NodeConfig]]] = [
+        ("analysis-spec.v1.json", AnalysisSpec),
+        ("node-config.v1.json", NodeConfig),
+    ]
+    for name, model in models:
         (out / name).write_text(json.dumps(model.model_json_schema(), indent=2, sort_keys=True) + "\n")
         print(out / name)
     return ExitCode.OK

@@ -36,14 +36,20 @@ def _wait_for(predicate: object, timeout: float, what: str, logs: list[Path]) ->
         if callable(predicate) and predicate():
             return
         time.sleep(0.05)
-    tails = "\n".join(f"--- {p.name}:\n" + "\n".join(p.read_text(errors="replace").splitlines()[-15:]) for p in logs if p.exists())
+    tails = "\n".join(
+        f"--- {p.name}:\n" + "\n".join(p.read_text(errors="replace").splitlines()[-15:])
+        for p in logs
+        if p.exists()
+    )
     raise FederationError(f"{what} did not happen within {timeout:.0f} s. Last log lines:\n{tails}")
 
 
 class EmbeddedFederation:
     """`with EmbeddedFederation(work_dir) as fed:` then `fed.address` is the SuperLink."""
 
-    def __init__(self, work_dir: Path, rows: int = 60_000, seed: int = 7, partners: tuple[str, ...] = PARTNERS) -> None:
+    def __init__(
+        self, work_dir: Path, rows: int = 60_000, seed: int = 7, partners: tuple[str, ...] = PARTNERS
+    ) -> None:
         self.work_dir = work_dir
         self.rows = rows
         self.seed = seed
@@ -61,7 +67,9 @@ class EmbeddedFederation:
             raise
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
@@ -69,7 +77,9 @@ class EmbeddedFederation:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **FLOWER_ENV, "PYTHONUNBUFFERED": "1"}
         with log_path.open("wb") as log:
-            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            proc = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
         self.processes.append((name, proc))
         self.logs.append(log_path)
         return proc
@@ -79,11 +89,24 @@ class EmbeddedFederation:
         superlink = str(Path(sys.executable).with_name("flower-superlink"))
         self._spawn(
             "superlink",
-            [superlink, "--insecure", "--isolation", "process", "--host", "127.0.0.1", "--port", str(self.port), "--disable-runtime-dependency-installation"],
+            [
+                superlink,
+                "--insecure",
+                "--isolation",
+                "process",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--disable-runtime-dependency-installation",
+            ],
         )
         _wait_for(self._port_open, 30, f"the SuperLink on {self.address}", self.logs)
         for partner in self.partners:
-            self._spawn(f"node-{partner}", [sys.executable, "-m", "node_agent.cli", "start", "--config", str(configs[partner])])
+            self._spawn(
+                f"node-{partner}",
+                [sys.executable, "-m", "node_agent.cli", "start", "--config", str(configs[partner])],
+            )
         _wait_for(self._nodes_ready, 90, f"{len(self.partners)} nodes becoming ready", self.logs)
 
     def _port_open(self) -> bool:
@@ -94,7 +117,9 @@ class EmbeddedFederation:
     def _nodes_ready(self) -> bool:
         for name, proc in self.processes:
             if proc.poll() is not None:
-                raise FederationError(f"{name} exited with code {proc.returncode}; see {self.work_dir / 'logs' / (name + '.log')}")
+                raise FederationError(
+                    f"{name} exited with code {proc.returncode}; see {self.work_dir / 'logs' / (name + '.log')}"
+                )
         ready = 0
         for partner in self.partners:
             log = self.work_dir / "logs" / f"node-{partner}.log"

@@ -9,6 +9,7 @@ sleep. Everything leaves this module as plain Python objects (`NodeReply`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -19,7 +20,13 @@ import httpx
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.cli.build import build_fab_from_files
 from flwr.common.constant import SubStatus
-from flwr.common.serde import context_from_proto, context_to_proto, fab_to_proto, run_from_proto, user_config_to_proto
+from flwr.common.serde import (
+    context_from_proto,
+    context_to_proto,
+    fab_to_proto,
+    run_from_proto,
+    user_config_to_proto,
+)
 from flwr.proto.control_pb2 import StartRunRequest
 from flwr.proto.runtime_pb2 import AcquireTaskRequest, PullTaskInputRequest, PushTaskOutputRequest
 from flwr.serverapp import Grid, ServerApp
@@ -52,9 +59,7 @@ def exchange(grid: Grid, request_json: str, timeout: float) -> list[NodeReply]:
     """Send a request to every node of the federation and collect one reply each."""
     node_ids = list(grid.get_node_ids())
     content = RecordDict({"request": ConfigRecord({"json": request_json})})
-    messages = [
-        Message(content, n, MESSAGE_TYPE, ttl=max(timeout * 2, 60.0), group_id="") for n in node_ids
-    ]
+    messages = [Message(content, n, MESSAGE_TYPE, ttl=max(timeout * 2, 60.0), group_id="") for n in node_ids]
     ids = list(grid.push_messages(messages))
     pending = {mid: n for mid, n in zip(ids, node_ids, strict=True) if mid}
     replies: list[NodeReply] = []
@@ -72,7 +77,9 @@ def exchange(grid: Grid, request_json: str, timeout: float) -> list[NodeReply]:
         if pending:
             time.sleep(POLL_INTERVAL)
     for node in pending.values():
-        replies.append(NodeReply(node, "timeout", json.dumps({"message": f"no reply within {timeout:.0f} s"})))
+        replies.append(
+            NodeReply(node, "timeout", json.dumps({"message": f"no reply within {timeout:.0f} s"}))
+        )
     return replies
 
 
@@ -132,13 +139,17 @@ class FlowerLink:
             token = ""
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
-                acquired = self._runtime.AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.SERVER_APP.value]))
+                acquired = self._runtime.AcquireTask(
+                    AcquireTaskRequest(supported_task_types=[TaskType.SERVER_APP.value])
+                )
                 if acquired.HasField("task") and acquired.token and acquired.task.run_id == started.run_id:
                     token = acquired.token
                     break
                 time.sleep(POLL_INTERVAL)
             if not token:
-                raise FederationError(f"the SuperLink at {self.address} did not hand over run {started.run_id}")
+                raise FederationError(
+                    f"the SuperLink at {self.address} did not hand over run {started.run_id}"
+                )
             grid = HttpGrid(runtime_api_address=self.address, insecure=True, token=token)
             task = grid._runtime_client.PullTaskInput(PullTaskInputRequest())  # noqa: SLF001  # Flower's executor does the same
         except httpx.HTTPError as exc:
@@ -153,12 +164,13 @@ class FlowerLink:
         context = context_from_proto(task.context)
 
         def finish() -> None:
-            try:
+            # If this fails the run ends by expiry instead; nothing is lost.
+            with contextlib.suppress(httpx.HTTPError):
                 grid._runtime_client.PushTaskOutput(  # noqa: SLF001
-                    PushTaskOutputRequest(context=context_to_proto(context), sub_status=SubStatus.COMPLETED, details="")
+                    PushTaskOutputRequest(
+                        context=context_to_proto(context), sub_status=SubStatus.COMPLETED, details=""
+                    )
                 )
-            except httpx.HTTPError:
-                pass  # the run ends by expiry instead; nothing was lost
             grid.close()
 
         return grid, finish

@@ -19,8 +19,8 @@ from analyses.aggregate import ResultTable, combine
 from analyses.documents import parse_document
 from analyses.release import PROTOCOL_VERSIONS, AnalysisRequest, NodeRelease
 from analyses.spec import AnalysisSpec
-from coordinator.replies import NodeReply
 from coordinator.outputs import write_outputs
+from coordinator.replies import NodeReply
 from privacy.errors import FederationError, ProtocolError, UserError
 
 if TYPE_CHECKING:
@@ -46,7 +46,9 @@ class InProcessTransport:
                 release = agent.handle(AnalysisRequest.from_json(request_json))
                 replies.append(NodeReply(i, "release", release.to_json()))
             except UserError as exc:
-                body = json.dumps({"partner": agent.config.partner, "error": type(exc).__name__, "message": str(exc)})
+                body = json.dumps(
+                    {"partner": agent.config.partner, "error": type(exc).__name__, "message": str(exc)}
+                )
                 replies.append(NodeReply(i, "refused", body))
         return replies
 
@@ -93,7 +95,13 @@ def run_analysis(
                 refusals.append({"node": str(reply.node_id), "outcome": "error", "message": str(exc)})
                 continue
             if release.spec_hash != spec.spec_hash():
-                refusals.append({"node": release.partner, "outcome": "error", "message": "release is for a different spec hash"})
+                refusals.append(
+                    {
+                        "node": release.partner,
+                        "outcome": "error",
+                        "message": "release is for a different spec hash",
+                    }
+                )
                 continue
             releases.append(release)
         else:
@@ -111,7 +119,10 @@ def run_analysis(
             )
     holders = [r for r in releases if r.status == "released"]
     if not holders:
-        why = "\n".join(f"  {r['node']}: {r['outcome']}: {r['message']}" for r in refusals) or "  (no node held the dataset)"
+        why = (
+            "\n".join(f"  {r['node']}: {r['outcome']}: {r['message']}" for r in refusals)
+            or "  (no node held the dataset)"
+        )
         datasets = sorted({spec.dataset_of(s) for s in spec.steps})
         raise FederationError(
             f"no partner released anything for {spec.name!r} (datasets {', '.join(datasets)}; "

@@ -21,7 +21,15 @@ def write_outputs(result: AnalysisResult, out_dir: Path) -> Path:
         parquet_path = out_dir / f"{table.name}.parquet"
         table.frame.to_csv(csv_path, index=False)
         table.frame.to_parquet(parquet_path, index=False)
-        files.append({"table": table.name, "csv": csv_path.name, "parquet": parquet_path.name, "rows": len(table.frame), "notes": list(table.notes)})
+        files.append(
+            {
+                "table": table.name,
+                "csv": csv_path.name,
+                "parquet": parquet_path.name,
+                "rows": len(table.frame),
+                "notes": list(table.notes),
+            }
+        )
     spec = result.spec
     manifest = {
         "analysis": spec.name,

@@ -21,9 +21,30 @@ __all__ = ["PARTNERS", "area_deprivation", "generate_partner", "write_federation
 KEYSET = "coventry_lsoa11"
 PARTNERS = ("police", "fire", "council")
 _SOURCE_NAMES = {
-    "police": {"person_id": "crime_ref_person", "area": "lsoa11cd", "occurred_at": "reported_at", "age": "victim_age", "harm": "harm_score", "category": "offence_group"},
-    "fire": {"person_id": "casualty_id", "area": "lsoa_code", "occurred_at": "call_time", "age": "age_years", "harm": "severity", "category": "incident_type"},
-    "council": {"person_id": "resident_ref", "area": "lsoa", "occurred_at": "logged_at", "age": "age", "harm": "risk_rating", "category": "report_type"},
+    "police": {
+        "person_id": "crime_ref_person",
+        "area": "lsoa11cd",
+        "occurred_at": "reported_at",
+        "age": "victim_age",
+        "harm": "harm_score",
+        "category": "offence_group",
+    },
+    "fire": {
+        "person_id": "casualty_id",
+        "area": "lsoa_code",
+        "occurred_at": "call_time",
+        "age": "age_years",
+        "harm": "severity",
+        "category": "incident_type",
+    },
+    "council": {
+        "person_id": "resident_ref",
+        "area": "lsoa",
+        "occurred_at": "logged_at",
+        "age": "age",
+        "harm": "risk_rating",
+        "category": "report_type",
+    },
 }
 _CATEGORIES = {
     "police": ["violence", "robbery", "burglary", "criminal_damage", "public_order"],
@@ -32,7 +53,9 @@ _CATEGORIES = {
 }
 _SHARE = {"police": 0.5, "fire": 0.2, "council": 0.3}
 # Hour-of-day profile: a trough in the morning, a peak around midnight.
-_HOUR_WEIGHTS = np.array([9, 8, 7, 5, 3, 2, 2, 2, 3, 3, 3, 4, 4, 4, 4, 5, 5, 6, 6, 7, 8, 9, 10, 10], dtype=float)
+_HOUR_WEIGHTS = np.array(
+    [9, 8, 7, 5, 3, 2, 2, 2, 3, 3, 3, 4, 4, 4, 4, 5, 5, 6, 6, 7, 8, 9, 10, 10], dtype=float
+)
 
 
 def area_deprivation(seed: int = 7) -> pd.Series:
@@ -57,13 +80,17 @@ def generate_partner(partner: str, rows: int, seed: int = 7) -> PartnerData:
     hours = rng.choice(24, size=rows, p=_HOUR_WEIGHTS / _HOUR_WEIGHTS.sum())
     days = rng.integers(0, 365, size=rows)
     minutes = rng.integers(0, 60, size=rows)
-    occurred = np.datetime64("2025-01-01T00:00") + (days * 1440 + hours * 60 + minutes).astype("timedelta64[m]")
+    occurred = np.datetime64("2025-01-01T00:00") + (days * 1440 + hours * 60 + minutes).astype(
+        "timedelta64[m]"
+    )
     people = max(rows // 2, 1)
     # repeat victims: a heavy-tailed number of incidents per person
     person = np.minimum(rng.zipf(1.6, size=rows) - 1, people - 1)
     person = (person * 7919 + rng.integers(0, people, size=rows)) % people
     age = np.clip(rng.normal(34, 15, size=rows), 0, 99).round().astype(np.int64)
-    harm = np.clip(rng.normal(20 + 40 * deprivation.to_numpy()[area_idx], 15), 0, 100).round().astype(np.int64)
+    harm = (
+        np.clip(rng.normal(20 + 40 * deprivation.to_numpy()[area_idx], 15), 0, 100).round().astype(np.int64)
+    )
     categories = _CATEGORIES[partner]
     frame = pd.DataFrame(
         {
@@ -83,7 +110,9 @@ def generate_partner(partner: str, rows: int, seed: int = 7) -> PartnerData:
             {
                 "household_id": np.arange(n, dtype=np.int64),
                 "area": np.asarray(deprivation.index)[h_area],
-                "deprivation_score": np.clip(rng.normal(100 * deprivation.to_numpy()[h_area], 8), 0, 100).round().astype(np.int64),
+                "deprivation_score": np.clip(rng.normal(100 * deprivation.to_numpy()[h_area], 8), 0, 100)
+                .round()
+                .astype(np.int64),
                 "members": rng.integers(1, 6, size=n).astype(np.int64),
             }
         )
@@ -92,9 +121,17 @@ def generate_partner(partner: str, rows: int, seed: int = 7) -> PartnerData:
 
 def _node_yaml(partner: str, coordinator: str | None, poll: float) -> str:
     names = _SOURCE_NAMES[partner]
-    col_types = {"person_id": "int", "area": "str", "occurred_at": "datetime", "age": "int", "harm": "int", "category": "str"}
+    col_types = {
+        "person_id": "int",
+        "area": "str",
+        "occurred_at": "datetime",
+        "age": "int",
+        "harm": "int",
+        "category": "str",
+    }
     columns = "\n".join(
-        f"      {logical}: {{source: {names[logical]}, type: {ctype}}}" for logical, ctype in col_types.items()
+        f"      {logical}: {{source: {names[logical]}, type: {ctype}}}"
+        for logical, ctype in col_types.items()
     )
     households = ""
     allowed = "[incidents]"
@@ -133,7 +170,9 @@ policy:
 """
 
 
-def write_federation(root: Path, rows: int, seed: int = 7, coordinator: str | None = None, poll: float = 0.05) -> dict[str, Path]:
+def write_federation(
+    root: Path, rows: int, seed: int = 7, coordinator: str | None = None, poll: float = 0.05
+) -> dict[str, Path]:
     """Write each partner's data and node.yaml under `root/PARTNER/`; return the config paths."""
     configs = {}
     for partner in PARTNERS:

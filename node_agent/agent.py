@@ -78,7 +78,9 @@ class NodeAgent:
                 each with a message that says what and how to fix it. Nothing is released.
         """
         if request.protocol not in PROTOCOL_VERSIONS:
-            raise SpecError(f"protocol {request.protocol} is not supported; this node speaks {list(PROTOCOL_VERSIONS)}")
+            raise SpecError(
+                f"protocol {request.protocol} is not supported; this node speaks {list(PROTOCOL_VERSIONS)}"
+            )
         spec = parse_document(request.spec_yaml, AnalysisSpec, source=f"request {request.request_id}")
         policy = self.config.policy
         wanted = {spec.dataset_of(s) for s in spec.steps}
@@ -122,13 +124,25 @@ class NodeAgent:
             except Exception as exc:
                 for entry in entries:
                     self.ledger.fail(entry)
-                raise InternalError(f"release of {spec.name!r} failed after its budget was reserved: {exc}") from exc
+                raise InternalError(
+                    f"release of {spec.name!r} failed after its budget was reserved: {exc}"
+                ) from exc
             for entry in entries:
                 self.ledger.commit(entry)
-        log.info("released %s (%s) to %s: %s", spec.name, request.request_id, request.requester, cost.describe())
+        log.info(
+            "released %s (%s) to %s: %s", spec.name, request.request_id, request.requester, cost.describe()
+        )
         return self._release(request, spec_hash, tuple(released), cost, entries[0], "released")
 
-    def _release(self, request: AnalysisRequest, spec_hash: str, steps: tuple[object, ...], cost: Rho, entry: int | None, status: str) -> NodeRelease:
+    def _release(
+        self,
+        request: AnalysisRequest,
+        spec_hash: str,
+        steps: tuple[object, ...],
+        cost: Rho,
+        entry: int | None,
+        status: str,
+    ) -> NodeRelease:
         return NodeRelease(
             protocol=PROTOCOL_VERSIONS[-1],
             partner=self.config.partner,

@@ -66,7 +66,9 @@ def _ledger(config_path: Path) -> int:
             print(f"{e.id:>6}  {e.status:<9}  {e.population:<16}  rho {e.rho:.6g}  request {e.request_id}")
         for population, cap in sorted(config.policy.total_rho_cap.items()):
             spent = ledger.spent(population)
-            print(f"population {population}: spent rho {spent.value:.6g}, remaining rho {max(cap - spent.value, 0):.6g} of {cap:g}")
+            print(
+                f"population {population}: spent rho {spent.value:.6g}, remaining rho {max(cap - spent.value, 0):.6g} of {cap:g}"
+            )
     finally:
         ledger.close()
     return ExitCode.OK
@@ -80,7 +82,9 @@ def _start(config_path: Path, coordinator: str | None) -> int:
     config = load_node_config(config_path)
     address = coordinator or config.coordinator
     if not address:
-        raise ConfigError(f"{config_path}: coordinator: no coordinator address; set it in node.yaml or pass --coordinator")
+        raise ConfigError(
+            f"{config_path}: coordinator: no coordinator address; set it in node.yaml or pass --coordinator"
+        )
     agent = NodeAgent(config)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -24,13 +24,16 @@ def resolve_inside(data_dir: Path, relative: str) -> Path:
     root = data_dir.resolve()
     target = (root / relative).resolve()
     if not target.is_relative_to(root):
-        raise DataError(f"dataset path {relative!r} is outside the data folder {root}: move the file inside it")
+        raise DataError(
+            f"dataset path {relative!r} is outside the data folder {root}: move the file inside it"
+        )
     if not target.is_file():
         raise DataError(f"dataset file {target} does not exist")
     return target
 
 
 def _cast(series: pd.Series, ctype: str, name: str) -> pd.Series:
+    out: pd.Series
     if ctype == "int":
         out = pd.to_numeric(series, errors="coerce").astype("Int64")
     elif ctype == "float":

@@ -19,7 +19,8 @@ import logging
 import os
 import threading
 import time
-from functools import cache
+from collections.abc import Callable
+from functools import cache, partial
 from pathlib import Path
 from typing import cast
 
@@ -44,7 +45,14 @@ from node_agent.agent import NodeAgent
 from node_agent.config import load_node_config
 from privacy.errors import InternalError, ProtocolError, UserError
 
-__all__ = ["ERROR_CODE_INTERNAL", "ERROR_CODE_REFUSED", "accepted_bundle_hashes", "app", "handle_message", "serve"]
+__all__ = [
+    "ERROR_CODE_INTERNAL",
+    "ERROR_CODE_REFUSED",
+    "accepted_bundle_hashes",
+    "app",
+    "handle_message",
+    "serve",
+]
 
 log = logging.getLogger("oda.node")
 
@@ -85,7 +93,9 @@ def handle_message(agent: NodeAgent, message: Message, fab_hash: str) -> Message
                 f"this node speaks ({sorted(set(accepted_bundle_hashes().values()))}); refused"
             )
         if message.metadata.message_type != MESSAGE_TYPE:
-            raise ProtocolError(f"message type {message.metadata.message_type!r} is not handled; expected {MESSAGE_TYPE!r}")
+            raise ProtocolError(
+                f"message type {message.metadata.message_type!r} is not handled; expected {MESSAGE_TYPE!r}"
+            )
         record = message.content.config_records.get("request")
         if record is None or not isinstance(record.get("json"), str):
             raise ProtocolError("the message carries no analysis request")
@@ -100,7 +110,13 @@ def handle_message(agent: NodeAgent, message: Message, fab_hash: str) -> Message
         return _error_reply(message, agent.config.partner, exc)
 
 
-def serve(agent: NodeAgent, address: str, *, stop: threading.Event | None = None, max_retries: int | None = None) -> None:
+def _pull(pull_object: Callable[[int, str], bytes], run_id: int, object_id: str) -> bytes:
+    return pull_object(run_id, object_id)
+
+
+def serve(
+    agent: NodeAgent, address: str, *, stop: threading.Event | None = None, max_retries: int | None = None
+) -> None:
     """Connect to the SuperLink at `address` (insecure loopback) and answer messages until stopped."""
     stop = stop or threading.Event()
     interval = agent.config.poll_interval
@@ -124,7 +140,7 @@ def serve(agent: NodeAgent, address: str, *, stop: threading.Event | None = None
                 fab_hash = hashlib.sha256(fab.content).hexdigest()
             contents = pull_objects(
                 [t.object_id for t in iterate_object_tree(tree)],
-                pull_object_fn=lambda oid, rid=run_id: pull_object(rid, oid),
+                pull_object_fn=partial(_pull, pull_object, run_id),
             )
             confirm(run_id, message.metadata.message_id)
             full = cast(Message, inflate_object_from_contents(message.metadata.message_id, contents))
@@ -136,7 +152,7 @@ def serve(agent: NodeAgent, address: str, *, stop: threading.Event | None = None
             to_push, session = send(reply, get_object_tree(reply), time.perf_counter() - started)
             push_object_contents_from_iterable(
                 ((oid, objects[oid].deflate()) for oid in to_push),
-                push_object_fn=lambda oid, data, rid=run_id, s=session: push_object(rid, s, oid, data),
+                push_object_fn=partial(push_object, run_id, session),
             )
 
 

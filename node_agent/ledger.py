@@ -55,7 +55,9 @@ class Ledger:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
         except sqlite3.DatabaseError as exc:
-            raise DataError(f"privacy ledger {path} is unreadable ({exc}): restore it from backup; the node will not run without it") from exc
+            raise DataError(
+                f"privacy ledger {path} is unreadable ({exc}): restore it from backup; the node will not run without it"
+            ) from exc
 
     def close(self) -> None:
         self._db.close()

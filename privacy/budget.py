@@ -63,7 +63,7 @@ def _epsilon_of(rho: float, delta: float) -> float:
         dp.absolute_distance(T=float),
         scale=1.0 / math.sqrt(2.0 * rho),
     )
-    curve = dp.c.make_zCDP_to_approxDP(gaussian).map(1.0)
+    curve = dp.c.make_zCDP_to_approxDP(gaussian).map(1.0)  # type: ignore[no-untyped-call]  # OpenDP ships no types
     return float(curve.epsilon(delta))
 
 

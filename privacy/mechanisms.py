@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from privacy._opendp import dp
+from privacy._opendp import dp, privacy_map
 from privacy.accuracy import gaussian_accuracy95
 from privacy.budget import Rho
 from privacy.errors import InternalError, SpecError
@@ -62,7 +62,7 @@ def calibrate_scale(sensitivity: int, budget: Rho) -> float:
         raise SpecError("a release needs a budget above zero")
     scale = sensitivity / math.sqrt(2.0 * budget.value)
     for _ in range(64):
-        if float(_measurement(scale).map(sensitivity)) <= budget.value:
+        if privacy_map(_measurement(scale), sensitivity) <= budget.value:
             return scale
         scale *= _SCALE_NUDGE
     raise InternalError(f"could not calibrate a scale for rho {budget.value}")
@@ -81,7 +81,7 @@ def integer_gaussian(
     """
     scale = calibrate_scale(sensitivity, budget)
     measurement = _measurement(scale)
-    cost = Rho(float(measurement.map(sensitivity)))
+    cost = Rho(privacy_map(measurement, sensitivity))
     noisy = measurement([int(v) for v in np.asarray(exact, dtype=np.int64)])
     return NoisyVector(
         values=tuple(int(v) for v in noisy),

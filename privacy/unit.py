@@ -30,8 +30,7 @@ class PrivacyUnit:
             raise SpecError("the privacy unit needs an identifier column")
         if not 1 <= self.max_rows <= MAX_ROWS_LIMIT:
             raise SpecError(
-                f"privacy unit max_rows must be between 1 and {MAX_ROWS_LIMIT}, "
-                f"got {self.max_rows}"
+                f"privacy unit max_rows must be between 1 and {MAX_ROWS_LIMIT}, got {self.max_rows}"
             )
 
 
