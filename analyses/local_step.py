@@ -55,9 +55,12 @@ def _key_codes(frame: pd.DataFrame, key: KeySpec) -> IntArray:
         outside = np.isnan(values) | (codes < 0) | (codes >= len(edges) - 1)
         return np.asarray(np.where(outside, -1, codes), dtype=np.int64)
     keys = key.keys()
-    lookup = pd.Index(keys)
-    as_keys = column.astype(str) if isinstance(keys[0], str) else column
-    return np.asarray(lookup.get_indexer(pd.Index(as_keys)), dtype=np.int64)
+    # Hash the column once, then look up only its distinct values among the public keys.
+    codes, uniques = pd.factorize(column, sort=False)
+    if isinstance(keys[0], str):
+        uniques = pd.Index(uniques).astype(str)
+    positions = np.append(pd.Index(keys).get_indexer(pd.Index(uniques)), -1).astype(np.int64)
+    return np.asarray(positions[codes], dtype=np.int64)  # code -1 (missing) picks the appended -1
 
 
 def cell_index(frame: pd.DataFrame, keys: tuple[KeySpec, ...]) -> IntArray:

@@ -12,7 +12,12 @@ __all__ = ["round_to", "suppress_small"]
 
 
 def suppress_small(value: float, count: float, min_cell: int) -> float:
-    """`value`, or NaN when its (noisy) count is below `min_cell`."""
+    """`value`, or NaN when its (noisy) count is below `min_cell` (0 turns suppression off).
+
+    Noisy counts may be negative; they are left as they are (clamping would bias pooled sums).
+    """
+    if min_cell <= 0:
+        return value
     if math.isnan(count) or count < min_cell:
         return math.nan
     return value

@@ -42,12 +42,18 @@ def _truth(agents: list[NodeAgent]) -> pd.Series:
 
 def test_pooled_counts_fall_within_stated_accuracy_of_pandas_truth(agents: list[NodeAgent]) -> None:
     for agent in agents:  # suppression would hide small cells; coverage is about the noise
-        agent.config = agent.config.model_copy(update={"policy": agent.config.policy.model_copy(update={"min_cell": 0})})
+        agent.config = agent.config.model_copy(
+            update={"policy": agent.config.policy.model_copy(update={"min_cell": 0})}
+        )
     result = run_analysis(POOLED_HOUR_AREA, InProcessTransport(agents))
     table = result.tables[0].frame
     truth_frame = _truth(agents).rename("truth").reset_index()
-    truth_frame = truth_frame.assign(area=truth_frame.area.astype(str), occurred_at_hour=truth_frame.hour.map("{:02d}".format))
-    merged = table.merge(truth_frame[["area", "occurred_at_hour", "truth"]], on=["area", "occurred_at_hour"], how="left")
+    truth_frame = truth_frame.assign(
+        area=truth_frame.area.astype(str), occurred_at_hour=truth_frame.hour.map("{:02d}".format)
+    )
+    merged = table.merge(
+        truth_frame[["area", "occurred_at_hour", "truth"]], on=["area", "occurred_at_hour"], how="left"
+    )
     truth = merged["truth"].fillna(0).to_numpy()
     errors = np.abs(table["count"].to_numpy() - truth)
     inside = float(np.mean(errors <= table["count_accuracy95"].to_numpy()))
@@ -66,7 +72,9 @@ def test_planted_signal_survives_the_noise(agents: list[NodeAgent]) -> None:
 
 def test_every_example_spec_runs_in_process(agents: list[NodeAgent], tmp_path: Path) -> None:
     for spec in sorted(SPECS.glob("*.yaml")):
-        result = run_analysis(spec.read_text(), InProcessTransport(agents), source=str(spec), out_dir=tmp_path / spec.stem)
+        result = run_analysis(
+            spec.read_text(), InProcessTransport(agents), source=str(spec), out_dir=tmp_path / spec.stem
+        )
         assert result.refusals == [], spec
         assert (tmp_path / spec.stem / "manifest.json").exists()
         for table in result.tables:
@@ -84,18 +92,23 @@ def test_over_budget_request_is_refused_and_nothing_is_released(agents: list[Nod
 
 
 def test_policy_cap_per_analysis_refuses(agents: list[NodeAgent]) -> None:
-    with pytest.raises(FederationError, match="over its policy.max_rho_per_analysis"):
+    with pytest.raises(FederationError, match=r"over its policy\.max_rho_per_analysis"):
         run_analysis(POOLED_HOUR_AREA.replace("rho: 0.5", "rho: 2.0"), InProcessTransport(agents))
     assert all(a.ledger.spent("incidents").value == 0 for a in agents)
 
 
 def test_unknown_dataset_is_refused_by_every_node(agents: list[NodeAgent]) -> None:
-    with pytest.raises(FederationError, match="no partner released anything .*datasets hospital_admissions"):
-        run_analysis(POOLED_HOUR_AREA.replace("dataset: incidents", "dataset: hospital_admissions"), InProcessTransport(agents))
+    with pytest.raises(FederationError, match=r"no partner released anything .*datasets hospital_admissions"):
+        run_analysis(
+            POOLED_HOUR_AREA.replace("dataset: incidents", "dataset: hospital_admissions"),
+            InProcessTransport(agents),
+        )
 
 
 def test_unknown_column_is_refused_before_any_budget_is_spent(agents: list[NodeAgent]) -> None:
-    bad = POOLED_HOUR_AREA.replace("{column: occurred_at, derive: hour}", "{column: shoe_size, values: [1, 2]}")
+    bad = POOLED_HOUR_AREA.replace(
+        "{column: occurred_at, derive: hour}", "{column: shoe_size, values: [1, 2]}"
+    )
     with pytest.raises(FederationError, match="unknown column 'shoe_size'"):
         run_analysis(bad, InProcessTransport(agents))
     assert all(a.ledger.spent("incidents").value == 0 for a in agents)
@@ -103,7 +116,9 @@ def test_unknown_column_is_refused_before_any_budget_is_spent(agents: list[NodeA
 
 def test_invalid_spec_is_never_sent(agents: list[NodeAgent]) -> None:
     with pytest.raises(SpecError, match="bounds"):
-        run_analysis(POOLED_HOUR_AREA.replace("kind: count", "kind: sum\n    column: age"), InProcessTransport(agents))
+        run_analysis(
+            POOLED_HOUR_AREA.replace("kind: count", "kind: sum\n    column: age"), InProcessTransport(agents)
+        )
     assert all(a.ledger.entries() == [] for a in agents)
 
 

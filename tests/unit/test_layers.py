@@ -8,7 +8,20 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-FORBIDDEN_IN_PURE = {"flwr", "grpc", "httpx", "fastapi", "starlette", "sqlalchemy", "sqlite3", "psycopg", "requests", "urllib3", "socket", "uvicorn"}
+FORBIDDEN_IN_PURE = {
+    "flwr",
+    "grpc",
+    "httpx",
+    "fastapi",
+    "starlette",
+    "sqlalchemy",
+    "sqlite3",
+    "psycopg",
+    "requests",
+    "urllib3",
+    "socket",
+    "uvicorn",
+}
 FLOWER_MODULES = {"node_agent/flower_node.py", "coordinator/flower_server.py"}
 
 
@@ -26,7 +39,8 @@ def _imports(path: Path) -> set[str]:
 @pytest.mark.parametrize("package", ["privacy", "analyses"])
 def test_pure_package_imports_no_io_module(package: str) -> None:
     offenders = {
-        str(p.relative_to(ROOT)): sorted(_imports(p) & FORBIDDEN_IN_PURE) for p in (ROOT / package).rglob("*.py")
+        str(p.relative_to(ROOT)): sorted(_imports(p) & FORBIDDEN_IN_PURE)
+        for p in (ROOT / package).rglob("*.py")
     }
     assert {k: v for k, v in offenders.items() if v} == {}
 

@@ -34,12 +34,28 @@ policy:
 """
 
 BAD_CONFIGS = [
-    ("unknown key", NODE.replace("partner: police", "partner: police\nfirewall: off"), "firewall: unknown field"),
+    (
+        "unknown key",
+        NODE.replace("partner: police", "partner: police\nfirewall: off"),
+        "firewall: unknown field",
+    ),
     ("no policy", NODE.split("policy:")[0], "policy: Field required"),
     ("uncapped population", NODE.replace("{incidents: 2.0}", "{other: 2.0}"), "has no policy.total_rho_cap"),
-    ("allowed but undeclared", NODE.replace("[incidents]", "[incidents, health]"), "names 'health', which is not under datasets"),
-    ("identifier undeclared", NODE.replace("identifier: pid", "identifier: nhs_number"), "identifier 'nhs_number' is not one of the declared columns"),
-    ("bad column type", NODE.replace("{type: int}", "{type: blob}"), r"datasets\.incidents\.columns\.pid\.type: Input should be"),
+    (
+        "allowed but undeclared",
+        NODE.replace("[incidents]", "[incidents, health]"),
+        "names 'health', which is not under datasets",
+    ),
+    (
+        "identifier undeclared",
+        NODE.replace("identifier: pid", "identifier: nhs_number"),
+        "identifier 'nhs_number' is not one of the declared columns",
+    ),
+    (
+        "bad column type",
+        NODE.replace("{type: int}", "{type: blob}"),
+        r"datasets\.incidents\.columns\.pid\.type: Input should be",
+    ),
     ("zero cap", NODE.replace("{incidents: 2.0}", "{incidents: 0}"), "must be in \\(0, 100\\]"),
     ("broken yaml", NODE + "  - : [\n", "not valid YAML"),
     ("python tag", "!!python/name:os.system\n", "not valid YAML"),
@@ -47,7 +63,9 @@ BAD_CONFIGS = [
 
 
 @pytest.mark.parametrize(("label", "text", "message"), BAD_CONFIGS, ids=[b[0] for b in BAD_CONFIGS])
-def test_bad_node_config_is_refused_with_its_message(tmp_path: Path, label: str, text: str, message: str) -> None:
+def test_bad_node_config_is_refused_with_its_message(
+    tmp_path: Path, label: str, text: str, message: str
+) -> None:
     path = tmp_path / "node.yaml"
     path.write_text(text)
     with pytest.raises(ConfigError, match=message):
@@ -68,7 +86,9 @@ def test_dataset_path_outside_data_folder_is_refused(tmp_path: Path) -> None:
 
 def test_connector_maps_and_types_columns(tmp_path: Path) -> None:
     (tmp_path / "data").mkdir()
-    pd.DataFrame({"pid": [1, 2], "lsoa": ["E1", "E2"], "extra": [0, 0]}).to_csv(tmp_path / "data" / "incidents.csv", index=False)
+    pd.DataFrame({"pid": [1, 2], "lsoa": ["E1", "E2"], "extra": [0, 0]}).to_csv(
+        tmp_path / "data" / "incidents.csv", index=False
+    )
     (tmp_path / "node.yaml").write_text(NODE)
     config = load_node_config(tmp_path / "node.yaml")
     frame = load_dataset(Path(config.data_dir), "incidents", config.datasets["incidents"])
@@ -97,7 +117,9 @@ def test_ledger_survives_restart_and_pending_counts_as_spent(tmp_path: Path) -> 
     ledger = Ledger(tmp_path / "l.sqlite")
     committed = ledger.reserve(request_id="a", costs={"p": Rho(0.2)}, caps={"p": Rho(1.0)}, spec_hash="h")
     ledger.commit(committed[0])
-    ledger.reserve(request_id="b", costs={"p": Rho(0.3)}, caps={"p": Rho(1.0)}, spec_hash="h")  # never committed
+    ledger.reserve(
+        request_id="b", costs={"p": Rho(0.3)}, caps={"p": Rho(1.0)}, spec_hash="h"
+    )  # never committed
     ledger.close()
     reopened = Ledger(tmp_path / "l.sqlite")
     assert reopened.spent("p").value == pytest.approx(0.5)
@@ -114,7 +136,12 @@ def test_ledger_failed_release_is_not_refunded(tmp_path: Path) -> None:
 def test_ledger_multi_population_reservation_is_all_or_nothing(tmp_path: Path) -> None:
     ledger = Ledger(tmp_path / "l.sqlite")
     with pytest.raises(BudgetExhausted):
-        ledger.reserve(request_id="a", costs={"p": Rho(0.1), "q": Rho(5.0)}, caps={"p": Rho(1.0), "q": Rho(1.0)}, spec_hash="h")
+        ledger.reserve(
+            request_id="a",
+            costs={"p": Rho(0.1), "q": Rho(5.0)},
+            caps={"p": Rho(1.0), "q": Rho(1.0)},
+            spec_hash="h",
+        )
     assert ledger.spent("p").value == 0
 
 
@@ -167,3 +194,23 @@ def test_corrupted_ledger_is_named_and_refused(tmp_path: Path) -> None:
 def test_every_exit_code_has_help_text() -> None:
     assert set(EXIT_HELP) == set(ExitCode)
     assert all(text.strip() for text in EXIT_HELP.values())
+
+
+def test_example_node_config_is_valid() -> None:
+    path = Path(__file__).resolve().parents[2] / "configs" / "nodes" / "example-node.yaml"
+    config = load_node_config(path)
+    assert config.population_of("incidents") == "residents"
+
+
+def test_published_json_schemas_are_up_to_date() -> None:
+    import json
+
+    from analyses.spec import AnalysisSpec
+    from node_agent.config import NodeConfig
+
+    folder = Path(__file__).resolve().parents[2] / "configs" / "schema"
+    for name, model in [("analysis-spec.v1.json", AnalysisSpec), ("node-config.v1.json", NodeConfig)]:
+        on_disk = json.loads((folder / name).read_text())
+        assert on_disk == json.loads(json.dumps(model.model_json_schema())), (
+            f"run `oda schema` to refresh {name}"
+        )

@@ -47,14 +47,26 @@ def test_rho_composition_is_addition(parts: list[float]) -> None:
 
 @pytest.mark.parametrize(
     ("value", "message"),
-    [(-0.1, "rho must be a finite number >= 0"), (math.inf, "rho must be a finite"), (math.nan, "rho must be")],
+    [
+        (-0.1, "rho must be a finite number >= 0"),
+        (math.inf, "rho must be a finite"),
+        (math.nan, "rho must be"),
+    ],
 )
 def test_rho_rejects_bad_values(value: float, message: str) -> None:
     with pytest.raises(SpecError, match=message):
         Rho(value)
 
 
-@pytest.mark.parametrize(("epsilon", "delta", "message"), [(0, 1e-6, "epsilon must be"), (-1, 1e-6, "epsilon must be"), (1, 0, "delta must be"), (1, 1.5, "delta must be")])
+@pytest.mark.parametrize(
+    ("epsilon", "delta", "message"),
+    [
+        (0, 1e-6, "epsilon must be"),
+        (-1, 1e-6, "epsilon must be"),
+        (1, 0, "delta must be"),
+        (1, 1.5, "delta must be"),
+    ],
+)
 def test_rho_from_epsilon_delta_rejects_bad_values(epsilon: float, delta: float, message: str) -> None:
     with pytest.raises(SpecError, match=message):
         rho_from_epsilon_delta(epsilon, delta)
@@ -86,7 +98,10 @@ def test_integer_gaussian_noise_respects_its_stated_accuracy() -> None:
     assert float(np.mean(errors <= release.accuracy95 / 3)) < 0.9
 
 
-@pytest.mark.parametrize(("sensitivity", "rho", "message"), [(0, Rho(1.0), "sensitivity must be"), (1, Rho(0.0), "budget above zero")])
+@pytest.mark.parametrize(
+    ("sensitivity", "rho", "message"),
+    [(0, Rho(1.0), "sensitivity must be"), (1, Rho(0.0), "budget above zero")],
+)
 def test_integer_gaussian_refuses_degenerate_inputs(sensitivity: int, rho: Rho, message: str) -> None:
     with pytest.raises(SpecError, match=message):
         integer_gaussian([1, 2], sensitivity, rho)
@@ -114,7 +129,14 @@ def test_truncation_drops_missing_identifiers() -> None:
     assert len(truncate_contributions(frame, PrivacyUnit("pid", 5))) == 2
 
 
-@pytest.mark.parametrize(("unit", "message"), [(("pid", 0), "max_rows must be between"), (("", 1), "needs an identifier"), (("pid", 5000), "max_rows must be between")])
+@pytest.mark.parametrize(
+    ("unit", "message"),
+    [
+        (("pid", 0), "max_rows must be between"),
+        (("", 1), "needs an identifier"),
+        (("pid", 5000), "max_rows must be between"),
+    ],
+)
 def test_privacy_unit_rejects_bad_bounds(unit: tuple[str, int], message: str) -> None:
     with pytest.raises(SpecError, match=message):
         PrivacyUnit(*unit)
@@ -128,3 +150,7 @@ def test_truncation_needs_the_identifier_column() -> None:
 def test_suppression_hides_small_cells_only() -> None:
     assert math.isnan(suppress_small(5.0, 4.0, 10))
     assert suppress_small(50.0, 40.0, 10) == 50.0
+
+
+def test_suppression_off_keeps_negative_noisy_counts() -> None:
+    assert suppress_small(-3.0, -3.0, 0) == -3.0

@@ -10,7 +10,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from analyses import AnalysisSpec, MeasurementRelease, NodeRelease, StepRelease, combine, exact_aggregates, key_frame, parse_document
+from analyses import (
+    AnalysisSpec,
+    MeasurementRelease,
+    NodeRelease,
+    StepRelease,
+    combine,
+    exact_aggregates,
+    key_frame,
+    parse_document,
+)
 from analyses.catalog import check_steps
 from privacy import SpecError
 from privacy.unit import PrivacyUnit, truncate_contributions
@@ -26,7 +35,10 @@ steps:
 
 
 def spec_with(step: str, head: str = "") -> str:
-    base = head or "version: 1\nname: t\ndataset: incidents\nprivacy: {rho: 0.5, unit: {identifier: pid, max_rows: 2}}\n"
+    base = (
+        head
+        or "version: 1\nname: t\ndataset: incidents\nprivacy: {rho: 0.5, unit: {identifier: pid, max_rows: 2}}\n"
+    )
     return base + "steps:\n" + textwrap.indent(step.strip("\n"), "  ") + "\n"
 
 
@@ -37,23 +49,67 @@ BAD_SPECS = [
     ("infinite bounds", spec_with("- {kind: sum, id: s, column: x, bounds: [0, .inf]}"), "finite"),
     ("unknown step", spec_with("- {kind: regress, id: s}"), "unknown step kind 'regress'"),
     ("negative rho", GOOD.replace("rho: 0.5", "rho: -1"), r"privacy\.rho: Input should be greater than 0"),
-    ("absurd epsilon", GOOD.replace("rho: 0.5", "epsilon: 1000, delta: 1.0e-6"), r"privacy\.epsilon: Input should be less than or equal to 50"),
+    (
+        "absurd epsilon",
+        GOOD.replace("rho: 0.5", "epsilon: 1000, delta: 1.0e-6"),
+        r"privacy\.epsilon: Input should be less than or equal to 50",
+    ),
     ("epsilon without delta", GOOD.replace("rho: 0.5", "epsilon: 1"), "'epsilon' needs 'delta'"),
     ("both budgets", GOOD.replace("rho: 0.5", "rho: 0.5, epsilon: 1, delta: 1.0e-6"), "not both"),
-    ("group by identifier", spec_with("- {kind: count, id: c, by: [{column: pid, values: [1, 2]}]}"), "identifiers are never published"),
+    (
+        "group by identifier",
+        spec_with("- {kind: count, id: c, by: [{column: pid, values: [1, 2]}]}"),
+        "identifiers are never published",
+    ),
     ("unknown field", GOOD.replace("name: t", "name: t\ncolour: red"), "colour: unknown field"),
     ("python tag", "!!python/object/apply:os.system ['echo pwned']\n", "not valid YAML"),
-    ("oversized keys", spec_with("- {kind: count, id: c, by: [{column: a, values: %s}, {column: b, values: %s}]}" % (list(range(1000)), list(range(1000)))), "over the limit of 200,000"),
-    ("unknown keyset", spec_with("- {kind: count, id: c, by: [{column: area, keyset: atlantis}]}"), "unknown key set 'atlantis'"),
+    (
+        "oversized keys",
+        spec_with(
+            "- {kind: count, id: c, by: [{column: a, values: KEYS}, {column: b, values: KEYS}]}".replace(
+                "KEYS", str(list(range(1000)))
+            )
+        ),
+        "over the limit of 200,000",
+    ),
+    (
+        "unknown keyset",
+        spec_with("- {kind: count, id: c, by: [{column: area, keyset: atlantis}]}"),
+        "unknown key set 'atlantis'",
+    ),
     ("no key source", spec_with("- {kind: count, id: c, by: [{column: area}]}"), "give exactly one of"),
-    ("duplicate step id", spec_with("- {kind: count, id: c}\n- {kind: count, id: c}"), "step id 'c' is used twice"),
-    ("unsupported version", GOOD.replace("version: 1", "version: 7"), "spec version 7 is not supported; this release reads 1"),
-    ("unit too large", GOOD.replace("max_rows: 2", "max_rows: 100000"), r"max_rows: Input should be less than or equal to 1000"),
+    (
+        "duplicate step id",
+        spec_with("- {kind: count, id: c}\n- {kind: count, id: c}"),
+        "step id 'c' is used twice",
+    ),
+    (
+        "unsupported version",
+        GOOD.replace("version: 1", "version: 7"),
+        "spec version 7 is not supported; this release reads 1",
+    ),
+    (
+        "unit too large",
+        GOOD.replace("max_rows: 2", "max_rows: 100000"),
+        r"max_rows: Input should be less than or equal to 1000",
+    ),
     ("not a mapping", "- just\n- a list\n", "expected a mapping"),
     ("no steps", GOOD.split("steps:")[0] + "steps: []\n", "steps: Tuple should have at least 1 item"),
-    ("bad quantile", spec_with("- {kind: quantile, id: q, column: x, bounds: [0, 1], quantiles: [1.5]}"), "strictly between 0 and 1"),
-    ("band without edges", spec_with("- {kind: count, id: c, by: [{column: age, derive: band}]}"), "needs 'edges'"),
-    ("mixed datasets without join", spec_with("- {kind: count, id: c, dataset: other}"), "need combine: join"),
+    (
+        "bad quantile",
+        spec_with("- {kind: quantile, id: q, column: x, bounds: [0, 1], quantiles: [1.5]}"),
+        "strictly between 0 and 1",
+    ),
+    (
+        "band without edges",
+        spec_with("- {kind: count, id: c, by: [{column: age, derive: band}]}"),
+        "needs 'edges'",
+    ),
+    (
+        "mixed datasets without join",
+        spec_with("- {kind: count, id: c, dataset: other}"),
+        "need combine: join",
+    ),
 ]
 
 
@@ -80,7 +136,13 @@ def test_good_spec_hash_is_stable_and_content_sensitive() -> None:
 
 
 def test_catalog_check_lists_unknown_and_mistyped_columns() -> None:
-    spec = parse_document(spec_with("- {kind: sum, id: s, column: name, bounds: [0, 1], by: [{column: when, derive: hour}, {column: nope, values: [1]}]}"), AnalysisSpec, source="s")
+    spec = parse_document(
+        spec_with(
+            "- {kind: sum, id: s, column: name, bounds: [0, 1], by: [{column: when, derive: hour}, {column: nope, values: [1]}]}"
+        ),
+        AnalysisSpec,
+        source="s",
+    )
     with pytest.raises(SpecError) as info:
         check_steps(spec, {"incidents": {"pid": "int", "name": "str", "when": "int"}})
     message = str(info.value)
@@ -90,20 +152,34 @@ def test_catalog_check_lists_unknown_and_mistyped_columns() -> None:
 
 
 def test_key_frame_is_row_major_product() -> None:
-    spec = parse_document(spec_with("- {kind: count, id: c, by: [{column: a, values: [x, y]}, {column: b, values: [1, 2, 3]}]}"), AnalysisSpec, source="s")
+    spec = parse_document(
+        spec_with(
+            "- {kind: count, id: c, by: [{column: a, values: [x, y]}, {column: b, values: [1, 2, 3]}]}"
+        ),
+        AnalysisSpec,
+        source="s",
+    )
     frame = key_frame(spec.steps[0])
     assert list(zip(frame["a"], frame["b"], strict=True))[:4] == [("x", 1), ("x", 2), ("x", 3), ("y", 1)]
 
 
 def test_exact_aggregates_match_pandas() -> None:
-    spec = parse_document(spec_with("- {kind: mean, id: m, column: v, bounds: [0, 10], by: [{column: area, values: [a, b, c]}, {column: t, derive: hour}]}"), AnalysisSpec, source="s")
+    spec = parse_document(
+        spec_with(
+            "- {kind: mean, id: m, column: v, bounds: [0, 10], by: [{column: area, values: [a, b, c]}, {column: t, derive: hour}]}"
+        ),
+        AnalysisSpec,
+        source="s",
+    )
     rng = np.random.default_rng(3)
-    frame = pd.DataFrame({
-        "pid": rng.integers(0, 50, 500),
-        "area": rng.choice(["a", "b", "c", "zz"], 500),
-        "t": pd.Timestamp("2025-01-01") + pd.to_timedelta(rng.integers(0, 48 * 60, 500), unit="m"),
-        "v": rng.integers(-5, 20, 500).astype(float),
-    })
+    frame = pd.DataFrame(
+        {
+            "pid": rng.integers(0, 50, 500),
+            "area": rng.choice(["a", "b", "c", "zz"], 500),
+            "t": pd.Timestamp("2025-01-01") + pd.to_timedelta(rng.integers(0, 48 * 60, 500), unit="m"),
+            "v": rng.integers(-5, 20, 500).astype(float),
+        }
+    )
     out = exact_aggregates(spec.steps[0], frame, 2)
     truth = frame[frame.area != "zz"].assign(h=lambda f: f.t.dt.hour, v=lambda f: f.v.clip(0, 10))
     grouped = truth.groupby(["area", "h"]).v.agg(["sum", "size"])
@@ -115,9 +191,22 @@ def test_exact_aggregates_match_pandas() -> None:
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 8), st.sampled_from("abc"), st.integers(-3, 12)), min_size=1, max_size=80), st.integers(0, 8))
-def test_removing_one_person_moves_releases_by_at_most_the_sensitivity(rows: list[tuple[int, str, int]], victim: int) -> None:
-    spec = parse_document(spec_with("- {kind: mean, id: m, column: v, bounds: [-2, 10], by: [{column: area, values: [a, b, c]}]}"), AnalysisSpec, source="s")
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 8), st.sampled_from("abc"), st.integers(-3, 12)), min_size=1, max_size=80
+    ),
+    st.integers(0, 8),
+)
+def test_removing_one_person_moves_releases_by_at_most_the_sensitivity(
+    rows: list[tuple[int, str, int]], victim: int
+) -> None:
+    spec = parse_document(
+        spec_with(
+            "- {kind: mean, id: m, column: v, bounds: [-2, 10], by: [{column: area, values: [a, b, c]}]}"
+        ),
+        AnalysisSpec,
+        source="s",
+    )
     frame = pd.DataFrame(rows, columns=["pid", "area", "v"]).astype({"v": float})
     unit = PrivacyUnit("pid", 2)
     with_all = exact_aggregates(spec.steps[0], truncate_contributions(frame, unit), 2)
@@ -126,33 +215,70 @@ def test_removing_one_person_moves_releases_by_at_most_the_sensitivity(rows: lis
         assert np.linalg.norm(vector - without[name][0]) <= sensitivity
 
 
-def _release(partner: str, values: dict[str, tuple[int, ...]], scale: float, min_cell: int = 0) -> NodeRelease:
-    ms = tuple(MeasurementRelease(n, v, "integer_gaussian", scale, 1, 0.1, 2 * scale) for n, v in values.items())
-    return NodeRelease(1, partner, "x", "r", "h", "released", (StepRelease("c", "count", "hidden", ms),), 0.1, 2.0, 1e-6, min_cell, 1)
+def _release(
+    partner: str, values: dict[str, tuple[int, ...]], scale: float, min_cell: int = 0
+) -> NodeRelease:
+    ms = tuple(
+        MeasurementRelease(n, v, "integer_gaussian", scale, 1, 0.1, 2 * scale) for n, v in values.items()
+    )
+    return NodeRelease(
+        1,
+        partner,
+        "x",
+        "r",
+        "h",
+        "released",
+        (StepRelease("c", "count", "hidden", ms),),
+        0.1,
+        2.0,
+        1e-6,
+        min_cell,
+        1,
+    )
 
 
 def test_pool_sums_cells_and_propagates_scale_exactly() -> None:
-    spec = parse_document(GOOD.replace("steps:", "disclosure: {min_cell: 0}\nsteps:"), AnalysisSpec, source="s")
-    tables = combine(spec, [_release("p", {"count": (10, 20, 30)}, 3.0), _release("f", {"count": (1, 2, 3)}, 4.0)])
+    spec = parse_document(
+        GOOD.replace("steps:", "disclosure: {min_cell: 0}\nsteps:"), AnalysisSpec, source="s"
+    )
+    tables = combine(
+        spec, [_release("p", {"count": (10, 20, 30)}, 3.0), _release("f", {"count": (1, 2, 3)}, 4.0)]
+    )
     frame = tables[0].frame
     assert list(frame["count"]) == [11, 22, 33]
     assert frame["count_accuracy95"].iloc[0] == pytest.approx(1.959963984540054 * 5.0 + 2)
 
 
 def test_pool_suppresses_cells_below_the_strictest_min_cell() -> None:
-    spec = parse_document(GOOD.replace("steps:", "disclosure: {min_cell: 5}\nsteps:"), AnalysisSpec, source="s")
+    spec = parse_document(
+        GOOD.replace("steps:", "disclosure: {min_cell: 5}\nsteps:"), AnalysisSpec, source="s"
+    )
     frame = combine(spec, [_release("p", {"count": (3, 20, 30)}, 1.0, min_cell=25)])[0].frame
     assert frame["count"].isna().tolist() == [True, True, False]
 
 
 def test_by_partner_keeps_partners_apart() -> None:
-    spec = parse_document(GOOD.replace("dataset: incidents", "dataset: incidents\ncombine: by_partner").replace("steps:", "disclosure: {min_cell: 0}\nsteps:"), AnalysisSpec, source="s")
-    frame = combine(spec, [_release("p", {"count": (10, 20, 30)}, 3.0), _release("f", {"count": (1, 2, 3)}, 4.0)])[0].frame
+    spec = parse_document(
+        GOOD.replace("dataset: incidents", "dataset: incidents\ncombine: by_partner").replace(
+            "steps:", "disclosure: {min_cell: 0}\nsteps:"
+        ),
+        AnalysisSpec,
+        source="s",
+    )
+    frame = combine(
+        spec, [_release("p", {"count": (10, 20, 30)}, 3.0), _release("f", {"count": (1, 2, 3)}, 4.0)]
+    )[0].frame
     assert frame.groupby("partner")["count"].sum().to_dict() == {"p": 60, "f": 6}
 
 
 def test_mean_is_pooled_sum_over_pooled_count() -> None:
-    spec = parse_document(spec_with("- {kind: mean, id: c, column: v, bounds: [0, 10], by: [{column: area, values: [a]}]}").replace("steps:", "disclosure: {min_cell: 0}\nsteps:"), AnalysisSpec, source="s")
+    spec = parse_document(
+        spec_with(
+            "- {kind: mean, id: c, column: v, bounds: [0, 10], by: [{column: area, values: [a]}]}"
+        ).replace("steps:", "disclosure: {min_cell: 0}\nsteps:"),
+        AnalysisSpec,
+        source="s",
+    )
     r1 = _release("p", {"sum": (100,), "count": (10,)}, 1.0)
     r2 = _release("f", {"sum": (300,), "count": (30,)}, 1.0)
     frame = combine(spec, [r1, r2])[0].frame
@@ -173,5 +299,7 @@ def test_release_json_round_trip_and_version_refusal() -> None:
 
     r = _release("p", {"count": (1, 2, 3)}, 1.0)
     assert NodeRelease.from_json(r.to_json()) == r
-    with pytest.raises(ProtocolError, match=r"release protocol 9 is not supported; this coordinator speaks \[1\]"):
+    with pytest.raises(
+        ProtocolError, match=r"release protocol 9 is not supported; this coordinator speaks \[1\]"
+    ):
         NodeRelease.from_json(r.to_json().replace('"protocol": 1', '"protocol": 9'))

@@ -1,0 +1,108 @@
+"""Real processes on loopback: a SuperLink and three `oda-node` processes speaking Flower."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from coordinator.federation import EmbeddedFederation
+from coordinator.flower_server import FlowerLink
+from coordinator.orchestrator import run_analysis
+from tests.conftest import SPECS
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedFederation]:
+    with EmbeddedFederation(tmp_path_factory.mktemp("e2e"), rows=20_000) as fed:
+        yield fed
+
+
+def test_analysis_runs_over_flower_and_writes_manifest(
+    federation: EmbeddedFederation, tmp_path: Path
+) -> None:
+    link = FlowerLink(federation.address)
+    try:
+        result = run_analysis((SPECS / "incidents_by_area.yaml").read_text(), link, out_dir=tmp_path)
+    finally:
+        link.close()
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert sorted(n["partner"] for n in manifest["nodes"]) == ["council", "fire", "police"]
+    measurement = manifest["nodes"][0]["steps"][0]["measurements"][0]
+    assert {"mechanism", "scale", "rho", "accuracy95"} <= set(measurement)
+    assert len(result.tables[0].frame) == 195
+    assert (tmp_path / "incidents.csv").exists() and (tmp_path / "incidents.parquet").exists()
+
+
+def test_foreign_app_bundle_gets_an_error_reply_within_seconds(federation: EmbeddedFederation) -> None:
+    from flwr.cli.build import build_fab_from_files
+
+    from analyses.release import AnalysisRequest
+
+    foreign = {
+        "pyproject.toml": b'[build-system]\nrequires=["hatchling"]\nbuild-backend="hatchling.build"\n[project]\nname="evil"\nversion="1.0.0"\ndependencies=[]\n[tool.hatch.build.targets.wheel]\npackages=["."]\n[tool.flwr.app]\npublisher="x"\n[tool.flwr.app.components]\nserverapp="evil.a:s"\nclientapp="evil.a:c"\n[tool.flwr.app.config]\n',
+        "evil/__init__.py": b"",
+        "evil/a.py": b"import os\nos.system('echo owned')\n",
+    }
+    link = FlowerLink(federation.address)
+    content = build_fab_from_files(foreign)[0]
+    import hashlib
+
+    link._fab_hash, link._fab = hashlib.sha256(content).hexdigest(), content
+    started = time.monotonic()
+    try:
+        replies = link.broadcast(AnalysisRequest(1, "x", "t", "version: 1").to_json(), timeout=20)
+    finally:
+        link.close()
+    assert time.monotonic() - started < 10
+    assert len(replies) == 3
+    assert all(r.outcome == "refused" and "is not the oda runner" in r.body for r in replies)
+
+
+def test_oda_run_cli_prints_tables_and_stops_its_processes(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "coordinator.cli",
+            "run",
+            str(SPECS / "incidents_by_hour.yaml"),
+            "--out",
+            str(tmp_path),
+            "--rows",
+            "6000",
+            "--work-dir",
+            str(tmp_path / "fed"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "table by_hour_weekday (168 rows)" in proc.stdout
+    assert "embedded federation stopped" in proc.stdout
+    assert (tmp_path / "incidents_by_hour" / "manifest.json").exists()
+
+
+def test_oda_run_with_bad_spec_exits_with_spec_code(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "version: 1\nname: b\ndataset: incidents\nprivacy: {rho: 0.1, unit: {identifier: person_id, max_rows: 1}}\nsteps: [{kind: sum, id: s, column: age}]\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "coordinator.cli", "run", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 11
+    assert "steps[0].bounds: Field required" in proc.stderr
