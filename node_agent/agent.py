@@ -149,8 +149,8 @@ class NodeAgent:
             node_version=node_version(),
             request_id=request.request_id,
             spec_hash=spec_hash,
-            status=status,  # type: ignore[arg-type]  # one of the two literals, by the callers
-            steps=steps,  # type: ignore[arg-type]  # StepRelease tuple, by the callers
+            status=status,
+            steps=steps,
             cost_rho=cost.value,
             epsilon=cost.epsilon(DISPLAY_DELTA),
             delta=DISPLAY_DELTA,
