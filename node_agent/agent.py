@@ -11,13 +11,14 @@ import logging
 import threading
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Literal
 
 import pandas as pd
 
 from analyses.catalog import DatasetSchema, check_steps
 from analyses.documents import parse_document
 from analyses.local_step import planned_cost, release_step, truncate_for
-from analyses.release import PROTOCOL_VERSIONS, AnalysisRequest, NodeRelease
+from analyses.release import PROTOCOL_VERSIONS, AnalysisRequest, NodeRelease, StepRelease
 from analyses.spec import AnalysisSpec
 from node_agent.config import NodeConfig
 from node_agent.connectors import load_dataset
@@ -138,10 +139,10 @@ class NodeAgent:
         self,
         request: AnalysisRequest,
         spec_hash: str,
-        steps: tuple[object, ...],
+        steps: tuple[StepRelease, ...],
         cost: Rho,
         entry: int | None,
-        status: str,
+        status: Literal["released", "not_held"],
     ) -> NodeRelease:
         return NodeRelease(
             protocol=PROTOCOL_VERSIONS[-1],
