@@ -4,7 +4,7 @@ from analyses.aggregate import ResultTable, combine, key_frame, pool_vectors
 from analyses.catalog import ColumnType, DatasetSchema, check_steps, steps_for_datasets
 from analyses.documents import format_validation_error, load_document, parse_document
 from analyses.keysets import available_keysets, load_keyset
-from analyses.local_step import exact_aggregates, planned_cost, release_step, truncate_for
+from analyses.local_step import LocalData, exact_aggregates, planned_cost, release_step, release_steps
 from analyses.release import (
     PROTOCOL_VERSIONS,
     AnalysisRequest,
@@ -23,6 +23,7 @@ __all__ = [
     "ColumnType",
     "DatasetSchema",
     "KeySpec",
+    "LocalData",
     "MeasurementRelease",
     "NodeRelease",
     "ResultTable",
@@ -40,6 +41,6 @@ __all__ = [
     "planned_cost",
     "pool_vectors",
     "release_step",
+    "release_steps",
     "steps_for_datasets",
-    "truncate_for",
 ]

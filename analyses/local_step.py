@@ -1,8 +1,8 @@
 """The local step of every operator: a node's frame in, a DP release out.
 
 Pure: a pandas frame (already mapped to logical column names and declared types) and the
-parsed spec go in; a `StepRelease` comes out. Contributions are truncated to the privacy unit
-first, so the sensitivities used below hold by construction:
+parsed spec go in; `StepRelease`s come out. Contributions are truncated to the privacy unit
+first (as a row mask, see `LocalData`), so the sensitivities used below hold by construction:
 
 - a count vector changes by at most `max_rows` in L2 when one person is added or removed;
 - a sum vector of values clamped to [lo, hi], in units of `precision`, by at most
@@ -12,10 +12,15 @@ first, so the sensitivities used below hold by construction:
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from analyses.release import MeasurementRelease, StepRelease
 from analyses.spec import (
@@ -28,22 +33,80 @@ from analyses.spec import (
     SumStep,
 )
 from privacy.budget import Rho
-from privacy.mechanisms import integer_gaussian
-from privacy.unit import truncate_contributions
+from privacy.errors import SpecError
+from privacy.mechanisms import NoisyVector, integer_gaussian
+from privacy.unit import PrivacyUnit, contribution_mask
 
-__all__ = ["cell_index", "exact_aggregates", "release_step", "truncate_for"]
+__all__ = ["LocalData", "exact_aggregates", "planned_cost", "release_step", "release_steps"]
 
 IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
+
+#: Noise for different measurements is drawn on this many threads (OpenDP releases the GIL).
+NOISE_THREADS = max(1, min(4, os.cpu_count() or 1))
 
 
-def truncate_for(spec: AnalysisSpec, step: Step, frame: pd.DataFrame) -> pd.DataFrame:
-    """Enforce the step's privacy unit on its dataset before the step reads it."""
-    return truncate_contributions(frame, spec.unit_of(step).to_unit())
+class LocalData:
+    """One dataset's frame, prepared for one request.
+
+    Truncation to a privacy unit is a row mask, and each grouping key is coded once; every step
+    reading the dataset shares them. The frame itself is never copied.
+    """
+
+    def __init__(self, frame: pd.DataFrame) -> None:
+        self.frame = frame
+        self._keep: dict[PrivacyUnit, BoolArray] = {}
+        self._codes: dict[KeySpec, IntArray] = {}
+        self._cells: dict[tuple[tuple[KeySpec, ...], PrivacyUnit], IntArray] = {}
+
+    def keep(self, unit: PrivacyUnit) -> BoolArray:
+        """Rows that survive truncation to `unit` (the first `max_rows` of each person).
+
+        Raises:
+            SpecError: the identifier column is not in the dataset.
+        """
+        if unit not in self._keep:
+            if unit.identifier not in self.frame.columns:
+                raise SpecError(f"identifier column {unit.identifier!r} is not in the dataset")
+            self._keep[unit] = contribution_mask(self.frame[unit.identifier], unit.max_rows)
+        return self._keep[unit]
+
+    def codes(self, key: KeySpec) -> IntArray:
+        """Index of each row's key in `key.keys()`, or -1 when it is not a published key."""
+        if key not in self._codes:
+            self._codes[key] = _key_codes(self.frame[key.column], key)
+        return self._codes[key]
+
+    def cells(self, keys: tuple[KeySpec, ...], unit: PrivacyUnit) -> IntArray:
+        """Each row's cell in the product of public key sets (row-major).
+
+        A row outside the published keys or dropped by truncation to `unit` gets the cell one
+        past the last, `outside(keys)`, which no release reads.
+        """
+        if (keys, unit) not in self._cells:
+            drop = ~self.keep(unit)
+            cells = np.zeros(len(self.frame), dtype=np.int64)
+            for key in keys:
+                codes = self.codes(key)
+                drop |= codes < 0
+                cells *= len(key.keys())
+                cells += codes
+            cells[drop] = outside(keys)
+            self._cells[(keys, unit)] = cells
+        return self._cells[(keys, unit)]
 
 
-def _key_codes(frame: pd.DataFrame, key: KeySpec) -> IntArray:
-    """Index of each row's key in `key.keys()`, or -1 when it is not a published key."""
-    column = frame[key.column]
+def outside(keys: tuple[KeySpec, ...]) -> int:
+    """The cell of rows outside the published keys: one past the last cell."""
+    return math.prod(len(key.keys()) for key in keys)
+
+
+def _key_codes(column: pd.Series, key: KeySpec) -> IntArray:
+    if key.derive in ("hour", "weekday") and column.dtype.kind == "M":
+        # Naive datetimes: integer arithmetic on seconds since the epoch (a Thursday).
+        seconds = column.to_numpy().astype("datetime64[s]", copy=False).view(np.int64)
+        codes = seconds // 3600 % 24 if key.derive == "hour" else (seconds // 86400 + 3) % 7
+        return np.asarray(np.where(seconds == np.iinfo(np.int64).min, -1, codes), dtype=np.int64)
     if key.derive in ("hour", "weekday", "month"):
         when = pd.to_datetime(column, errors="coerce")
         raw = {"hour": when.dt.hour, "weekday": when.dt.day_of_week, "month": when.dt.month - 1}[key.derive]
@@ -55,23 +118,17 @@ def _key_codes(frame: pd.DataFrame, key: KeySpec) -> IntArray:
         outside = np.isnan(values) | (codes < 0) | (codes >= len(edges) - 1)
         return np.asarray(np.where(outside, -1, codes), dtype=np.int64)
     keys = key.keys()
-    # Hash the column once, then look up only its distinct values among the public keys.
+    if isinstance(keys[0], str) and isinstance(column.array, pd.arrays.ArrowStringArray):
+        # Arrow-backed strings: one hash lookup per row against the public keys, no copy.
+        arrow = pa.array(column)
+        found = pc.index_in(arrow, value_set=pa.array(keys, type=arrow.type))
+        return np.asarray(found.fill_null(-1).to_numpy(), dtype=np.int64)
+    # Otherwise hash the column once, then look up only its distinct values among the keys.
     codes, uniques = pd.factorize(column, sort=False)
     if isinstance(keys[0], str):
         uniques = pd.Index(uniques).astype(str)
     positions = np.append(pd.Index(keys).get_indexer(pd.Index(uniques)), -1).astype(np.int64)
     return np.asarray(positions[codes], dtype=np.int64)  # code -1 (missing) picks the appended -1
-
-
-def cell_index(frame: pd.DataFrame, keys: tuple[KeySpec, ...]) -> IntArray:
-    """Each row's cell in the product of public key sets (row-major), -1 if outside."""
-    cells = np.zeros(len(frame), dtype=np.int64)
-    valid = np.ones(len(frame), dtype=bool)
-    for key in keys:
-        codes = _key_codes(frame, key)
-        valid &= codes >= 0
-        cells = cells * len(key.keys()) + np.maximum(codes, 0)
-    return np.where(valid, cells, -1)
 
 
 def _quantised(frame: pd.DataFrame, step: SumStep | MeanStep | QuantileStep) -> npt.NDArray[np.float64]:
@@ -81,74 +138,100 @@ def _quantised(frame: pd.DataFrame, step: SumStep | MeanStep | QuantileStep) -> 
 
 
 def _bincount(cells: IntArray, n: int, weights: npt.NDArray[np.float64] | None = None) -> IntArray:
-    inside = cells >= 0
+    """Per-cell count (or weighted sum) of rows in cells 0..n-1; cell n (outside) is dropped."""
     if weights is None:
-        return np.bincount(cells[inside], minlength=n).astype(np.int64)
-    w = weights[inside]
-    if np.abs(w).sum() < 2**52:
-        return np.rint(np.bincount(cells[inside], weights=w, minlength=n)).astype(np.int64)
+        return np.bincount(cells, minlength=n + 1)[:n].astype(np.int64)
+    if np.abs(weights).sum() < 2**52:  # float64 sums of integers are exact below 2**53
+        return np.rint(np.bincount(cells, weights=weights, minlength=n + 1)[:n]).astype(np.int64)
+    inside = cells < n
     out = np.zeros(n, dtype=np.int64)  # exact integer path for very large sums
-    np.add.at(out, cells[inside], w.astype(np.int64))
+    np.add.at(out, cells[inside], weights[inside].astype(np.int64))
     return out
 
 
 def exact_aggregates(
-    step: Step, frame: pd.DataFrame, max_rows: int
+    step: Step, data: LocalData, unit: PrivacyUnit
 ) -> dict[str, tuple[IntArray, int, float]]:
     """The exact vectors a step releases: name -> (vector, L2 sensitivity, unit value).
 
-    `frame` must already be truncated to `max_rows` rows per person.
+    Only rows that survive truncation to `unit` are counted, so the sensitivities hold.
     """
+    max_rows = unit.max_rows
     if isinstance(step, HistogramStep):
-        cells = cell_index(frame, (step.band(), *step.by))
+        cells = data.cells((step.band(), *step.by), unit)
         return {"count": (_bincount(cells, step.cells()), max_rows, 1.0)}
-    cells = cell_index(frame, step.by)
+    cells = data.cells(step.by, unit)
     groups = step.groups()
     if isinstance(step, SumStep | MeanStep):
-        values = _quantised(frame, step)
+        values = _quantised(data.frame, step)
         has_value = ~np.isnan(values)
         units = np.rint(np.where(has_value, values, 0.0) / step.precision)
         bound = math.ceil(max(abs(step.bounds[0]), abs(step.bounds[1])) / step.precision)
         out = {"sum": (_bincount(cells, groups, units), max_rows * max(bound, 1), step.precision)}
         if isinstance(step, MeanStep):
-            out["count"] = (_bincount(np.where(has_value, cells, -1), groups), max_rows, 1.0)
+            out["count"] = (_bincount(np.where(has_value, cells, groups), groups), max_rows, 1.0)
         return out
     if isinstance(step, QuantileStep):
-        values = _quantised(frame, step)
+        values = _quantised(data.frame, step)
         low, high = step.bounds
         bin_of = np.floor((values - low) / (high - low) * step.bins)
         bin_of = np.clip(np.nan_to_num(bin_of, nan=-1), -1, step.bins - 1).astype(np.int64)
-        valid = (bin_of >= 0) & (cells >= 0)
-        combined = np.where(valid, cells * step.bins + bin_of, -1)
+        valid = (bin_of >= 0) & (cells < groups)
+        combined = np.where(valid, cells * step.bins + bin_of, groups * step.bins)
         return {"histogram": (_bincount(combined, groups * step.bins), max_rows, 1.0)}
     return {"count": (_bincount(cells, groups), max_rows, 1.0)}
 
 
-def release_step(spec: AnalysisSpec, step: Step, truncated: pd.DataFrame) -> StepRelease:
-    """Release one step of `spec` on a frame already truncated to the privacy unit.
+def release_steps(
+    spec: AnalysisSpec, steps: Sequence[Step], data: Mapping[str, LocalData]
+) -> list[StepRelease]:
+    """Release `steps` of `spec`, each on the prepared data of its dataset.
 
-    The step's budget share is split evenly over its measurements; each is one OpenDP
-    integer-Gaussian release.
+    A step's budget share is split evenly over its measurements; each measurement is one
+    OpenDP integer-Gaussian release. Noise for one measurement is drawn on a worker thread
+    while the next exact vector is computed.
     """
-    budget = spec.step_budget(step.id)
-    exact = exact_aggregates(step, truncated, spec.unit_of(step).max_rows)
-    share = budget.split(len(exact))
-    measurements = []
-    for name, (vector, sensitivity, unit_value) in exact.items():
-        noisy = integer_gaussian(vector, sensitivity, share)
-        measurements.append(
-            MeasurementRelease(
-                name=name,
-                values=noisy.values,
-                mechanism=noisy.mechanism,
-                scale=noisy.scale,
-                sensitivity=noisy.sensitivity,
-                rho=noisy.cost.value,
-                accuracy95=noisy.accuracy95,
-                unit_value=unit_value,
+    planned: list[tuple[Step, list[tuple[str, float, Future[NoisyVector]]]]] = []
+    with ThreadPoolExecutor(max_workers=NOISE_THREADS, thread_name_prefix="oda-noise") as pool:
+        for step in steps:
+            exact = exact_aggregates(step, data[spec.dataset_of(step)], spec.unit_of(step).to_unit())
+            share = spec.step_budget(step.id).split(len(exact))
+            planned.append(
+                (
+                    step,
+                    [
+                        (name, unit_value, pool.submit(integer_gaussian, vector, sensitivity, share))
+                        for name, (vector, sensitivity, unit_value) in exact.items()
+                    ],
+                )
             )
+    return [
+        StepRelease(
+            step.id,
+            step.kind,
+            "hidden",
+            tuple(_measurement(name, unit_value, noisy.result()) for name, unit_value, noisy in futures),
         )
-    return StepRelease(step.id, step.kind, "hidden", tuple(measurements))
+        for step, futures in planned
+    ]
+
+
+def release_step(spec: AnalysisSpec, step: Step, data: LocalData) -> StepRelease:
+    """Release one step of `spec` on its dataset (see `release_steps`)."""
+    return release_steps(spec, [step], {spec.dataset_of(step): data})[0]
+
+
+def _measurement(name: str, unit_value: float, noisy: NoisyVector) -> MeasurementRelease:
+    return MeasurementRelease(
+        name=name,
+        values=noisy.values,
+        mechanism=noisy.mechanism,
+        scale=noisy.scale,
+        sensitivity=noisy.sensitivity,
+        rho=noisy.cost.value,
+        accuracy95=noisy.accuracy95,
+        unit_value=unit_value,
+    )
 
 
 def planned_cost(spec: AnalysisSpec, steps: list[Step]) -> Rho:

@@ -17,7 +17,7 @@ import pandas as pd
 
 from analyses.catalog import DatasetSchema, check_steps
 from analyses.documents import parse_document
-from analyses.local_step import planned_cost, release_step, truncate_for
+from analyses.local_step import LocalData, planned_cost, release_steps
 from analyses.release import PROTOCOL_VERSIONS, AnalysisRequest, NodeRelease, StepRelease
 from analyses.spec import AnalysisSpec
 from node_agent.config import NodeConfig
@@ -114,14 +114,8 @@ class NodeAgent:
                 request_id=request.request_id, costs=costs, caps=caps, spec_hash=spec_hash
             )
             try:
-                truncated: dict[tuple[str, str, int], pd.DataFrame] = {}
-                released = []
-                for step in steps:
-                    dataset, unit = spec.dataset_of(step), spec.unit_of(step)
-                    key = (dataset, unit.identifier, unit.max_rows)
-                    if key not in truncated:
-                        truncated[key] = truncate_for(spec, step, self.frame(dataset))
-                    released.append(release_step(spec, step, truncated[key]))
+                data = {name: LocalData(self.frame(name)) for name in {spec.dataset_of(s) for s in steps}}
+                released = release_steps(spec, steps, data)
             except Exception as exc:
                 for entry in entries:
                     self.ledger.fail(entry)

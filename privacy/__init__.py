@@ -21,7 +21,7 @@ from privacy.mechanisms import (
     calibrate_scale,
     integer_gaussian,
 )
-from privacy.unit import MAX_ROWS_LIMIT, PrivacyUnit, truncate_contributions
+from privacy.unit import MAX_ROWS_LIMIT, PrivacyUnit, contribution_mask, truncate_contributions
 
 __all__ = [
     "DISPLAY_DELTA",
@@ -41,6 +41,7 @@ __all__ = [
     "SpecError",
     "UserError",
     "calibrate_scale",
+    "contribution_mask",
     "gaussian_accuracy95",
     "integer_gaussian",
     "pooled_accuracy95",

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 from privacy.errors import SpecError
 
-__all__ = ["MAX_ROWS_LIMIT", "PrivacyUnit", "truncate_contributions"]
+__all__ = ["MAX_ROWS_LIMIT", "PrivacyUnit", "contribution_mask", "truncate_contributions"]
 
 #: Larger bounds make every release so noisy that they are almost surely a mistake.
 MAX_ROWS_LIMIT = 1000
@@ -34,6 +36,41 @@ class PrivacyUnit:
             )
 
 
+def contribution_mask(ids: pd.Series, max_rows: int) -> npt.NDArray[np.bool_]:
+    """Which rows survive truncation: the first `max_rows` of each identifier, in source order.
+
+    Rows with a missing identifier cannot be bounded, so they never survive. Only people with
+    more than `max_rows` rows are ranked, so the common case costs one counting pass.
+    """
+    if max_rows < 1:
+        raise SpecError(f"max_rows must be at least 1, got {max_rows}")
+    people = _person_codes(ids)
+    counts = np.bincount(people, minlength=1)
+    keep = people > 0 if counts[0] else np.ones(len(people), dtype=bool)
+    heavy = counts > max_rows
+    heavy[0] = False  # rows without an identifier are already dropped
+    if not heavy.any():
+        return keep
+    rows = np.flatnonzero(heavy[people])  # rows of people over the limit, in source order
+    order = np.argsort(people[rows], kind="stable")
+    grouped = people[rows][order]
+    starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])
+    rank = np.arange(len(grouped)) - np.repeat(starts, np.diff(np.r_[starts, len(grouped)]))
+    keep[rows[order[rank >= max_rows]]] = False
+    return keep
+
+
+def _person_codes(ids: pd.Series) -> npt.NDArray[np.int64]:
+    """A dense code per identifier, starting at 1; 0 where the identifier is missing."""
+    if pd.api.types.is_integer_dtype(ids.dtype) and len(ids) and not ids.hasnans:
+        values = ids.to_numpy(dtype=np.int64)
+        low, high = int(values.min()), int(values.max())
+        if high - low < 4 * len(values) + 1024:  # a small range: the shifted ids are the codes
+            return np.asarray(values - (low - 1), dtype=np.int64)
+    codes, _ = pd.factorize(ids, sort=False)
+    return np.asarray(codes + 1, dtype=np.int64)
+
+
 def truncate_contributions(frame: pd.DataFrame, unit: PrivacyUnit) -> pd.DataFrame:
     """Keep the first `unit.max_rows` rows of each person, in source order.
 
@@ -44,14 +81,5 @@ def truncate_contributions(frame: pd.DataFrame, unit: PrivacyUnit) -> pd.DataFra
     """
     if unit.identifier not in frame.columns:
         raise SpecError(f"identifier column {unit.identifier!r} is not in the dataset")
-    ids = frame[unit.identifier]
-    known = ids.notna().to_numpy()
-    if not known.all():
-        frame = frame.loc[known]
-        ids = frame[unit.identifier]
-    # factorize + per-code running count is several times faster than groupby().cumcount().
-    codes, _ = pd.factorize(ids, sort=False)
-    rank = pd.Series(codes).groupby(codes).cumcount().to_numpy()
-    if rank.max(initial=-1) < unit.max_rows:
-        return frame
-    return frame.loc[rank < unit.max_rows]
+    keep = contribution_mask(frame[unit.identifier], unit.max_rows)
+    return frame if keep.all() else frame.loc[keep]

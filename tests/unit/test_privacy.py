@@ -15,6 +15,7 @@ from privacy import (
     Rho,
     SpecError,
     calibrate_scale,
+    contribution_mask,
     gaussian_accuracy95,
     integer_gaussian,
     pooled_accuracy95,
@@ -122,6 +123,39 @@ def test_truncation_keeps_at_most_max_rows_per_person(ids: list[int], k: int) ->
     assert len(kept) == expected
     # the first rows of each person are the ones kept
     assert list(kept["row"]) == sorted(kept["row"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.one_of(st.none(), st.integers(0, 6), st.integers(-(2**62), 2**62)), max_size=200),
+    st.integers(1, 4),
+    st.sampled_from(["Int64", "float", "object", "str"]),
+)
+def test_contribution_mask_keeps_the_first_rows_of_each_person(
+    ids: list[int | None], k: int, dtype: str
+) -> None:
+    nullable = pd.Series(ids, dtype="Int64")
+    series = {
+        "Int64": nullable,
+        "float": nullable.astype("Float64").astype(float),
+        "object": nullable.astype(object),
+        "str": nullable.astype("string[pyarrow]"),
+    }[dtype]
+    keep = contribution_mask(series, k)
+    seen: dict[object, int] = {}
+    expected = []
+    for person in series.tolist():
+        if pd.isna(person):
+            expected.append(False)
+            continue
+        seen[person] = seen.get(person, 0) + 1
+        expected.append(seen[person] <= k)
+    assert list(keep) == expected
+
+
+def test_contribution_mask_uses_dense_integer_ids_directly() -> None:
+    ids = pd.Series(np.arange(1_000, 1_010).repeat(3))
+    assert list(contribution_mask(ids, 2)) == [True, True, False] * 10
 
 
 def test_truncation_drops_missing_identifiers() -> None:

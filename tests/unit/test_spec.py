@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from analyses import (
     AnalysisSpec,
+    LocalData,
     MeasurementRelease,
     NodeRelease,
     StepRelease,
@@ -21,6 +22,7 @@ from analyses import (
     parse_document,
 )
 from analyses.catalog import check_steps
+from analyses.spec import KeySpec
 from privacy import SpecError
 from privacy.unit import PrivacyUnit, truncate_contributions
 
@@ -180,8 +182,10 @@ def test_exact_aggregates_match_pandas() -> None:
             "v": rng.integers(-5, 20, 500).astype(float),
         }
     )
-    out = exact_aggregates(spec.steps[0], frame, 2)
-    truth = frame[frame.area != "zz"].assign(h=lambda f: f.t.dt.hour, v=lambda f: f.v.clip(0, 10))
+    unit = PrivacyUnit("pid", 2)
+    out = exact_aggregates(spec.steps[0], LocalData(frame), unit)
+    truth = truncate_contributions(frame, unit)
+    truth = truth[truth.area != "zz"].assign(h=lambda f: f.t.dt.hour, v=lambda f: f.v.clip(0, 10))
     grouped = truth.groupby(["area", "h"]).v.agg(["sum", "size"])
     sums, counts = out["sum"][0].reshape(3, 24), out["count"][0].reshape(3, 24)
     for (area, hour), row in grouped.iterrows():
@@ -209,10 +213,50 @@ def test_removing_one_person_moves_releases_by_at_most_the_sensitivity(
     )
     frame = pd.DataFrame(rows, columns=["pid", "area", "v"]).astype({"v": float})
     unit = PrivacyUnit("pid", 2)
-    with_all = exact_aggregates(spec.steps[0], truncate_contributions(frame, unit), 2)
-    without = exact_aggregates(spec.steps[0], truncate_contributions(frame[frame.pid != victim], unit), 2)
+    with_all = exact_aggregates(spec.steps[0], LocalData(frame), unit)
+    without = exact_aggregates(spec.steps[0], LocalData(frame[frame.pid != victim]), unit)
     for name, (vector, sensitivity, _) in with_all.items():
         assert np.linalg.norm(vector - without[name][0]) <= sensitivity
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.one_of(st.none(), st.integers(-(2**27), 2**27).map(lambda m: m * 60)), min_size=1, max_size=60
+    ),
+    st.sampled_from(["ns", "us", "ms", "s"]),
+)
+def test_hour_and_weekday_codes_match_pandas(minutes: list[int | None], unit: str) -> None:
+    when = pd.Series(pd.to_datetime(minutes, unit="s", errors="coerce")).astype(f"datetime64[{unit}]")
+    data = LocalData(pd.DataFrame({"t": when}))
+    hour = data.codes(KeySpec(column="t", derive="hour"))
+    weekday = data.codes(KeySpec(column="t", derive="weekday"))
+    assert list(hour) == list(when.dt.hour.fillna(-1).astype(int))
+    assert list(weekday) == list(when.dt.day_of_week.fillna(-1).astype(int))
+
+
+def test_string_keys_are_coded_the_same_from_arrow_and_python_strings() -> None:
+    key = KeySpec(column="area", values=("a", "b", "c"))
+    raw = ["c", "zz", None, "a", "b", "a"]
+    arrow = LocalData(pd.DataFrame({"area": pd.Series(raw, dtype="string[pyarrow]")})).codes(key)
+    python = LocalData(pd.DataFrame({"area": pd.Series(raw, dtype=object)})).codes(key)
+    assert list(arrow) == list(python) == [2, -1, -1, 0, 1, 0]
+
+
+def test_local_data_truncates_once_per_unit_and_never_copies_the_frame() -> None:
+    frame = pd.DataFrame({"pid": [1, 1, 1, 2], "area": ["a", "b", "c", "a"]})
+    data = LocalData(frame)
+    by = (KeySpec(column="area", values=("a", "b", "c")),)
+    one, three = PrivacyUnit("pid", 1), PrivacyUnit("pid", 3)
+    assert list(data.cells(by, one)) == [0, 3, 3, 0]  # 3 is the outside cell
+    assert list(data.cells(by, three)) == [0, 1, 2, 0]
+    assert data.cells(by, one) is data.cells(by, one)
+    assert data.frame is frame
+
+
+def test_local_data_needs_the_identifier_column() -> None:
+    with pytest.raises(SpecError, match="identifier column 'pid' is not in the dataset"):
+        LocalData(pd.DataFrame({"x": [1]})).keep(PrivacyUnit("pid", 1))
 
 
 def _release(
