@@ -14,7 +14,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, cast
 
 import httpx
 from flwr.app import ConfigRecord, Context, Message, RecordDict
@@ -28,11 +28,24 @@ from flwr.common.serde import (
     user_config_to_proto,
 )
 from flwr.proto.control_pb2 import StartRunRequest
-from flwr.proto.runtime_pb2 import AcquireTaskRequest, PullTaskInputRequest, PushTaskOutputRequest
+from flwr.proto.message_pb2 import ConfirmMessageReceivedRequest
+from flwr.proto.runtime_pb2 import (
+    AcquireTaskRequest,
+    PullAppMessagesRequest,
+    PullTaskInputRequest,
+    PushTaskOutputRequest,
+)
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.constant import TaskType
 from flwr.supercore.control import ControlHttpClient
 from flwr.supercore.fab import Fab
+from flwr.supercore.inflatable.inflatable_object import iterate_object_tree
+from flwr.supercore.inflatable.inflatable_protobuf_utils import make_pull_object_fn_protobuf
+from flwr.supercore.inflatable.inflatable_utils import (
+    ObjectPullError,
+    inflate_object_from_contents,
+    pull_objects,
+)
 from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
 from flwr.supercore.retry import make_simple_http_retry_invoker
 from flwr.supercore.runtime import RuntimeHttpClient
@@ -47,6 +60,8 @@ __all__ = ["FlowerLink", "NodeReply", "app", "exchange"]
 
 MESSAGE_TYPE = "query"
 POLL_INTERVAL = 0.02
+#: How long a registered reply may take to upload its objects before it counts as lost.
+REPLY_UPLOAD_TIMEOUT = 30.0
 
 
 def runner_fab(protocol: int = 1) -> tuple[str, bytes]:
@@ -65,9 +80,13 @@ def exchange(grid: Grid, request_json: str, timeout: float) -> list[NodeReply]:
     replies: list[NodeReply] = []
     deadline = time.monotonic() + timeout
     while pending and time.monotonic() < deadline:
-        for reply in grid.pull_messages(list(pending)):
-            node = pending.pop(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
-            if reply.has_error():
+        for reply_to, reply in _pull_replies(grid, list(pending)):
+            node = pending.pop(reply_to, None)
+            if node is None:
+                continue
+            if isinstance(reply, str):
+                replies.append(NodeReply(node, "error", reply))
+            elif reply.has_error():
                 error = reply.error
                 outcome: Literal["refused", "error"] = "refused" if error.code == 400 else "error"
                 replies.append(NodeReply(node, outcome, error.reason or ""))
@@ -81,6 +100,42 @@ def exchange(grid: Grid, request_json: str, timeout: float) -> list[NodeReply]:
             NodeReply(node, "timeout", json.dumps({"message": f"no reply within {timeout:.0f} s"}))
         )
     return replies
+
+
+def _pull_replies(grid: Grid, message_ids: list[str]) -> list[tuple[str, Message | str]]:
+    """The replies available now, as (id of the message replied to, reply or why it is lost).
+
+    A node registers its reply before uploading the reply's objects, and `HttpGrid.pull_messages`
+    waits for missing objects with a backoff starting at 1 s (then 2, 4, ...), although they
+    arrive milliseconds later. This pulls them every `POLL_INTERVAL` instead.
+    """
+    if not isinstance(grid, HttpGrid):  # a grid Flower gave us (stock `flwr run`): its own pull
+        return [(m.metadata.reply_to_message_id, m) for m in grid.pull_messages(message_ids)]
+    client, run_id = grid._runtime_client, grid.run.run_id  # noqa: SLF001  # flwr==1.42.0 is pinned
+    response = client.PullMessages(PullAppMessagesRequest(message_ids=message_ids))
+    out: list[tuple[str, Message | str]] = []
+    for proto, tree in zip(response.messages_list, response.message_object_trees, strict=True):
+        reply_to, object_id = proto.metadata.reply_to_message_id, proto.metadata.message_id
+        try:
+            contents = pull_objects(
+                [t.object_id for t in iterate_object_tree(tree)],
+                pull_object_fn=make_pull_object_fn_protobuf(
+                    pull_object_protobuf=client.PullObject, node=grid.node, run_id=run_id
+                ),
+                max_time=REPLY_UPLOAD_TIMEOUT,
+                initial_backoff=POLL_INTERVAL,
+                backoff_cap=0.25,
+            )
+        except ObjectPullError as exc:
+            out.append((reply_to, f"the node's reply never finished uploading: {exc}"))
+            continue
+        client.ConfirmMessageReceived(
+            ConfirmMessageReceivedRequest(node=grid.node, run_id=run_id, message_object_id=object_id)
+        )
+        message = cast(Message, inflate_object_from_contents(object_id, contents))
+        message.metadata.__dict__["_message_id"] = object_id
+        out.append((reply_to, message))
+    return out
 
 
 class FlowerLink:

@@ -120,6 +120,7 @@ def serve(
     """Connect to the SuperLink at `address` (insecure loopback) and answer messages until stopped."""
     stop = stop or threading.Event()
     interval = agent.config.poll_interval
+    verified: set[str] = set()  # bundle hashes whose fetched bytes were checked
     with http_request_response(address, True, None, None, max_retries, None) as conn:
         node_id, receive, send, get_run, get_fab, pull_object, push_object, confirm = conn
         log.info("node %s connected to %s as Flower node %s", agent.config.partner, address, node_id)
@@ -135,12 +136,17 @@ def serve(
             # The bundle is identified by its hash. Only a bundle whose hash we accept is
             # fetched; the bytes are re-hashed so a lying SuperLink cannot substitute one.
             fab_hash = run.fab_hash
-            if fab_hash in accepted_bundle_hashes():
+            if fab_hash in accepted_bundle_hashes() and fab_hash not in verified:
                 fab = get_fab(fab_hash, run_id)
-                fab_hash = hashlib.sha256(fab.content).hexdigest()
+                if hashlib.sha256(fab.content).hexdigest() == fab_hash:
+                    verified.add(fab_hash)  # content-addressed: the same hash is the same bytes
+                else:
+                    fab_hash = hashlib.sha256(fab.content).hexdigest()
             contents = pull_objects(
                 [t.object_id for t in iterate_object_tree(tree)],
                 pull_object_fn=partial(_pull, pull_object, run_id),
+                initial_backoff=min(interval, 0.1),  # Flower's 1 s first backoff dominates a query
+                backoff_cap=1.0,
             )
             confirm(run_id, message.metadata.message_id)
             full = cast(Message, inflate_object_from_contents(message.metadata.message_id, contents))
