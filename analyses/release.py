@@ -7,7 +7,7 @@ public keys, with mechanism, scale, sensitivity, cost and 95% accuracy of each m
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 from privacy.errors import ProtocolError
@@ -67,6 +67,12 @@ class NodeRelease:
     delta: float
     min_cell: int
     ledger_entry: int | None
+    #: The node's audit chain head after this release was logged (sequence number and hash).
+    #: The audit entry's payload hash covers this JSON with both fields null.
+    audit_seq: int | None = None
+    audit_head: str | None = None
+    #: sha256 of the content of each dataset the release read (its local snapshot).
+    data_sha256: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

@@ -48,12 +48,19 @@ class EmbeddedFederation:
     """`with EmbeddedFederation(work_dir) as fed:` then `fed.address` is the SuperLink."""
 
     def __init__(
-        self, work_dir: Path, rows: int = 60_000, seed: int = 7, partners: tuple[str, ...] = PARTNERS
+        self,
+        work_dir: Path,
+        rows: int = 60_000,
+        seed: int = 7,
+        partners: tuple[str, ...] = PARTNERS,
+        manual: frozenset[str] = frozenset(),
     ) -> None:
         self.work_dir = work_dir
         self.rows = rows
         self.seed = seed
         self.partners = partners
+        self.manual = manual
+        self.configs: dict[str, Path] = {}
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.processes: list[tuple[str, subprocess.Popen[bytes]]] = []
@@ -85,7 +92,10 @@ class EmbeddedFederation:
         return proc
 
     def start(self) -> None:
-        configs = write_federation(self.work_dir, self.rows, self.seed, coordinator=self.address)
+        configs = write_federation(
+            self.work_dir, self.rows, self.seed, coordinator=self.address, manual=self.manual
+        )
+        self.configs = configs
         superlink = str(Path(sys.executable).with_name("flower-superlink"))
         self._spawn(
             "superlink",

@@ -40,11 +40,17 @@ class InProcessTransport:
     agents: Sequence[NodeAgent]
 
     def broadcast(self, request_json: str, timeout: float) -> list[NodeReply]:
+        from node_agent.agent import Pending
+
         replies = []
         for i, agent in enumerate(self.agents):
             try:
-                release = agent.handle(AnalysisRequest.from_json(request_json))
-                replies.append(NodeReply(i, "release", release.to_json()))
+                outcome = agent.handle(AnalysisRequest.from_json(request_json))
+                if isinstance(outcome, Pending):  # in process, nobody can approve it in time
+                    message = f"{agent.config.partner} filed the request for manual approval"
+                    replies.append(NodeReply(i, "timeout", json.dumps({"message": message})))
+                else:
+                    replies.append(NodeReply(i, "release", outcome.to_json()))
             except UserError as exc:
                 body = json.dumps(
                     {"partner": agent.config.partner, "error": type(exc).__name__, "message": str(exc)}

@@ -164,6 +164,7 @@ datasets:
 {columns}{households}
 policy:
   allowed_datasets: {allowed}
+  allowed_analyses: ["*"]
   max_rho_per_analysis: 1.0
   total_rho_cap: {caps}
   min_cell: 5
@@ -171,9 +172,17 @@ policy:
 
 
 def write_federation(
-    root: Path, rows: int, seed: int = 7, coordinator: str | None = None, poll: float = 0.05
+    root: Path,
+    rows: int,
+    seed: int = 7,
+    coordinator: str | None = None,
+    poll: float = 0.05,
+    manual: frozenset[str] = frozenset(),
 ) -> dict[str, Path]:
-    """Write each partner's data and node.yaml under `root/PARTNER/`; return the config paths."""
+    """Write each partner's data and node.yaml under `root/PARTNER/`; return the config paths.
+
+    Partners in `manual` approve each request by hand (`oda-node approve`).
+    """
     configs = {}
     for partner in PARTNERS:
         folder = root / partner
@@ -191,6 +200,9 @@ def write_federation(
                 old.unlink()
             marker.touch()
         config = folder / "node.yaml"
-        config.write_text(_node_yaml(partner, coordinator, poll))
+        text = _node_yaml(partner, coordinator, poll)
+        if partner in manual:
+            text += "  approval: manual\n"
+        config.write_text(text)
         configs[partner] = config
     return configs

@@ -7,8 +7,11 @@ local policy, then the budget, reserved in the ledger before a single row is rea
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Literal
@@ -19,14 +22,16 @@ from analyses.catalog import DatasetSchema, check_steps
 from analyses.documents import parse_document
 from analyses.local_step import LocalData, planned_cost, release_steps
 from analyses.release import PROTOCOL_VERSIONS, AnalysisRequest, NodeRelease, StepRelease
-from analyses.spec import AnalysisSpec
+from analyses.spec import AnalysisSpec, Step
+from node_agent.audit import AuditLog
 from node_agent.config import NodeConfig
-from node_agent.connectors import load_dataset
+from node_agent.connectors import content_hash, load_dataset, write_snapshot
+from node_agent.inbox import Inbox
 from node_agent.ledger import Ledger
 from privacy.budget import DISPLAY_DELTA, Rho
-from privacy.errors import InternalError, PolicyRefusal, SpecError
+from privacy.errors import ConfigError, InternalError, PolicyRefusal, SpecError, UserError
 
-__all__ = ["NodeAgent", "node_version"]
+__all__ = ["NodeAgent", "Pending", "node_version", "spec_hash_of"]
 
 log = logging.getLogger("oda.node")
 
@@ -38,46 +43,174 @@ def node_version() -> str:
         return "0+source"
 
 
+@dataclass(frozen=True)
+class Pending:
+    """A request filed in the approval inbox: nothing is released until it is approved."""
+
+    request_id: str
+    analysis: str
+    cost: Rho
+
+
+def spec_hash_of(text: str) -> str:
+    try:
+        return parse_document(text, AnalysisSpec, source="request").spec_hash()
+    except Exception:  # an unparsable spec is audited by the hash of its text
+        return "text:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def _summary(spec: AnalysisSpec, steps: list[Step]) -> str:
+    parts = []
+    for step in steps:
+        keys = ", ".join(k.output for k in step.by) or "no keys"
+        column = getattr(step, "column", None)
+        bounds = getattr(step, "bounds", None)
+        value = f" of {column}" + (f" in [{bounds[0]:g}, {bounds[1]:g}]" if bounds else "") if column else ""
+        parts.append(f"{step.kind}{value} by {keys} ({step.cells():,} cells)")
+    unit = spec.privacy.unit
+    return f"{'; '.join(parts)}; unit {unit.identifier} x{unit.max_rows}"
+
+
 class NodeAgent:
-    """A partner's node: its config, its data, its ledger."""
+    """A partner's node: its config, its data, its ledger, its audit log and inbox.
+
+    Opening the agent verifies the audit log and opens the ledger: a damaged or edited one
+    stops the node, with a message naming the file.
+    """
 
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
-        self.ledger = Ledger(Path(config.state_dir) / "ledger.sqlite")
+        state = Path(config.state_dir)
+        self.ledger = Ledger(state / "ledger.sqlite")
+        self.audit = AuditLog(state)
+        self.audit.verify()
+        self.inbox = Inbox(state)
         self._frames: dict[str, pd.DataFrame] = {}
+        self._hashes: dict[str, str] = {}
         self._lock = threading.Lock()
 
     def close(self) -> None:
         self.ledger.close()
+        self.inbox.close()
 
     def schemas(self) -> dict[str, DatasetSchema]:
-        """Declared schemas of the datasets policy allows this node to analyse."""
+        """Declared schemas of the datasets policy allows this node to analyse, cut down to the
+        columns policy allows analyses to read."""
+        allowed = self.config.policy.allowed_columns or {}
         return {
-            name: {col: spec.type for col, spec in ds.columns.items()}
+            name: {
+                col: spec.type
+                for col, spec in ds.columns.items()
+                if name not in allowed or col in allowed[name]
+            }
             for name, ds in self.config.datasets.items()
             if name in self.config.policy.allowed_datasets
         }
 
     def frame(self, dataset: str) -> pd.DataFrame:
-        """The dataset, loaded once and kept warm."""
+        """The dataset, loaded once and kept warm; a SQL source is kept as a local snapshot."""
         if dataset not in self._frames:
-            self._frames[dataset] = load_dataset(
-                Path(self.config.data_dir), dataset, self.config.datasets[dataset]
-            )
+            config = self.config.datasets[dataset]
+            frame = load_dataset(Path(self.config.data_dir), dataset, config)
+            if config.sql is not None:
+                path, digest = write_snapshot(Path(self.config.state_dir), dataset, frame)
+                log.info("snapshot of %s: %s (%d rows)", dataset, path, len(frame))
+            else:
+                digest = content_hash(frame)
+            self._frames[dataset], self._hashes[dataset] = frame, digest
         return self._frames[dataset]
+
+    def data_hash(self, dataset: str) -> str:
+        """sha256 of the content analyses of `dataset` read (recorded in every release)."""
+        self.frame(dataset)
+        return self._hashes[dataset]
 
     def warm_up(self) -> None:
         """Load every allowed dataset now, so the first request does not pay for it."""
         for name in self.config.policy.allowed_datasets:
             self.frame(name)
 
-    def handle(self, request: AnalysisRequest) -> NodeRelease:
-        """Run the local steps of a request and release them, or refuse.
+    def period_start(self) -> float:
+        """Unix time from which spending counts against the caps (renewal period)."""
+        renewal = self.config.policy.renewal
+        return renewal.period_start(datetime.now(UTC)).timestamp() if renewal else 0.0
+
+    def remaining(self, population: str) -> Rho:
+        cap = Rho(self.config.policy.total_rho_cap[population])
+        return cap - self.ledger.spent(population, self.period_start())
+
+    def handle(self, request: AnalysisRequest, bundle_hash: str = "") -> NodeRelease | Pending:
+        """Decide on a request: release, refuse, or (manual approval) file it in the inbox.
+
+        Every decision is written to the audit log before anything leaves.
 
         Raises:
             ProtocolError, SpecError, PolicyRefusal, BudgetExhausted, DataError: refusals,
                 each with a message that says what and how to fix it. Nothing is released.
         """
+        try:
+            spec, steps = self._admit(request)
+            if steps and self.config.policy.approval == "manual":
+                cost = planned_cost(spec, steps)
+                self.inbox.file(
+                    request_id=request.request_id,
+                    requester=request.requester,
+                    analysis=spec.name,
+                    summary=_summary(spec, steps),
+                    cost_rho=cost.value,
+                    request_json=request.to_json(),
+                    bundle_hash=bundle_hash,
+                )
+                self.audit.append(
+                    request_id=request.request_id,
+                    requester=request.requester,
+                    spec_hash=spec.spec_hash(),
+                    bundle_hash=bundle_hash,
+                    decision="pending",
+                    reason="waiting for approval (oda-node approve ID)",
+                    cost_rho=cost.value,
+                )
+                log.info("filed %s (%s) for approval: %s", spec.name, request.request_id, cost.describe())
+                return Pending(request.request_id, spec.name, cost)
+            return self._run(request, spec, steps, bundle_hash)
+        except Exception as exc:
+            self.refuse(request, bundle_hash, exc)
+            raise
+
+    def run_approved(self, request_id: str) -> NodeRelease:
+        """Release an approved request from the inbox (budget and policy are checked again).
+
+        Raises:
+            ConfigError: the request is not approved; refusals as in `handle`.
+        """
+        item = self.inbox.get(request_id)
+        if item.status != "approved":
+            raise ConfigError(f"request {request_id} is {item.status}, not approved")
+        request = AnalysisRequest.from_json(item.request_json)
+        try:
+            spec, steps = self._admit(request)
+            release = self._run(request, spec, steps, item.bundle_hash)
+        except Exception as exc:
+            self.inbox.settle(request_id, "failed", str(exc))
+            self.refuse(request, item.bundle_hash, exc)
+            raise
+        self.inbox.settle(request_id, "released")
+        return release
+
+    def refuse(self, request: AnalysisRequest, bundle_hash: str, exc: BaseException) -> None:
+        """Audit a refusal (or a failure) of `request`."""
+        reason = str(exc) if isinstance(exc, UserError) else f"internal error: {exc}"
+        self.audit.append(
+            request_id=request.request_id,
+            requester=request.requester,
+            spec_hash=spec_hash_of(request.spec_yaml),
+            bundle_hash=bundle_hash,
+            decision="refused",
+            reason=reason,
+        )
+
+    def _admit(self, request: AnalysisRequest) -> tuple[AnalysisSpec, list[Step]]:
+        """Every check short of the budget: protocol, the spec parsed here, policy, catalogue."""
         if request.protocol not in PROTOCOL_VERSIONS:
             raise SpecError(
                 f"protocol {request.protocol} is not supported; this node speaks {list(PROTOCOL_VERSIONS)}"
@@ -85,16 +218,34 @@ class NodeAgent:
         spec = parse_document(request.spec_yaml, AnalysisSpec, source=f"request {request.request_id}")
         policy = self.config.policy
         wanted = {spec.dataset_of(s) for s in spec.steps}
-        declared_not_allowed = sorted((wanted & set(self.config.datasets)) - set(policy.allowed_datasets))
+        held = wanted & set(self.config.datasets)
+        declared_not_allowed = sorted(held - set(policy.allowed_datasets))
         if declared_not_allowed:
             raise PolicyRefusal(
                 f"dataset {declared_not_allowed[0]!r} is not in this node's policy.allowed_datasets: "
                 "the partner has not agreed to analyses of it"
             )
+        if held and not policy.allows_analysis(spec.name):
+            raise PolicyRefusal(
+                f"analysis {spec.name!r} is not in this node's policy.allowed_analyses "
+                f"({', '.join(policy.allowed_analyses)}): ask the partner to allow it"
+            )
         steps = check_steps(spec, self.schemas())
-        spec_hash = spec.spec_hash()
+        for step in steps:
+            dataset = self.config.datasets[spec.dataset_of(step)]
+            if step.kind not in policy.allowed_steps:
+                raise PolicyRefusal(
+                    f"step {step.id!r} is a {step.kind}, which this node's policy.allowed_steps "
+                    f"({', '.join(policy.allowed_steps)}) does not allow"
+                )
+            if spec.unit_of(step).identifier != dataset.identifier:
+                raise PolicyRefusal(
+                    f"step {step.id!r} protects {spec.unit_of(step).identifier!r}, but this node "
+                    f"identifies people in {spec.dataset_of(step)!r} by {dataset.identifier!r}: "
+                    f"set privacy.unit.identifier to {dataset.identifier!r}"
+                )
         if not steps:
-            return self._release(request, spec_hash, (), Rho(0.0), None, "not_held")
+            return spec, steps
         cost = planned_cost(spec, steps)
         if cost.value > policy.max_rho_per_analysis + 1e-12:
             raise PolicyRefusal(
@@ -102,16 +253,31 @@ class NodeAgent:
                 f"policy.max_rho_per_analysis of rho {policy.max_rho_per_analysis}: lower the "
                 "analysis budget or ask the partner to raise the limit"
             )
+        return spec, steps
+
+    def _run(
+        self, request: AnalysisRequest, spec: AnalysisSpec, steps: list[Step], bundle_hash: str
+    ) -> NodeRelease:
+        """Reserve, release, commit, audit: the only path by which anything leaves."""
+        spec_hash = spec.spec_hash()
+        if not steps:
+            release = self._release(request, spec_hash, (), Rho(0.0), None, "not_held")
+            return self._audited(request, release, bundle_hash)
+        cost = planned_cost(spec, steps)
         costs: dict[str, Rho] = {}
         for step in steps:
             population = self.config.population_of(spec.dataset_of(step))
             costs[population] = costs.get(population, Rho(0.0)) + spec.step_budget(step.id)
-        caps = {p: Rho(policy.total_rho_cap[p]) for p in costs}
+        caps = {p: Rho(self.config.policy.total_rho_cap[p]) for p in costs}
         with self._lock:
             for dataset in {spec.dataset_of(s) for s in steps}:
                 self.frame(dataset)  # a data error now refuses before any budget is reserved
             entries = self.ledger.reserve(
-                request_id=request.request_id, costs=costs, caps=caps, spec_hash=spec_hash
+                request_id=request.request_id,
+                costs=costs,
+                caps=caps,
+                spec_hash=spec_hash,
+                since=self.period_start(),
             )
             try:
                 data = {name: LocalData(self.frame(name)) for name in {spec.dataset_of(s) for s in steps}}
@@ -124,10 +290,27 @@ class NodeAgent:
                 ) from exc
             for entry in entries:
                 self.ledger.commit(entry)
+            release = self._release(request, spec_hash, tuple(released), cost, entries[0], "released")
+            hashes = {name: self.data_hash(name) for name in sorted({spec.dataset_of(s) for s in steps})}
+            release = replace(release, data_sha256=hashes)
+            audited = self._audited(request, release, bundle_hash)
         log.info(
             "released %s (%s) to %s: %s", spec.name, request.request_id, request.requester, cost.describe()
         )
-        return self._release(request, spec_hash, tuple(released), cost, entries[0], "released")
+        return audited
+
+    def _audited(self, request: AnalysisRequest, release: NodeRelease, bundle_hash: str) -> NodeRelease:
+        """Write the release's audit entry, then stamp the release with the new chain head."""
+        entry = self.audit.append(
+            request_id=request.request_id,
+            requester=request.requester,
+            spec_hash=release.spec_hash,
+            bundle_hash=bundle_hash,
+            decision=release.status,
+            cost_rho=release.cost_rho,
+            payload=release.to_json().encode(),
+        )
+        return replace(release, audit_seq=entry.seq, audit_head=entry.hash)
 
     def _release(
         self,

@@ -1,18 +1,41 @@
-"""`oda-node`: the partner IT command. `check` a config, `start` the node, read the `ledger`."""
+"""`oda-node`: the partner IT command.
+
+`init` a node folder, `check` it, `start` it, see its `status`; decide on requests waiting in
+the `inbox` (`approve`, `deny`); read the `ledger`; `audit verify|export`; write the `report`
+for the data protection officer.
+"""
 
 from __future__ import annotations
 
 import argparse
+import csv
+import json
 import logging
 import signal
 import sys
 import threading
+from dataclasses import asdict
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 from node_agent.exit_codes import EXIT_HELP, ExitCode, code_for
 from privacy.errors import ConfigError, OdaError
 
 __all__ = ["main"]
+
+_COMMANDS = [
+    ("init", "write a commented node.yaml and the node key pair, and print the public key"),
+    ("check", "validate node.yaml, reach every source, and check the data against its contract"),
+    ("start", "connect to the coordinator and answer analysis requests"),
+    ("status", "budget, inbox and audit state of this node"),
+    ("inbox", "requests waiting for approval (policy approval: manual)"),
+    ("approve", "approve a waiting request: it is released on the node's next poll"),
+    ("deny", "deny a waiting request: the reason goes back to the coordinator"),
+    ("ledger", "print the privacy ledger: spent and remaining budget per population"),
+    ("audit", "verify or export the hash-chained audit log"),
+    ("report", "write the HTML transparency report for the data protection officer"),
+]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -24,34 +47,147 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, text in [
-        ("check", "validate node.yaml and read every allowed dataset"),
-        ("start", "connect to the coordinator and answer analysis requests"),
-        ("ledger", "print the privacy ledger: spent and remaining budget per population"),
-    ]:
+    for name, text in _COMMANDS:
         cmd = sub.add_parser(name, help=text, description=text)
         cmd.add_argument("--config", type=Path, default=Path("node.yaml"), help="path to node.yaml")
+        if name == "init":
+            cmd.add_argument("--partner", required=True, help="your organisation's short name")
+            cmd.add_argument("--coordinator", default=None, help="the coordinator's Fleet address host:port")
         if name == "start":
             cmd.add_argument("--coordinator", help="SuperLink Fleet address host:port (overrides node.yaml)")
+        if name in ("approve", "deny"):
+            cmd.add_argument("request_id", help="the request id shown by `oda-node inbox`")
+        if name == "deny":
+            cmd.add_argument("--reason", required=True, help="why; sent back to the coordinator")
+        if name == "audit":
+            cmd.add_argument("action", choices=["verify", "export"])
+            cmd.add_argument("--out", type=Path, default=None, help="export file (.csv or .jsonl)")
+        if name == "report":
+            cmd.add_argument("--out", type=Path, default=Path("transparency-report.html"))
     return parser
 
 
+def _init(config_path: Path, partner: str, coordinator: str | None) -> int:
+    from node_agent.keys import write_key_pair
+    from node_agent.templates import node_yaml
+
+    if config_path.exists():
+        raise ConfigError(f"{config_path} already exists; init never overwrites a config")
+    config_path.parent.mkdir(parents=True, exist_ok=True)
+    config_path.write_text(node_yaml(partner, coordinator))
+    (config_path.parent / "data").mkdir(exist_ok=True)
+    public = write_key_pair(config_path.parent / "keys")
+    print(f"wrote {config_path}: edit the datasets and policy, then run `oda-node check`")
+    print(f"wrote the node key pair in {config_path.parent / 'keys'} (keep node.key private)")
+    print("send this public key to the coordinator, who registers it with `oda coordinator register-node`:")
+    print(public.read_text().strip())
+    return ExitCode.OK
+
+
 def _check(config_path: Path) -> int:
+    from node_agent.agent import NodeAgent
+    from node_agent.config import load_node_config
+    from node_agent.connectors import contract_report
+
+    config = load_node_config(config_path)
+    agent = NodeAgent(config)
+    failing = 0
+    try:
+        for name in config.policy.allowed_datasets:
+            frame = agent.frame(name)
+            print(f"dataset {name}: {len(frame):,} rows, columns {', '.join(frame.columns)}")
+            for rule, count in contract_report(frame, config.datasets[name]):
+                print(f"  {'FAIL' if count else 'ok  '} {rule}: {count:,} rows")
+                failing += count > 0
+        for population, cap in sorted(config.policy.total_rho_cap.items()):
+            print(
+                f"population {population}: remaining {agent.remaining(population).describe()} of rho {cap:g}"
+            )
+        entries, head = agent.audit.verify()
+        print(f"audit log: {entries} entries, chain intact (head {head[:16]})")
+    finally:
+        agent.close()
+    if failing:
+        from privacy.errors import DataError
+
+        raise DataError(
+            f"{failing} contract rule(s) fail (row counts above, shown only here); fix the data or the contract"
+        )
+    print(f"{config_path}: OK")
+    return ExitCode.OK
+
+
+def _status(config_path: Path) -> int:
     from node_agent.agent import NodeAgent
     from node_agent.config import load_node_config
 
     config = load_node_config(config_path)
     agent = NodeAgent(config)
     try:
-        for name in config.policy.allowed_datasets:
-            frame = agent.frame(name)
-            print(f"dataset {name}: {len(frame):,} rows, columns {', '.join(frame.columns)}")
-        for population, cap in sorted(config.policy.total_rho_cap.items()):
-            spent = agent.ledger.spent(population)
-            print(f"population {population}: spent rho {spent.value:.6g} of {cap:g}")
+        policy = config.policy
+        print(
+            f"partner {config.partner}; coordinator {config.coordinator or '(none)'}; approval {policy.approval}"
+        )
+        for population, cap in sorted(policy.total_rho_cap.items()):
+            spent = agent.ledger.spent(population, agent.period_start())
+            print(
+                f"population {population}: spent rho {spent.value:.6g}, remaining "
+                f"{agent.remaining(population).describe()} of rho {cap:g}"
+            )
+        waiting = agent.inbox.items("waiting")
+        print(f"inbox: {len(waiting)} waiting" + (" (see `oda-node inbox`)" if waiting else ""))
+        entries, head = agent.audit.verify()
+        last = agent.audit.entries()[-1] if entries else None
+        print(f"audit log: {entries} entries, chain intact, head {head[:16]}")
+        if last:
+            print(f"last decision: {last.decision} {last.request_id} for {last.requester} at {last.time}")
     finally:
         agent.close()
-    print(f"{config_path}: OK")
+    return ExitCode.OK
+
+
+def _inbox(config_path: Path) -> int:
+    from node_agent.agent import NodeAgent
+    from node_agent.config import load_node_config
+
+    agent = NodeAgent(load_node_config(config_path))
+    try:
+        items = agent.inbox.items("waiting")
+        if not items:
+            print("no requests waiting")
+        for item in items:
+            when = datetime.fromtimestamp(item.received, UTC).isoformat(timespec="seconds")
+            print(f"{item.request_id}  {item.analysis}  from {item.requester}  received {when}")
+            print(f"  {item.summary}")
+            print(f"  cost rho {item.cost_rho:.6g}; remaining now:")
+            for population in sorted(agent.config.policy.total_rho_cap):
+                print(f"    {population}: {agent.remaining(population).describe()}")
+    finally:
+        agent.close()
+    return ExitCode.OK
+
+
+def _decide(config_path: Path, request_id: str, reason: str | None) -> int:
+    from node_agent.agent import NodeAgent, spec_hash_of
+    from node_agent.config import load_node_config
+
+    agent = NodeAgent(load_node_config(config_path))
+    try:
+        decision: Literal["approved", "denied"] = "denied" if reason is not None else "approved"
+        item = agent.inbox.decide(request_id, decision, reason or "")
+        request = json.loads(item.request_json)
+        agent.audit.append(
+            request_id=item.request_id,
+            requester=item.requester,
+            spec_hash=spec_hash_of(str(request.get("spec_yaml", ""))),
+            bundle_hash=item.bundle_hash,
+            decision=decision,
+            reason=reason or "approved by the partner",
+            cost_rho=item.cost_rho if decision == "approved" else 0.0,
+        )
+        print(f"{request_id} {decision}; the running node replies on its next poll")
+    finally:
+        agent.close()
     return ExitCode.OK
 
 
@@ -66,11 +202,50 @@ def _ledger(config_path: Path) -> int:
             print(f"{e.id:>6}  {e.status:<9}  {e.population:<16}  rho {e.rho:.6g}  request {e.request_id}")
         for population, cap in sorted(config.policy.total_rho_cap.items()):
             spent = ledger.spent(population)
-            print(
-                f"population {population}: spent rho {spent.value:.6g}, remaining rho {max(cap - spent.value, 0):.6g} of {cap:g}"
-            )
+            print(f"population {population}: spent rho {spent.value:.6g} in all; cap rho {cap:g} per period")
     finally:
         ledger.close()
+    return ExitCode.OK
+
+
+def _audit(config_path: Path, action: str, out: Path | None) -> int:
+    from node_agent.audit import AuditLog
+    from node_agent.config import load_node_config
+
+    config = load_node_config(config_path)
+    log = AuditLog(Path(config.state_dir))
+    entries, head = log.verify()
+    if action == "verify":
+        print(f"{log.path}: {entries} entries, chain intact, head {head}")
+        return ExitCode.OK
+    rows = [asdict(e) for e in log.entries()]
+    if out is None or out.suffix == ".jsonl":
+        text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
+        if out is None:
+            sys.stdout.write(text)
+        else:
+            out.write_text(text)
+    else:
+        with out.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["seq"])
+            writer.writeheader()
+            writer.writerows(rows)
+    if out is not None:
+        print(f"exported {entries} verified entries to {out}")
+    return ExitCode.OK
+
+
+def _report(config_path: Path, out: Path) -> int:
+    from node_agent.agent import NodeAgent
+    from node_agent.config import load_node_config
+    from node_agent.report import transparency_report
+
+    agent = NodeAgent(load_node_config(config_path))
+    try:
+        out.write_text(transparency_report(agent))
+    finally:
+        agent.close()
+    print(f"wrote {out}")
     return ExitCode.OK
 
 
@@ -100,10 +275,23 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
     try:
-        if args.command == "check":
+        command: str = args.command
+        if command == "init":
+            return _init(args.config, args.partner, args.coordinator)
+        if command == "check":
             return _check(args.config)
-        if args.command == "ledger":
+        if command == "status":
+            return _status(args.config)
+        if command == "inbox":
+            return _inbox(args.config)
+        if command in ("approve", "deny"):
+            return _decide(args.config, args.request_id, getattr(args, "reason", None))
+        if command == "ledger":
             return _ledger(args.config)
+        if command == "audit":
+            return _audit(args.config, args.action, args.out)
+        if command == "report":
+            return _report(args.config, args.out)
         return _start(args.config, args.coordinator)
     except (OdaError, KeyboardInterrupt) as exc:
         code = code_for(exc)

@@ -6,6 +6,8 @@ population without a cap cannot be queried.
 
 from __future__ import annotations
 
+import fnmatch
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -15,7 +17,16 @@ from analyses.catalog import ColumnType
 from analyses.documents import load_document
 from privacy.errors import ConfigError
 
-__all__ = ["ColumnSpec", "DatasetConfig", "NodeConfig", "PolicyConfig", "load_node_config"]
+__all__ = [
+    "ALL_STEP_KINDS",
+    "ColumnSpec",
+    "DatasetConfig",
+    "NodeConfig",
+    "PolicyConfig",
+    "RenewalConfig",
+    "SqlSource",
+    "load_node_config",
+]
 
 
 class _Model(BaseModel):
@@ -23,16 +34,44 @@ class _Model(BaseModel):
 
 
 class ColumnSpec(_Model):
-    """A logical column: where it comes from in the source, and its type."""
+    """A logical column: where it comes from in the source, its type, and its contract."""
 
     source: str | None = Field(default=None, description="source column; default: same name")
     type: ColumnType
+    required: bool = Field(default=False, description="contract: no missing values")
+    min: float | None = Field(default=None, description="contract: smallest valid value")
+    max: float | None = Field(default=None, description="contract: largest valid value")
+    allowed: tuple[str | int, ...] | None = Field(default=None, description="contract: the valid values")
+
+    @model_validator(mode="after")
+    def _rules_fit(self) -> ColumnSpec:
+        if (self.min is not None or self.max is not None) and self.type not in ("int", "float"):
+            raise ValueError(f"min/max apply to int or float columns, not {self.type}")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min:g} is above max {self.max:g}")
+        return self
+
+
+class SqlSource(_Model):
+    """A table or query in a database reachable by SQLAlchemy (PostgreSQL, MariaDB, ...)."""
+
+    url: str = Field(min_length=1, description="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db")
+    password_env: str | None = Field(default=None, description="environment variable holding the password")
+    table: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$")
+    query: str | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> SqlSource:
+        if (self.table is None) == (self.query is None):
+            raise ValueError("give exactly one of 'table' or 'query'")
+        return self
 
 
 class DatasetConfig(_Model):
-    """A logical dataset the partner offers, mapped onto a local file."""
+    """A logical dataset the partner offers, mapped onto a local file or a database."""
 
-    path: str = Field(min_length=1, description="CSV or Parquet file, relative to data_dir")
+    path: str | None = Field(default=None, description="CSV or Parquet file, relative to data_dir")
+    sql: SqlSource | None = None
     format: Literal["csv", "parquet"] | None = None
     columns: dict[str, ColumnSpec] = Field(min_length=1)
     identifier: str = Field(min_length=1, description="the logical column identifying a person")
@@ -40,6 +79,8 @@ class DatasetConfig(_Model):
 
     @model_validator(mode="after")
     def _identifier_declared(self) -> DatasetConfig:
+        if (self.path is None) == (self.sql is None):
+            raise ValueError("give exactly one source: 'path' (CSV or Parquet) or 'sql'")
         if self.identifier not in self.columns:
             raise ValueError(f"identifier {self.identifier!r} is not one of the declared columns")
         return self
@@ -47,16 +88,44 @@ class DatasetConfig(_Model):
     def file_format(self) -> Literal["csv", "parquet"]:
         if self.format is not None:
             return self.format
-        return "parquet" if self.path.endswith((".parquet", ".pq")) else "csv"
+        return "parquet" if (self.path or "").endswith((".parquet", ".pq")) else "csv"
+
+
+StepKind = Literal["count", "sum", "mean", "histogram", "quantile"]
+ALL_STEP_KINDS: tuple[StepKind, ...] = ("count", "sum", "mean", "histogram", "quantile")
+
+
+class RenewalConfig(_Model):
+    """The total caps renew: spending counts from the start of the current period only."""
+
+    every_days: int = Field(ge=1, le=3660)
+    start: date = Field(description="first day of the first period (YYYY-MM-DD)")
+
+    def period_start(self, now: datetime) -> datetime:
+        """Midnight UTC of the first day of the period containing `now`."""
+        origin = datetime.combine(self.start, datetime.min.time(), tzinfo=UTC)
+        if now < origin:
+            return origin
+        periods = (now - origin).days // self.every_days
+        return origin + timedelta(days=periods * self.every_days)
 
 
 class PolicyConfig(_Model):
     """Local rules the node enforces whatever the coordinator asks."""
 
     allowed_datasets: tuple[str, ...] = Field(min_length=1)
+    allowed_analyses: tuple[str, ...] = Field(
+        min_length=1, description="analysis names this node answers (shell patterns; '*' for any)"
+    )
+    allowed_steps: tuple[StepKind, ...] = Field(default=ALL_STEP_KINDS, min_length=1)
+    allowed_columns: dict[str, tuple[str, ...]] | None = Field(
+        default=None, description="dataset -> columns analyses may read; default: all declared"
+    )
     max_rho_per_analysis: float = Field(gt=0, le=10)
     total_rho_cap: dict[str, float] = Field(min_length=1, description="population -> rho cap")
+    renewal: RenewalConfig | None = Field(default=None, description="default: caps never renew")
     min_cell: int = Field(default=10, ge=0, le=1000)
+    approval: Literal["auto", "manual"] = "auto"
 
     @model_validator(mode="after")
     def _caps_positive(self) -> PolicyConfig:
@@ -64,6 +133,9 @@ class PolicyConfig(_Model):
             if not 0 < cap <= 100:
                 raise ValueError(f"total_rho_cap[{population!r}] must be in (0, 100], got {cap}")
         return self
+
+    def allows_analysis(self, name: str) -> bool:
+        return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.allowed_analyses)
 
 
 class NodeConfig(_Model):
@@ -91,6 +163,13 @@ class NodeConfig(_Model):
                     f"dataset {name!r} belongs to population {population!r}, which has no "
                     "policy.total_rho_cap: add one (the node refuses uncapped populations)"
                 )
+        for name, columns in (self.policy.allowed_columns or {}).items():
+            if name not in self.datasets:
+                problems.append(f"policy.allowed_columns names {name!r}, which is not under datasets")
+                continue
+            unknown = sorted(set(columns) - set(self.datasets[name].columns))
+            if unknown:
+                problems.append(f"policy.allowed_columns[{name!r}] names undeclared columns {unknown}")
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -39,16 +39,17 @@ from flwr.supercore.inflatable.inflatable_utils import (
 )
 from flwr.supernode.fleet_http_connection import http_request_response
 
-from analyses.release import AnalysisRequest
+from analyses.release import AnalysisRequest, NodeRelease
 from analyses.runner_bundle import RUNNER_BUNDLES
-from node_agent.agent import NodeAgent
+from node_agent.agent import NodeAgent, Pending
 from node_agent.config import load_node_config
-from privacy.errors import InternalError, ProtocolError, UserError
+from privacy.errors import InternalError, PolicyRefusal, ProtocolError, UserError
 
 __all__ = [
     "ERROR_CODE_INTERNAL",
     "ERROR_CODE_REFUSED",
     "accepted_bundle_hashes",
+    "answer_decided",
     "app",
     "handle_message",
     "serve",
@@ -84,14 +85,23 @@ def _error_reply(message: Message, partner: str, exc: BaseException) -> Message:
     return Message(Error(code=code, reason=reason), reply_to=message)
 
 
-def handle_message(agent: NodeAgent, message: Message, fab_hash: str) -> Message:
-    """Answer one message: a release, or an error reply naming why."""
+def _release_reply(message: Message, release: NodeRelease) -> Message:
+    return Message(RecordDict({"release": ConfigRecord({"json": release.to_json()})}), reply_to=message)
+
+
+def _refusal_reply(agent: NodeAgent, message: Message, exc: BaseException) -> Message:
+    if not isinstance(exc, UserError):
+        log.error("internal error while handling a request", exc_info=exc)
+    else:
+        log.warning("refused: %s", exc)
+    return _error_reply(message, agent.config.partner, exc)
+
+
+def handle_message(agent: NodeAgent, message: Message, fab_hash: str) -> Message | None:
+    """Answer one message: a release or an error reply naming why; None when the request was
+    filed for manual approval (the reply follows the decision)."""
+    request: AnalysisRequest | None = None
     try:
-        if fab_hash not in accepted_bundle_hashes():
-            raise ProtocolError(
-                f"app bundle {fab_hash[:12]} is not the oda runner of any protocol version "
-                f"this node speaks ({sorted(set(accepted_bundle_hashes().values()))}); refused"
-            )
         if message.metadata.message_type != MESSAGE_TYPE:
             raise ProtocolError(
                 f"message type {message.metadata.message_type!r} is not handled; expected {MESSAGE_TYPE!r}"
@@ -100,14 +110,43 @@ def handle_message(agent: NodeAgent, message: Message, fab_hash: str) -> Message
         if record is None or not isinstance(record.get("json"), str):
             raise ProtocolError("the message carries no analysis request")
         request = AnalysisRequest.from_json(cast(str, record["json"]))
-        release = agent.handle(request)
-        return Message(RecordDict({"release": ConfigRecord({"json": release.to_json()})}), reply_to=message)
+        if fab_hash not in accepted_bundle_hashes():
+            raise ProtocolError(
+                f"app bundle {fab_hash[:12]} is not the oda runner of any protocol version "
+                f"this node speaks ({sorted(set(accepted_bundle_hashes().values()))}); refused"
+            )
+    except Exception as exc:  # refused before the agent saw it: audit here
+        unknown = AnalysisRequest(0, message.metadata.message_id, "unknown", "")
+        agent.refuse(request or unknown, fab_hash, exc)
+        return _refusal_reply(agent, message, exc)
+    try:
+        outcome = agent.handle(request, fab_hash)  # audits its own decisions
     except Exception as exc:  # every failure becomes a reply; the node itself keeps serving
-        if not isinstance(exc, UserError):
-            log.exception("internal error while handling a request")
+        return _refusal_reply(agent, message, exc)
+    if isinstance(outcome, Pending):
+        return None
+    return _release_reply(message, outcome)
+
+
+def answer_decided(agent: NodeAgent, held: dict[str, Message]) -> list[Message]:
+    """Replies for held requests that a person approved or denied since the last look."""
+    replies = []
+    for request_id in list(held):
+        item = agent.inbox.get(request_id)
+        if item.status == "waiting":
+            continue
+        message = held.pop(request_id)
+        if item.status == "approved":
+            try:
+                replies.append(_release_reply(message, agent.run_approved(request_id)))
+            except Exception as exc:
+                replies.append(_refusal_reply(agent, message, exc))
         else:
-            log.warning("refused: %s", exc)
-        return _error_reply(message, agent.config.partner, exc)
+            why = PolicyRefusal(
+                f"request {request_id} was {item.status} at {agent.config.partner}: {item.reason}"
+            )
+            replies.append(_refusal_reply(agent, message, why))
+    return replies
 
 
 def _pull(pull_object: Callable[[int, str], bytes], run_id: int, object_id: str) -> bytes:
@@ -121,11 +160,27 @@ def serve(
     stop = stop or threading.Event()
     interval = agent.config.poll_interval
     verified: set[str] = set()  # bundle hashes whose fetched bytes were checked
+    held: dict[str, Message] = {}  # request id -> message waiting for a person's decision
+    expired = agent.inbox.expire_waiting("the node restarted; the coordinator must send the request again")
+    if expired:
+        log.warning("%d request(s) in the approval inbox expired: the node restarted", expired)
     with http_request_response(address, True, None, None, max_retries, None) as conn:
         node_id, receive, send, get_run, get_fab, pull_object, push_object, confirm = conn
         log.info("node %s connected to %s as Flower node %s", agent.config.partner, address, node_id)
         print(f"oda-node {agent.config.partner}: ready (flower node {node_id})", flush=True)
+
+        def reply(answer: Message, started: float) -> None:
+            answer.metadata.__dict__["_message_id"] = answer.object_id
+            objects = get_all_nested_objects(answer)
+            to_push, session = send(answer, get_object_tree(answer), time.perf_counter() - started)
+            push_object_contents_from_iterable(
+                ((oid, objects[oid].deflate()) for oid in to_push),
+                push_object_fn=partial(push_object, answer.metadata.run_id, session),
+            )
+
         while not stop.is_set():
+            for answer in answer_decided(agent, held):
+                reply(answer, time.perf_counter())
             received = receive()
             if received is None:
                 stop.wait(interval)
@@ -152,14 +207,15 @@ def serve(
             full = cast(Message, inflate_object_from_contents(message.metadata.message_id, contents))
             full.metadata.__dict__["_message_id"] = message.metadata.message_id
             started = time.perf_counter()
-            reply = handle_message(agent, full, fab_hash)
-            reply.metadata.__dict__["_message_id"] = reply.object_id
-            objects = get_all_nested_objects(reply)
-            to_push, session = send(reply, get_object_tree(reply), time.perf_counter() - started)
-            push_object_contents_from_iterable(
-                ((oid, objects[oid].deflate()) for oid in to_push),
-                push_object_fn=partial(push_object, run_id, session),
-            )
+            outcome = handle_message(agent, full, fab_hash)
+            if outcome is None:
+                held[_request_id(full)] = full
+                continue
+            reply(outcome, started)
+
+
+def _request_id(message: Message) -> str:
+    return AnalysisRequest.from_json(cast(str, message.content.config_records["request"]["json"])).request_id
 
 
 # The ClientApp that the runner bundle's shim names, for stock Flower SuperNodes.
@@ -174,6 +230,10 @@ def _query(message: Message, context: Context) -> Message:
     agent = NodeAgent(load_node_config(Path(config_path)))
     try:
         fab_hash = next(iter(accepted_bundle_hashes()))  # stock SuperNodes verify bundles themselves
-        return handle_message(agent, message, fab_hash)
+        answer = handle_message(agent, message, fab_hash)
+        if answer is None:  # a stock SuperNode cannot hold a message while a person decides
+            why = PolicyRefusal("filed for manual approval, which needs the node run by `oda-node start`")
+            return _error_reply(message, agent.config.partner, why)
+        return answer
     finally:
         agent.close()

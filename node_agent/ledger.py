@@ -41,6 +41,7 @@ class LedgerEntry:
     rho: float
     status: str
     spec_hash: str
+    created: float
 
 
 class Ledger:
@@ -62,17 +63,27 @@ class Ledger:
     def close(self) -> None:
         self._db.close()
 
-    def spent(self, population: str) -> Rho:
-        """Everything reserved for `population`: committed, pending and failed alike."""
+    def spent(self, population: str, since: float = 0.0) -> Rho:
+        """Everything reserved for `population` from `since` (a Unix time) on: committed,
+        pending and failed alike."""
         row = self._db.execute(
-            "SELECT COALESCE(SUM(rho), 0) FROM entries WHERE population = ?", (population,)
+            "SELECT COALESCE(SUM(rho), 0) FROM entries WHERE population = ? AND created >= ?",
+            (population, since),
         ).fetchone()
         return Rho(float(row[0]))
 
     def reserve(
-        self, *, request_id: str, costs: dict[str, Rho], caps: dict[str, Rho], spec_hash: str
+        self,
+        *,
+        request_id: str,
+        costs: dict[str, Rho],
+        caps: dict[str, Rho],
+        spec_hash: str,
+        since: float = 0.0,
     ) -> list[int]:
         """Write pending debits for every population at once, or refuse them all.
+
+        `caps` apply to spending from `since` (the start of the current renewal period) on.
 
         Raises:
             BudgetExhausted: requested, remaining and the difference are in the message.
@@ -82,7 +93,7 @@ class Ledger:
         self._db.execute("BEGIN IMMEDIATE")
         try:
             for population, cost in sorted(costs.items()):
-                remaining = caps[population] - self.spent(population)
+                remaining = caps[population] - self.spent(population, since)
                 if cost.value > remaining.value + 1e-12:
                     raise BudgetExhausted(
                         f"privacy budget exhausted for population {population!r}: requested "
@@ -118,6 +129,6 @@ class Ledger:
 
     def entries(self) -> list[LedgerEntry]:
         rows = self._db.execute(
-            "SELECT id, request_id, population, rho, status, spec_hash FROM entries ORDER BY id"
+            "SELECT id, request_id, population, rho, status, spec_hash, created FROM entries ORDER BY id"
         ).fetchall()
         return [LedgerEntry(*row) for row in rows]

@@ -29,6 +29,7 @@ datasets:
       area: {source: lsoa, type: str}
 policy:
   allowed_datasets: [incidents]
+  allowed_analyses: ["*"]
   max_rho_per_analysis: 1.0
   total_rho_cap: {incidents: 2.0}
 """
@@ -205,11 +206,17 @@ def test_example_node_config_is_valid() -> None:
 def test_published_json_schemas_are_up_to_date() -> None:
     import json
 
+    from pydantic import BaseModel
+
     from analyses.spec import AnalysisSpec
     from node_agent.config import NodeConfig
 
     folder = Path(__file__).resolve().parents[2] / "configs" / "schema"
-    for name, model in [("analysis-spec.v1.json", AnalysisSpec), ("node-config.v1.json", NodeConfig)]:
+    models: list[tuple[str, type[BaseModel]]] = [
+        ("analysis-spec.v1.json", AnalysisSpec),
+        ("node-config.v1.json", NodeConfig),
+    ]
+    for name, model in models:
         on_disk = json.loads((folder / name).read_text())
         assert on_disk == json.loads(json.dumps(model.model_json_schema())), (
             f"run `oda schema` to refresh {name}"

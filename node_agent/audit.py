@@ -1,0 +1,212 @@
+"""The node's audit log: append-only, hash-chained, one JSON object per line.
+
+Every decision the node takes about a request is one entry: when, which request, from whom,
+the spec and app-bundle hashes, the decision (released, refused, denied, pending, not held),
+its cost and the sha256 of the payload that left. Each entry carries the hash of the one before
+it and its own hash over both, so editing, deleting or reordering an entry breaks the chain.
+
+Cutting entries off the end leaves a valid shorter chain, so the head (sequence number and
+hash) is also written to a second file, `audit.head`, and sent in every reply: a log shorter
+than either is truncated. Appends are serialised across processes with an exclusive file lock,
+so `oda-node approve` in a shell and the running node can both write.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+from privacy.errors import DataError
+
+__all__ = ["GENESIS", "AuditEntry", "AuditLog", "Decision"]
+
+#: The `prev` of the first entry.
+GENESIS = "0" * 64
+
+Decision = Literal["released", "refused", "denied", "pending", "approved", "not_held"]
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One decision about one request."""
+
+    seq: int
+    time: str
+    request_id: str
+    requester: str
+    spec_hash: str
+    bundle_hash: str
+    decision: Decision
+    reason: str
+    cost_rho: float
+    payload_sha256: str
+    prev: str
+    hash: str
+
+    def body(self) -> dict[str, object]:
+        """Everything the hash covers (all but the hash itself)."""
+        data = asdict(self)
+        del data["hash"]
+        return data
+
+
+def _digest(body: dict[str, object]) -> str:
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class AuditLog:
+    """`state_dir/audit.jsonl` and its head file."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / "audit.jsonl"
+        self.head_path = state_dir / "audit.head"
+        self._lock_path = state_dir / "audit.lock"
+        state_dir.mkdir(parents=True, exist_ok=True)
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        with self._lock_path.open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def entries(self) -> list[AuditEntry]:
+        """Every entry, in file order, parsed but not verified.
+
+        Raises:
+            DataError: a line is not an audit entry (the message names the file and line).
+        """
+        if not self.path.exists():
+            return []
+        out = []
+        with self.path.open("r", encoding="utf-8") as f:
+            for number, line in enumerate(f, start=1):
+                try:
+                    out.append(AuditEntry(**json.loads(line)))
+                except (ValueError, TypeError) as exc:
+                    raise DataError(
+                        f"audit log {self.path} line {number} is not an audit entry ({exc}): "
+                        "the log was edited or damaged; restore it from backup"
+                    ) from exc
+        return out
+
+    def verify(self) -> tuple[int, str]:
+        """Check the whole chain and the recorded head; return (entries, head hash).
+
+        Raises:
+            DataError: naming the file, the line and what is wrong (edited, deleted,
+                reordered or truncated entries).
+        """
+        entries = self.entries()
+        prev = GENESIS
+        for number, entry in enumerate(entries, start=1):
+            where = f"audit log {self.path} line {number}"
+            if entry.seq != number:
+                raise DataError(
+                    f"{where}: sequence number {entry.seq}, expected {number}: entries were "
+                    "deleted or reordered; restore the log from backup"
+                )
+            if entry.prev != prev:
+                raise DataError(
+                    f"{where}: does not chain to the entry before it: entries were deleted, "
+                    "inserted or reordered; restore the log from backup"
+                )
+            if _digest(entry.body()) != entry.hash:
+                raise DataError(f"{where}: its hash does not match its content: the entry was edited")
+            prev = entry.hash
+        recorded = self._recorded_head()
+        if recorded is not None:
+            seq, head = recorded
+            if seq > len(entries) or (seq > 0 and entries[seq - 1].hash != head):
+                raise DataError(
+                    f"audit log {self.path} ends at entry {len(entries)}, but {self.head_path} "
+                    f"records entry {seq}: the log was truncated or replaced; restore it from backup"
+                )
+        elif entries:
+            raise DataError(
+                f"audit log {self.path} has {len(entries)} entries but {self.head_path} is missing: "
+                "restore both from backup"
+            )
+        return len(entries), prev
+
+    def _recorded_head(self) -> tuple[int, str] | None:
+        if not self.head_path.exists():
+            return None
+        try:
+            seq, head = self.head_path.read_text().split()
+            return int(seq), head
+        except ValueError as exc:
+            raise DataError(
+                f"audit head {self.head_path} is damaged ({exc}); restore it from backup"
+            ) from exc
+
+    def head(self) -> tuple[int, str]:
+        """(sequence number, hash) of the last entry; (0, GENESIS) when empty."""
+        entries = self.entries()
+        return (entries[-1].seq, entries[-1].hash) if entries else (0, GENESIS)
+
+    def append(
+        self,
+        *,
+        request_id: str,
+        requester: str,
+        spec_hash: str,
+        bundle_hash: str,
+        decision: Decision,
+        reason: str = "",
+        cost_rho: float = 0.0,
+        payload: bytes = b"",
+    ) -> AuditEntry:
+        """Append one entry (fsynced, then the head file), and return it."""
+        with self._locked():
+            seq, prev = self._tail()
+            body: dict[str, object] = {
+                "seq": seq + 1,
+                "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                "request_id": request_id,
+                "requester": requester,
+                "spec_hash": spec_hash,
+                "bundle_hash": bundle_hash,
+                "decision": decision,
+                "reason": reason,
+                "cost_rho": cost_rho,
+                "payload_sha256": hashlib.sha256(payload).hexdigest() if payload else "",
+                "prev": prev,
+            }
+            entry = AuditEntry(**body, hash=_digest(body))  # type: ignore[arg-type]
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(asdict(entry), sort_keys=True) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            tmp = self.head_path.with_suffix(".head.tmp")
+            tmp.write_text(f"{entry.seq} {entry.hash}\n")
+            os.replace(tmp, self.head_path)
+            return entry
+
+    def _tail(self) -> tuple[int, str]:
+        """The last entry's (seq, hash), read from the end of the file."""
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return 0, GENESIS
+        with self.path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 65536))
+            last = f.read().splitlines()[-1]
+        try:
+            data = json.loads(last)
+            return int(data["seq"]), str(data["hash"])
+        except (ValueError, KeyError) as exc:
+            raise DataError(
+                f"audit log {self.path} ends in a damaged line ({exc}); run `oda-node audit verify`"
+            ) from exc

@@ -1,0 +1,163 @@
+"""Partner IT operations over real processes: manual approval through Flower, and kill -9."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from analyses.release import AnalysisRequest
+from coordinator.federation import EmbeddedFederation
+from coordinator.flower_server import FlowerLink
+from coordinator.replies import NodeReply
+from node_agent.agent import NodeAgent
+from node_agent.audit import AuditLog
+from node_agent.config import load_node_config
+from node_agent.inbox import Inbox
+from node_agent.ledger import Ledger
+
+pytestmark = pytest.mark.e2e
+
+SPEC = """
+version: 1
+name: approval-check
+dataset: incidents
+privacy: {rho: 0.05, unit: {identifier: person_id, max_rows: 5}}
+steps:
+  - {kind: count, id: c, by: [{column: area, keyset: coventry_lsoa11}]}
+"""
+
+
+def _wait_waiting(state: Path, request_id: str) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if (state / "inbox.sqlite").exists():
+            inbox = Inbox(state)
+            try:
+                if any(i.request_id == request_id for i in inbox.items("waiting")):
+                    return
+            finally:
+                inbox.close()
+        time.sleep(0.05)
+    raise AssertionError(f"{request_id} never reached the inbox")
+
+
+def _broadcast_in_background(address: str, request_id: str) -> tuple[threading.Thread, list[NodeReply]]:
+    replies: list[NodeReply] = []
+    request = AnalysisRequest(1, request_id, "central", SPEC).to_json()
+
+    def run() -> None:
+        link = FlowerLink(address)
+        try:
+            replies.extend(link.broadcast(request, timeout=60))
+        finally:
+            link.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, replies
+
+
+def test_manual_approval_over_flower(tmp_path: Path) -> None:
+    with EmbeddedFederation(tmp_path, rows=5_000, partners=("police",), manual=frozenset({"police"})) as fed:
+        config = fed.configs["police"]
+        state = config.parent / "state"
+        cli = [sys.executable, "-m", "node_agent.cli"]
+
+        thread, replies = _broadcast_in_background(fed.address, "approve-me")
+        _wait_waiting(state, "approve-me")
+        time.sleep(0.5)
+        assert not replies, "a reply left before approval"
+        assert Ledger(state / "ledger.sqlite").entries() == []
+        subprocess.run([*cli, "approve", "approve-me", "--config", str(config)], check=True)
+        thread.join(60)
+        assert [r.outcome for r in replies] == ["release"]
+        assert json.loads(replies[0].body)["request_id"] == "approve-me"
+
+        thread, replies = _broadcast_in_background(fed.address, "deny-me")
+        _wait_waiting(state, "deny-me")
+        reason = "outside our information sharing agreement"
+        subprocess.run([*cli, "deny", "deny-me", "--reason", reason, "--config", str(config)], check=True)
+        thread.join(60)
+        assert [r.outcome for r in replies] == ["refused"]
+        assert reason in json.loads(replies[0].body)["message"]
+        decisions = [e.decision for e in AuditLog(state).entries()]
+        assert decisions == ["pending", "approved", "released", "pending", "denied"]
+
+
+# --- kill -9 ---------------------------------------------------------------------------------
+
+KILL_SPEC = """
+version: 1
+name: kill-{i}
+dataset: incidents
+privacy: {{rho: 0.01, unit: {{identifier: person_id, max_rows: 5}}}}
+steps:
+  - {{kind: sum, id: s, column: harm, bounds: [0, 100], by: [{{column: area, keyset: coventry_lsoa11}}]}}
+"""
+
+
+def _release_forever(config_path: str, outbox: str, prefix: str) -> None:
+    """Child: release request after request; append each release to the outbox as it 'leaves'."""
+    agent = NodeAgent(load_node_config(Path(config_path)))
+    i = 0
+    while True:
+        i += 1
+        release = agent.handle(AnalysisRequest(1, f"{prefix}-{i}", "central", KILL_SPEC.format(i=i)))
+        with open(outbox, "a") as f:
+            f.write(json.dumps({"request_id": release.request_id, "rho": release.cost_rho}) + "\n")  # type: ignore[union-attr]
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def test_kill_9_at_random_points_never_loses_a_debit(
+    federation_data: dict[str, Path], tmp_path: Path
+) -> None:
+    source = federation_data["police"]
+    text = source.read_text().replace("data_dir: data", f"data_dir: {source.parent / 'data'}")
+    text = text.replace("state_dir: state", f"state_dir: {tmp_path / 'state'}")
+    text = text.replace("{incidents: 5.0}", "{incidents: 100.0}")
+    config = tmp_path / "node.yaml"
+    config.write_text(text)
+    outbox = tmp_path / "outbox.jsonl"
+    NodeAgent(load_node_config(config)).close()  # state created once, before any kill
+    fork = multiprocessing.get_context("fork")  # children start warm: the kill points land in releases
+    rng = random.Random(20261124)
+    spent_before = 0.0
+    for trial in range(50):
+        children = [
+            fork.Process(target=_release_forever, args=(str(config), str(outbox), f"t{trial}c{c}"))
+            for c in range(1 + trial % 2)  # every other trial, two processes race on one population
+        ]
+        for child in children:
+            child.start()
+        time.sleep(rng.uniform(0.05, 0.6))
+        for child in children:
+            assert child.pid is not None
+            os.kill(child.pid, signal.SIGKILL)
+            child.join(10)
+            assert child.exitcode == -signal.SIGKILL
+        ledger = Ledger(tmp_path / "state" / "ledger.sqlite")
+        try:
+            entries = {e.request_id: e for e in ledger.entries()}
+            spent = ledger.spent("incidents").value
+        finally:
+            ledger.close()
+        released = [json.loads(line) for line in outbox.read_text().splitlines()] if outbox.exists() else []
+        for release in released:  # nothing left without its debit, committed before it left
+            assert entries[release["request_id"]].status == "committed", release
+        assert spent >= spent_before - 1e-12  # never a refund
+        assert spent >= sum(r["rho"] for r in released) - 1e-9
+        spent_before = spent
+        AuditLog(tmp_path / "state").verify()  # the chain survives every kill
+    killed_mid_release = sum(e.status == "pending" for e in entries.values())
+    assert len(released) > 50 and killed_mid_release >= 5, (len(released), killed_mid_release)
