@@ -4,7 +4,7 @@ from analyses.aggregate import ResultTable, combine, key_frame, pool_vectors
 from analyses.catalog import ColumnType, DatasetSchema, check_steps, steps_for_datasets
 from analyses.documents import format_validation_error, load_document, parse_document
 from analyses.keysets import available_keysets, load_keyset
-from analyses.local_step import LocalData, exact_aggregates, planned_cost, release_step, release_steps
+from analyses.local_step import LocalData, exact_aggregates, planned_cost, release_steps
 from analyses.release import (
     PROTOCOL_VERSIONS,
     AnalysisRequest,
@@ -40,7 +40,6 @@ __all__ = [
     "parse_document",
     "planned_cost",
     "pool_vectors",
-    "release_step",
     "release_steps",
     "steps_for_datasets",
 ]

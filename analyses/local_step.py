@@ -33,11 +33,10 @@ from analyses.spec import (
     SumStep,
 )
 from privacy.budget import Rho
-from privacy.errors import SpecError
 from privacy.mechanisms import NoisyVector, integer_gaussian
-from privacy.unit import PrivacyUnit, contribution_mask
+from privacy.unit import PrivacyUnit, unit_mask
 
-__all__ = ["LocalData", "exact_aggregates", "planned_cost", "release_step", "release_steps"]
+__all__ = ["LocalData", "exact_aggregates", "planned_cost", "release_steps"]
 
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
@@ -66,9 +65,7 @@ class LocalData:
             SpecError: the identifier column is not in the dataset.
         """
         if unit not in self._keep:
-            if unit.identifier not in self.frame.columns:
-                raise SpecError(f"identifier column {unit.identifier!r} is not in the dataset")
-            self._keep[unit] = contribution_mask(self.frame[unit.identifier], unit.max_rows)
+            self._keep[unit] = unit_mask(self.frame, unit)
         return self._keep[unit]
 
     def codes(self, key: KeySpec) -> IntArray:
@@ -214,11 +211,6 @@ def release_steps(
         )
         for step, futures in planned
     ]
-
-
-def release_step(spec: AnalysisSpec, step: Step, data: LocalData) -> StepRelease:
-    """Release one step of `spec` on its dataset (see `release_steps`)."""
-    return release_steps(spec, [step], {spec.dataset_of(step): data})[0]
 
 
 def _measurement(name: str, unit_value: float, noisy: NoisyVector) -> MeasurementRelease:

@@ -83,7 +83,8 @@ class NodeAgent:
         state = Path(config.state_dir)
         self.ledger = Ledger(state / "ledger.sqlite")
         self.audit = AuditLog(state)
-        self.audit.verify()
+        #: (entries, head hash) of the audit log, verified when the agent opened.
+        self.verified_audit = self.audit.verify()
         self.inbox = Inbox(state)
         self._frames: dict[str, pd.DataFrame] = {}
         self._hashes: dict[str, str] = {}
@@ -149,9 +150,8 @@ class NodeAgent:
                 each with a message that says what and how to fix it. Nothing is released.
         """
         try:
-            spec, steps = self._admit(request)
+            spec, steps, cost = self._admit(request)
             if steps and self.config.policy.approval == "manual":
-                cost = planned_cost(spec, steps)
                 self.inbox.file(
                     request_id=request.request_id,
                     requester=request.requester,
@@ -172,7 +172,7 @@ class NodeAgent:
                 )
                 log.info("filed %s (%s) for approval: %s", spec.name, request.request_id, cost.describe())
                 return Pending(request.request_id, spec.name, cost)
-            return self._run(request, spec, steps, bundle_hash)
+            return self._run(request, spec, steps, cost, bundle_hash)
         except Exception as exc:
             self.refuse(request, bundle_hash, exc)
             raise
@@ -188,8 +188,8 @@ class NodeAgent:
             raise ConfigError(f"request {request_id} is {item.status}, not approved")
         request = AnalysisRequest.from_json(item.request_json)
         try:
-            spec, steps = self._admit(request)
-            release = self._run(request, spec, steps, item.bundle_hash)
+            spec, steps, cost = self._admit(request)
+            release = self._run(request, spec, steps, cost, item.bundle_hash)
         except Exception as exc:
             self.inbox.settle(request_id, "failed", str(exc))
             self.refuse(request, item.bundle_hash, exc)
@@ -209,8 +209,10 @@ class NodeAgent:
             reason=reason,
         )
 
-    def _admit(self, request: AnalysisRequest) -> tuple[AnalysisSpec, list[Step]]:
-        """Every check short of the budget: protocol, the spec parsed here, policy, catalogue."""
+    def _admit(self, request: AnalysisRequest) -> tuple[AnalysisSpec, list[Step], Rho]:
+        """Every check short of the budget: protocol, the spec parsed here, policy, catalogue.
+
+        Returns the spec, the steps this node holds, and what they will cost."""
         if request.protocol not in PROTOCOL_VERSIONS:
             raise SpecError(
                 f"protocol {request.protocol} is not supported; this node speaks {list(PROTOCOL_VERSIONS)}"
@@ -244,8 +246,6 @@ class NodeAgent:
                     f"identifies people in {spec.dataset_of(step)!r} by {dataset.identifier!r}: "
                     f"set privacy.unit.identifier to {dataset.identifier!r}"
                 )
-        if not steps:
-            return spec, steps
         cost = planned_cost(spec, steps)
         if cost.value > policy.max_rho_per_analysis + 1e-12:
             raise PolicyRefusal(
@@ -253,17 +253,16 @@ class NodeAgent:
                 f"policy.max_rho_per_analysis of rho {policy.max_rho_per_analysis}: lower the "
                 "analysis budget or ask the partner to raise the limit"
             )
-        return spec, steps
+        return spec, steps, cost
 
     def _run(
-        self, request: AnalysisRequest, spec: AnalysisSpec, steps: list[Step], bundle_hash: str
+        self, request: AnalysisRequest, spec: AnalysisSpec, steps: list[Step], cost: Rho, bundle_hash: str
     ) -> NodeRelease:
         """Reserve, release, commit, audit: the only path by which anything leaves."""
         spec_hash = spec.spec_hash()
         if not steps:
             release = self._release(request, spec_hash, (), Rho(0.0), None, "not_held")
             return self._audited(request, release, bundle_hash)
-        cost = planned_cost(spec, steps)
         costs: dict[str, Rho] = {}
         for step in steps:
             population = self.config.population_of(spec.dataset_of(step))

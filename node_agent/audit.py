@@ -151,11 +151,6 @@ class AuditLog:
                 f"audit head {self.head_path} is damaged ({exc}); restore it from backup"
             ) from exc
 
-    def head(self) -> tuple[int, str]:
-        """(sequence number, hash) of the last entry; (0, GENESIS) when empty."""
-        entries = self.entries()
-        return (entries[-1].seq, entries[-1].hash) if entries else (0, GENESIS)
-
     def append(
         self,
         *,

@@ -103,7 +103,7 @@ def _check(config_path: Path) -> int:
             print(
                 f"population {population}: remaining {agent.remaining(population).describe()} of rho {cap:g}"
             )
-        entries, head = agent.audit.verify()
+        entries, head = agent.verified_audit
         print(f"audit log: {entries} entries, chain intact (head {head[:16]})")
     finally:
         agent.close()
@@ -136,7 +136,7 @@ def _status(config_path: Path) -> int:
             )
         waiting = agent.inbox.items("waiting")
         print(f"inbox: {len(waiting)} waiting" + (" (see `oda-node inbox`)" if waiting else ""))
-        entries, head = agent.audit.verify()
+        entries, head = agent.verified_audit
         last = agent.audit.entries()[-1] if entries else None
         print(f"audit log: {entries} entries, chain intact, head {head[:16]}")
         if last:

@@ -97,9 +97,9 @@ def _refusal_reply(agent: NodeAgent, message: Message, exc: BaseException) -> Me
     return _error_reply(message, agent.config.partner, exc)
 
 
-def handle_message(agent: NodeAgent, message: Message, fab_hash: str) -> Message | None:
-    """Answer one message: a release or an error reply naming why; None when the request was
-    filed for manual approval (the reply follows the decision)."""
+def handle_message(agent: NodeAgent, message: Message, fab_hash: str) -> Message | Pending:
+    """Answer one message: a release or an error reply naming why; `Pending` when the request
+    was filed for manual approval (the reply follows the decision)."""
     request: AnalysisRequest | None = None
     try:
         if message.metadata.message_type != MESSAGE_TYPE:
@@ -124,7 +124,7 @@ def handle_message(agent: NodeAgent, message: Message, fab_hash: str) -> Message
     except Exception as exc:  # every failure becomes a reply; the node itself keeps serving
         return _refusal_reply(agent, message, exc)
     if isinstance(outcome, Pending):
-        return None
+        return outcome
     return _release_reply(message, outcome)
 
 
@@ -208,14 +208,10 @@ def serve(
             full.metadata.__dict__["_message_id"] = message.metadata.message_id
             started = time.perf_counter()
             outcome = handle_message(agent, full, fab_hash)
-            if outcome is None:
-                held[_request_id(full)] = full
+            if isinstance(outcome, Pending):
+                held[outcome.request_id] = full
                 continue
             reply(outcome, started)
-
-
-def _request_id(message: Message) -> str:
-    return AnalysisRequest.from_json(cast(str, message.content.config_records["request"]["json"])).request_id
 
 
 # The ClientApp that the runner bundle's shim names, for stock Flower SuperNodes.
@@ -231,7 +227,7 @@ def _query(message: Message, context: Context) -> Message:
     try:
         fab_hash = next(iter(accepted_bundle_hashes()))  # stock SuperNodes verify bundles themselves
         answer = handle_message(agent, message, fab_hash)
-        if answer is None:  # a stock SuperNode cannot hold a message while a person decides
+        if isinstance(answer, Pending):  # a stock SuperNode cannot hold a message while a person decides
             why = PolicyRefusal("filed for manual approval, which needs the node run by `oda-node start`")
             return _error_reply(message, agent.config.partner, why)
         return answer

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from privacy.errors import ConfigError, DataError
+from node_agent.state_db import open_state_db
+from privacy.errors import ConfigError
 
 __all__ = ["Inbox", "InboxItem", "InboxStatus"]
 
@@ -33,6 +34,11 @@ CREATE TABLE IF NOT EXISTS inbox (
     reason TEXT NOT NULL DEFAULT '',
     decided REAL
 );
+"""
+
+_SELECT = """
+SELECT request_id, received, requester, analysis, summary, cost_rho, request_json, bundle_hash, status, reason
+FROM inbox WHERE (? IS NULL OR status = ?) AND (? IS NULL OR request_id = ?) ORDER BY received
 """
 
 
@@ -55,15 +61,7 @@ class Inbox:
 
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / "inbox.sqlite"
-        state_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.executescript(_SCHEMA)
-        except sqlite3.DatabaseError as exc:
-            raise DataError(
-                f"approval inbox {self.path} is unreadable ({exc}); restore it from backup"
-            ) from exc
+        self._db = open_state_db(self.path, _SCHEMA, "approval inbox")
 
     def close(self) -> None:
         self._db.close()
@@ -90,17 +88,15 @@ class Inbox:
             raise ConfigError(f"request {request_id} is already in the approval inbox") from exc
 
     def items(self, status: InboxStatus | None = None) -> list[InboxItem]:
-        query = "SELECT request_id, received, requester, analysis, summary, cost_rho, request_json, bundle_hash, status, reason FROM inbox"
-        rows = (
-            self._db.execute(query + " WHERE status = ? ORDER BY received", (status,))
-            if status
-            else self._db.execute(query + " ORDER BY received")
-        ).fetchall()
+        return self._select(status=status)
+
+    def _select(self, *, status: str | None = None, request_id: str | None = None) -> list[InboxItem]:
+        rows = self._db.execute(_SELECT, (status, status, request_id, request_id))
         return [InboxItem(*row) for row in rows]
 
     def get(self, request_id: str) -> InboxItem:
         """Raises: ConfigError naming the id when it is not in the inbox."""
-        found = [i for i in self.items() if i.request_id == request_id]
+        found = self._select(request_id=request_id)
         if not found:
             raise ConfigError(f"no request {request_id!r} in the approval inbox; see `oda-node inbox`")
         return found[0]

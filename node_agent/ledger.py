@@ -8,13 +8,13 @@ write lock (`BEGIN IMMEDIATE`), so two of them cannot overspend one population.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from node_agent.state_db import open_state_db
 from privacy.budget import Rho
-from privacy.errors import BudgetExhausted, DataError
+from privacy.errors import BudgetExhausted
 
 __all__ = ["Ledger", "LedgerEntry"]
 
@@ -49,16 +49,7 @@ class Ledger:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-        except sqlite3.DatabaseError as exc:
-            raise DataError(
-                f"privacy ledger {path} is unreadable ({exc}): restore it from backup; the node will not run without it"
-            ) from exc
+        self._db = open_state_db(path, _SCHEMA, "privacy ledger")
 
     def close(self) -> None:
         self._db.close()

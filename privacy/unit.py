@@ -14,7 +14,7 @@ import pandas as pd
 
 from privacy.errors import SpecError
 
-__all__ = ["MAX_ROWS_LIMIT", "PrivacyUnit", "contribution_mask", "truncate_contributions"]
+__all__ = ["MAX_ROWS_LIMIT", "PrivacyUnit", "contribution_mask", "truncate_contributions", "unit_mask"]
 
 #: Larger bounds make every release so noisy that they are almost surely a mistake.
 MAX_ROWS_LIMIT = 1000
@@ -52,8 +52,9 @@ def contribution_mask(ids: pd.Series, max_rows: int) -> npt.NDArray[np.bool_]:
     if not heavy.any():
         return keep
     rows = np.flatnonzero(heavy[people])  # rows of people over the limit, in source order
-    order = np.argsort(people[rows], kind="stable")
-    grouped = people[rows][order]
+    heavy_people = people[rows]
+    order = np.argsort(heavy_people, kind="stable")
+    grouped = heavy_people[order]
     starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])
     rank = np.arange(len(grouped)) - np.repeat(starts, np.diff(np.r_[starts, len(grouped)]))
     keep[rows[order[rank >= max_rows]]] = False
@@ -79,7 +80,16 @@ def truncate_contributions(frame: pd.DataFrame, unit: PrivacyUnit) -> pd.DataFra
     Raises:
         SpecError: the identifier column is not in the frame.
     """
+    keep = unit_mask(frame, unit)
+    return frame if keep.all() else frame.loc[keep]
+
+
+def unit_mask(frame: pd.DataFrame, unit: PrivacyUnit) -> npt.NDArray[np.bool_]:
+    """`contribution_mask` of the frame's identifier column.
+
+    Raises:
+        SpecError: the identifier column is not in the frame.
+    """
     if unit.identifier not in frame.columns:
         raise SpecError(f"identifier column {unit.identifier!r} is not in the dataset")
-    keep = contribution_mask(frame[unit.identifier], unit.max_rows)
-    return frame if keep.all() else frame.loc[keep]
+    return contribution_mask(frame[unit.identifier], unit.max_rows)
