@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 from coordinator.federation import EmbeddedFederation
-from coordinator.flower_server import FlowerLink
 from coordinator.orchestrator import run_analysis
 
 SPEC = """
@@ -31,7 +30,7 @@ def main() -> None:
         started = time.perf_counter()
         with EmbeddedFederation(Path(tmp), rows=60_000) as federation:
             cold = time.perf_counter() - started
-            link = FlowerLink(federation.address)
+            link = federation.link()
             first = time.perf_counter()
             run_analysis(SPEC, link)
             first_run = time.perf_counter() - first

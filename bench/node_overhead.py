@@ -19,7 +19,6 @@ from pathlib import Path
 from analyses import AnalysisSpec, LocalData, parse_document, release_steps
 from analyses.release import AnalysisRequest
 from coordinator.federation import EmbeddedFederation
-from coordinator.flower_server import FlowerLink
 from coordinator.orchestrator import run_analysis
 from coordinator.synthetic import write_federation
 from node_agent.agent import NodeAgent
@@ -46,7 +45,7 @@ def memory() -> None:
     with tempfile.TemporaryDirectory() as tmp, EmbeddedFederation(Path(tmp), rows=60_000) as fed:
         time.sleep(2)
         idle = {p: rss_mib(fed.node_pid(p)) for p in fed.partners}
-        link = FlowerLink(fed.address)
+        link = fed.link()
         for _ in range(10):
             run_analysis(SPEC, link)
         link.close()

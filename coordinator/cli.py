@@ -8,11 +8,15 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from node_agent.exit_codes import EXIT_HELP, ExitCode, code_for
+from node_agent.exit_codes import EXIT_HELP, ExitCode, code_for, no_phone_home
 from privacy.errors import OdaError
+
+if TYPE_CHECKING:
+    from coordinator.flower_server import FlowerLink
 
 __all__ = ["main"]
 
@@ -32,9 +36,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("specs", type=Path, nargs="+", help="analysis spec YAML files")
     run.add_argument("--out", type=Path, default=Path("out"), help="output folder (default ./out/NAME)")
     run.add_argument(
-        "--superlink",
-        default=os.environ.get("ODA_SUPERLINK"),
-        help="SuperLink address of a running federation (env ODA_SUPERLINK); "
+        "--coordinator",
+        type=Path,
+        default=os.environ.get("ODA_COORDINATOR"),
+        help="folder of a running coordinator (`oda coordinator start`; env ODA_COORDINATOR); "
         "without it an embedded federation of three partners is started on loopback",
     )
     run.add_argument(
@@ -50,7 +55,47 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("--out", type=Path, required=True)
     synth.add_argument("--rows", type=int, default=60_000)
     synth.add_argument("--seed", type=int, default=7)
+    _coordinator_parser(sub)
     return parser
+
+
+def _coordinator_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    coord = sub.add_parser(
+        "coordinator",
+        help="set up and run the coordinator: CA, certificates, node keys, SuperLink and Fleet proxy",
+        description="The coordinator's SuperLink listens on 127.0.0.1 only; partners reach the "
+        "Fleet API through a TLS proxy that forwards nothing else.",
+    )
+    actions = coord.add_subparsers(dest="action", required=True)
+    init = actions.add_parser("init", help="create the CA, the server certificate and coordinator.yaml")
+    init.add_argument("dir", type=Path, help="the coordinator folder to create")
+    init.add_argument(
+        "--host",
+        action="append",
+        required=True,
+        help="a name or address partners use to reach this coordinator (repeatable; the first is "
+        "the one printed for node.yaml)",
+    )
+    init.add_argument("--name", default="oda federation", help="the federation's name")
+    init.add_argument("--listen", default="0.0.0.0", help="interface of the public Fleet proxy")  # noqa: S104
+    init.add_argument("--port", type=int, default=9092, help="port of the public Fleet proxy")
+    init.add_argument("--superlink-port", type=int, default=9091, help="the SuperLink's port on 127.0.0.1")
+    cert = actions.add_parser("issue-cert", help="re-issue the server certificate (new names, or renewal)")
+    cert.add_argument("dir", type=Path)
+    cert.add_argument("--host", action="append", required=True, help="name or address (repeatable)")
+    start = actions.add_parser("start", help="run the SuperLink (loopback) and the Fleet proxy until stopped")
+    start.add_argument("dir", type=Path)
+    register = actions.add_parser(
+        "register-node", help="register a partner's public key (the coordinator must be running)"
+    )
+    register.add_argument("dir", type=Path)
+    register.add_argument("public_key", type=Path, help="the partner's keys/node.pub")
+    register.add_argument("--name", required=True, help="the partner's name")
+    nodes = actions.add_parser("nodes", help="list registered nodes and whether they are online")
+    nodes.add_argument("dir", type=Path)
+    unregister = actions.add_parser("unregister-node", help="revoke a node: its key is no longer accepted")
+    unregister.add_argument("dir", type=Path)
+    unregister.add_argument("node_id", type=int)
 
 
 def _print_result(result: object) -> None:
@@ -78,7 +123,6 @@ def _print_result(result: object) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from coordinator.federation import EmbeddedFederation
-    from coordinator.flower_server import FlowerLink
     from coordinator.orchestrator import run_analysis
 
     texts = []
@@ -96,8 +140,7 @@ def _run(args: argparse.Namespace) -> int:
     for path, text in texts:
         parse_document(text, AnalysisSpec, source=str(path))
 
-    def run_all(address: str) -> None:
-        link = FlowerLink(address)
+    def run_all(link: FlowerLink) -> None:
         try:
             for path, text in texts:
                 name = path.stem
@@ -108,8 +151,10 @@ def _run(args: argparse.Namespace) -> int:
         finally:
             link.close()
 
-    if args.superlink:
-        run_all(args.superlink)
+    if args.coordinator:
+        from coordinator.service import coordinator_link
+
+        run_all(coordinator_link(Path(args.coordinator)))
         return ExitCode.OK
     with tempfile.TemporaryDirectory(prefix="oda-federation-") as tmp:
         work = args.work_dir or Path(tmp)
@@ -118,20 +163,92 @@ def _run(args: argparse.Namespace) -> int:
             flush=True,
         )
         with EmbeddedFederation(work, rows=args.rows) as federation:
-            print(f"federation up on {federation.address}", flush=True)
-            run_all(federation.address)
+            print(f"federation up: Fleet API (TLS) on {federation.fleet_address}", flush=True)
+            run_all(federation.link())
         print("embedded federation stopped")
     return ExitCode.OK
 
 
+def _coordinator(args: argparse.Namespace) -> int:
+    from coordinator.service import coordinator_link
+
+    folder: Path = args.dir
+    if args.action == "init":
+        from coordinator.service import init_coordinator
+
+        config = init_coordinator(folder, args.name, args.host, args.listen, args.port, args.superlink_port)
+        print(
+            f"wrote {folder / 'coordinator.yaml'} and the CA in {folder / 'pki'} (keep ca.key offline if you can)"
+        )
+        print(f"send each partner {folder / 'pki' / 'ca.crt'} and their node.yaml line:")
+        print(f"  coordinator: {config.fleet_address}")
+        print(f"then run `oda coordinator start {folder}` and register each partner's node.pub")
+        return ExitCode.OK
+    if args.action == "issue-cert":
+        from coordinator.pki import issue_server_certificate
+
+        pki = issue_server_certificate(folder / "pki", args.host)
+        print(
+            f"wrote {pki.server_cert} for {', '.join(pki.server_hosts())}; restart the coordinator to use it"
+        )
+        return ExitCode.OK
+    if args.action == "start":
+        return _serve_coordinator(folder)
+    link = coordinator_link(folder)
+    try:
+        if args.action == "register-node":
+            try:
+                key = args.public_key.read_bytes()
+            except OSError as exc:
+                from privacy.errors import ConfigError
+
+                raise ConfigError(f"{args.public_key}: cannot read the public key: {exc.strerror}") from exc
+            node_id = link.register_node(key, args.name)
+            print(f"registered {args.name} as node {node_id}; it can now connect with `oda-node start`")
+        elif args.action == "unregister-node":
+            link.unregister_node(args.node_id)
+            print(f"unregistered node {args.node_id}: its key is no longer accepted")
+        else:
+            nodes = link.list_nodes()
+            print(f"{len(nodes)} node(s)")
+            for node in nodes:
+                print(f"  {node.node_id:>20}  {node.name or '-':<20} {node.status}")
+    finally:
+        link.close()
+    return ExitCode.OK
+
+
+def _serve_coordinator(folder: Path) -> int:
+    import signal
+    import threading
+
+    from coordinator.service import CoordinatorService
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with CoordinatorService(folder) as service:
+        print(
+            f"coordinator {service.config.name}: SuperLink on {service.superlink_address} (loopback), "
+            f"Fleet API on https://{service.fleet_listen}; Ctrl-C stops",
+            flush=True,
+        )
+        while not stop.wait(1.0):
+            service.processes.check_alive()
+    return ExitCode.OK
+
+
 def _schema(out: Path) -> int:
+    from pydantic import BaseModel
+
     from analyses.spec import AnalysisSpec
+    from coordinator.service import CoordinatorConfig
     from node_agent.config import NodeConfig
 
     out.mkdir(parents=True, exist_ok=True)
-    models: list[tuple[str, type[AnalysisSpec] | type[NodeConfig]]] = [
+    models: list[tuple[str, type[BaseModel]]] = [
         ("analysis-spec.v1.json", AnalysisSpec),
         ("node-config.v1.json", NodeConfig),
+        ("coordinator-config.v1.json", CoordinatorConfig),
     ]
     for name, model in models:
         (out / name).write_text(json.dumps(model.model_json_schema(), indent=2, sort_keys=True) + "\n")
@@ -140,6 +257,7 @@ def _schema(out: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    no_phone_home()
     args = _parser().parse_args(argv)
     try:
         if args.command == "schema":
@@ -150,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
             for partner, path in write_federation(args.out, args.rows, args.seed).items():
                 print(f"{partner}: {path}")
             return ExitCode.OK
+        if args.command == "coordinator":
+            return _coordinator(args)
         return _run(args)
     except (OdaError, KeyboardInterrupt) as exc:
         code = code_for(exc)

@@ -1,51 +1,41 @@
-"""The embedded federation: a SuperLink and three partner nodes on loopback, as real processes.
+"""The embedded federation: a coordinator and three partner nodes on loopback, as real processes.
 
-Started when no coordinator is configured. Every process started here is recorded by PID and
-stopped by PID, in reverse order, when the federation closes.
+Started when no coordinator is configured. It runs the production transport: a CA of its own,
+the SuperLink on loopback with TLS and node authentication, the Fleet proxy as the only address
+nodes reach, and each partner's key registered before its node starts. Every process started
+here is recorded by PID and stopped by PID, newest first, when the federation closes.
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 from types import TracebackType
 
+from coordinator.flower_server import FlowerLink
+from coordinator.pki import create_ca, issue_server_certificate
+from coordinator.service import CONFIG_NAME, CoordinatorService, ProcessGroup, free_port
 from coordinator.synthetic import PARTNERS, write_federation
-from privacy.errors import FederationError
 
-__all__ = ["FLOWER_ENV", "EmbeddedFederation", "free_port"]
-
-#: No phone-home from any Flower process we start.
-FLOWER_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
+__all__ = ["EmbeddedFederation", "free_port"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_for(predicate: object, timeout: float, what: str, logs: list[Path]) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if callable(predicate) and predicate():
-            return
-        time.sleep(0.05)
-    tails = "\n".join(
-        f"--- {p.name}:\n" + "\n".join(p.read_text(errors="replace").splitlines()[-15:])
-        for p in logs
-        if p.exists()
+def _embedded_coordinator(folder: Path) -> None:
+    """A coordinator folder on fresh loopback ports; the CA is made once and then reused."""
+    pki = folder / "pki"
+    if not (pki / "ca.crt").exists():
+        create_ca(pki, "oda embedded federation CA")
+        issue_server_certificate(pki, ["127.0.0.1", "localhost"])
+    fleet = free_port()
+    (folder / CONFIG_NAME).write_text(
+        "# the embedded federation's coordinator; ports are chosen afresh at each start\n"
+        "version: 1\nname: oda embedded federation\n"
+        f"fleet_listen: 127.0.0.1:{fleet}\nfleet_address: 127.0.0.1:{fleet}\nsuperlink_port: {free_port()}\n"
     )
-    raise FederationError(f"{what} did not happen within {timeout:.0f} s. Last log lines:\n{tails}")
 
 
 class EmbeddedFederation:
-    """`with EmbeddedFederation(work_dir) as fed:` then `fed.address` is the SuperLink."""
+    """`with EmbeddedFederation(work_dir) as fed:` then `fed.link()` reaches its SuperLink."""
 
     def __init__(
         self,
@@ -61,10 +51,9 @@ class EmbeddedFederation:
         self.partners = partners
         self.manual = manual
         self.configs: dict[str, Path] = {}
-        self.port = free_port()
-        self.address = f"127.0.0.1:{self.port}"
-        self.processes: list[tuple[str, subprocess.Popen[bytes]]] = []
-        self.logs: list[Path] = []
+        self.processes = ProcessGroup(work_dir / "logs")
+        self.coordinator_dir = work_dir / "coordinator"
+        self.service: CoordinatorService | None = None
 
     def __enter__(self) -> EmbeddedFederation:
         try:
@@ -79,77 +68,61 @@ class EmbeddedFederation:
     ) -> None:
         self.stop()
 
-    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
-        log_path = self.work_dir / "logs" / f"{name}.log"
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **FLOWER_ENV, "PYTHONUNBUFFERED": "1"}
-        with log_path.open("wb") as log:
-            proc = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-            )
-        self.processes.append((name, proc))
-        self.logs.append(log_path)
-        return proc
+    @property
+    def fleet_address(self) -> str:
+        """The address nodes connect to (the proxy)."""
+        assert self.service is not None, "the federation is not started"  # noqa: S101
+        return self.service.config.fleet_address
+
+    @property
+    def superlink_address(self) -> str:
+        assert self.service is not None, "the federation is not started"  # noqa: S101
+        return self.service.superlink_address
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.coordinator_dir / "pki" / "ca.crt"
+
+    def link(self) -> FlowerLink:
+        """A new connection to the SuperLink's Control and Runtime APIs (close it when done)."""
+        return FlowerLink(self.superlink_address, self.ca_cert.read_bytes())
 
     def start(self) -> None:
-        configs = write_federation(
-            self.work_dir, self.rows, self.seed, coordinator=self.address, manual=self.manual
+        _embedded_coordinator(self.coordinator_dir)
+        self.service = CoordinatorService(self.coordinator_dir, processes=self.processes)
+        self.service.start()
+        self.configs = write_federation(
+            self.work_dir,
+            self.rows,
+            self.seed,
+            coordinator=self.fleet_address,
+            manual=self.manual,
+            ca_cert=self.ca_cert,
         )
-        self.configs = configs
-        superlink = str(Path(sys.executable).with_name("flower-superlink"))
-        self._spawn(
-            "superlink",
-            [
-                superlink,
-                "--insecure",
-                "--isolation",
-                "process",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--disable-runtime-dependency-installation",
-            ],
-        )
-        _wait_for(self._port_open, 30, f"the SuperLink on {self.address}", self.logs)
+        link = self.link()
+        try:
+            for partner in self.partners:
+                link.register_node((self.work_dir / partner / "keys" / "node.pub").read_bytes(), partner)
+        finally:
+            link.close()
         for partner in self.partners:
-            self._spawn(
+            self.processes.spawn(
                 f"node-{partner}",
-                [sys.executable, "-m", "node_agent.cli", "start", "--config", str(configs[partner])],
+                [sys.executable, "-m", "node_agent.cli", "start", "--config", str(self.configs[partner])],
             )
-        _wait_for(self._nodes_ready, 90, f"{len(self.partners)} nodes becoming ready", self.logs)
-
-    def _port_open(self) -> bool:
-        with socket.socket() as s:
-            s.settimeout(0.2)
-            return s.connect_ex(("127.0.0.1", self.port)) == 0
+        self.processes.wait_for(self._nodes_ready, 90, f"{len(self.partners)} nodes becoming ready")
 
     def _nodes_ready(self) -> bool:
-        for name, proc in self.processes:
-            if proc.poll() is not None:
-                raise FederationError(
-                    f"{name} exited with code {proc.returncode}; see {self.work_dir / 'logs' / (name + '.log')}"
-                )
         ready = 0
         for partner in self.partners:
-            log = self.work_dir / "logs" / f"node-{partner}.log"
+            log = self.processes.log_path(f"node-{partner}")
             if log.exists() and ": ready" in log.read_text(errors="replace"):
                 ready += 1
         return ready == len(self.partners)
 
     def node_pid(self, partner: str) -> int:
-        return next(p.pid for n, p in self.processes if n == f"node-{partner}")
+        return self.processes.pid(f"node-{partner}")
 
     def stop(self) -> None:
         """Stop every process this federation started, by PID, newest first."""
-        for _, proc in reversed(self.processes):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        for _, proc in reversed(self.processes):
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        self.processes.clear()
+        self.processes.stop()

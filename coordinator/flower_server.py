@@ -14,9 +14,13 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal, cast
 
 import httpx
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.cli.build import build_fab_from_files
 from flwr.common.constant import SubStatus
@@ -27,7 +31,12 @@ from flwr.common.serde import (
     run_from_proto,
     user_config_to_proto,
 )
-from flwr.proto.control_pb2 import StartRunRequest
+from flwr.proto.control_pb2 import (
+    ListNodesRequest,
+    RegisterNodeRequest,
+    StartRunRequest,
+    UnregisterNodeRequest,
+)
 from flwr.proto.message_pb2 import ConfirmMessageReceivedRequest
 from flwr.proto.runtime_pb2 import (
     AcquireTaskRequest,
@@ -47,6 +56,7 @@ from flwr.supercore.inflatable.inflatable_utils import (
     pull_objects,
 )
 from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
+from flwr.supercore.primitives.asymmetric import public_key_to_bytes
 from flwr.supercore.retry import make_simple_http_retry_invoker
 from flwr.supercore.runtime import RuntimeHttpClient
 from flwr.supercore.task_identity import TaskIdentity
@@ -54,9 +64,9 @@ from flwr.superlink.grid import HttpGrid
 
 from analyses.runner_bundle import RUNNER_BUNDLES
 from coordinator.replies import NodeReply
-from privacy.errors import FederationError
+from privacy.errors import ConfigError, FederationError
 
-__all__ = ["FlowerLink", "NodeReply", "app", "exchange"]
+__all__ = ["FlowerLink", "NodeReply", "RegisteredNode", "app", "exchange"]
 
 MESSAGE_TYPE = "query"
 POLL_INTERVAL = 0.02
@@ -138,23 +148,80 @@ def _pull_replies(grid: Grid, message_ids: list[str]) -> list[tuple[str, Message
     return out
 
 
-class FlowerLink:
-    """A connection to a SuperLink's Control and Runtime APIs (loopback only)."""
+@dataclass(frozen=True)
+class RegisteredNode:
+    node_id: int
+    name: str
+    status: str
+    public_key_pem: bytes
 
-    def __init__(self, address: str) -> None:
+
+class FlowerLink:
+    """A connection to a SuperLink's Control and Runtime APIs over TLS on loopback.
+
+    Those APIs have no authentication in open-source Flower, which is why the SuperLink binds
+    to loopback and only the Fleet API is exposed (through `coordinator.proxy`).
+    """
+
+    def __init__(self, address: str, ca_cert: bytes) -> None:
         self.address = address
+        self._ca_cert = ca_cert
         version = RuntimeVersionHttpInterceptor(component_name="flwr CLI")
         self._control = ControlHttpClient.from_server_address(
-            server_address=address, insecure=True, root_certificates=None, interceptors=[version]
+            server_address=address, insecure=False, root_certificates=ca_cert, interceptors=[version]
         )
         self._runtime = RuntimeHttpClient.from_server_address(
             server_address=address,
-            insecure=True,
-            root_certificates=None,
+            insecure=False,
+            root_certificates=ca_cert,
             interceptors=[RuntimeVersionHttpInterceptor(component_name="SuperExec")],
             retry_invoker=make_simple_http_retry_invoker(),
         )
         self._fab_hash, self._fab = runner_fab()
+
+    def register_node(self, public_key_openssh: bytes, name: str) -> int:
+        """Register a node's public key (OpenSSH form, NIST P-384); return its Flower node id.
+        Registering a key that is already registered returns the existing id.
+
+        Raises:
+            ConfigError: the key is not an EC P-384 public key in OpenSSH form.
+            FederationError: the SuperLink cannot be reached or refuses.
+        """
+        try:
+            key = serialization.load_ssh_public_key(public_key_openssh.strip())
+        except (ValueError, UnsupportedAlgorithm) as exc:
+            raise ConfigError(f"not an OpenSSH public key ({exc}); send the node's keys/node.pub") from exc
+        if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP384R1):
+            raise ConfigError("the node key must be ECDSA on NIST P-384 (what `oda-node init` makes)")
+        pem = public_key_to_bytes(key)
+        for node in self.list_nodes():
+            if node.public_key_pem == pem and node.status != "unregistered":
+                return node.node_id
+        try:
+            response = self._control.RegisterNode(RegisterNodeRequest(public_key=pem, name=name))
+        except httpx.HTTPError as exc:
+            raise FederationError(f"the SuperLink at {self.address} did not register the key: {exc}") from exc
+        return int(response.node_id)
+
+    def unregister_node(self, node_id: int) -> None:
+        """Raises: FederationError when the SuperLink refuses (e.g. an unknown node id)."""
+        try:
+            self._control.UnregisterNode(UnregisterNodeRequest(node_id=node_id))
+        except httpx.HTTPError as exc:
+            raise FederationError(
+                f"the SuperLink at {self.address} did not unregister node {node_id}: {exc}"
+            ) from exc
+
+    def list_nodes(self) -> list[RegisteredNode]:
+        try:
+            response = self._control.ListNodes(ListNodesRequest())
+        except httpx.HTTPError as exc:
+            raise FederationError(
+                f"cannot reach the SuperLink at {self.address} ({exc}); is the coordinator running?"
+            ) from exc
+        return [
+            RegisteredNode(int(n.node_id), n.name, n.status, bytes(n.public_key)) for n in response.nodes_info
+        ]
 
     def close(self) -> None:
         self._control.close()
@@ -205,7 +272,9 @@ class FlowerLink:
                 raise FederationError(
                     f"the SuperLink at {self.address} did not hand over run {started.run_id}"
                 )
-            grid = HttpGrid(runtime_api_address=self.address, insecure=True, token=token)
+            grid = HttpGrid(
+                runtime_api_address=self.address, insecure=False, root_certificates=self._ca_cert, token=token
+            )
             task = grid._runtime_client.PullTaskInput(PullTaskInputRequest())  # noqa: SLF001  # Flower's executor does the same
         except httpx.HTTPError as exc:
             raise FederationError(

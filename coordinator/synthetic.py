@@ -8,6 +8,7 @@ so the demo exercises the column mapping of `node.yaml`.
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from analyses.keysets import load_keyset
+from node_agent.keys import write_key_pair
 
 __all__ = ["PARTNERS", "area_deprivation", "generate_partner", "write_federation"]
 
@@ -119,7 +121,7 @@ def generate_partner(partner: str, rows: int, seed: int = 7) -> PartnerData:
     return PartnerData(frame, households)
 
 
-def _node_yaml(partner: str, coordinator: str | None, poll: float) -> str:
+def _node_yaml(partner: str, coordinator: str | None, poll: float, tls: bool) -> str:
     names = _SOURCE_NAMES[partner]
     col_types = {
         "person_id": "int",
@@ -149,6 +151,8 @@ def _node_yaml(partner: str, coordinator: str | None, poll: float) -> str:
         allowed = "[incidents, households]"
         caps = "{incidents: 5.0, households: 5.0}"
     coordinator_line = f"coordinator: {coordinator}\n" if coordinator else ""
+    if tls:
+        coordinator_line += "transport: {ca_cert: keys/ca.crt, node_key: keys/node.key}\n"
     return f"""\
 # node.yaml for the {partner} partner of the embedded demo federation.
 version: 1
@@ -178,8 +182,10 @@ def write_federation(
     coordinator: str | None = None,
     poll: float = 0.05,
     manual: frozenset[str] = frozenset(),
+    ca_cert: Path | None = None,
 ) -> dict[str, Path]:
-    """Write each partner's data and node.yaml under `root/PARTNER/`; return the config paths.
+    """Write each partner's data, node key pair and node.yaml under `root/PARTNER/`; return the
+    config paths. With `ca_cert`, each partner trusts that CA (copied to `keys/ca.crt`).
 
     Partners in `manual` approve each request by hand (`oda-node approve`).
     """
@@ -199,8 +205,13 @@ def write_federation(
             for old in data.glob(".rows-*"):
                 old.unlink()
             marker.touch()
+        keys = folder / "keys"
+        if not (keys / "node.key").exists():
+            write_key_pair(keys)
+        if ca_cert is not None:
+            shutil.copyfile(ca_cert, keys / "ca.crt")
         config = folder / "node.yaml"
-        text = _node_yaml(partner, coordinator, poll)
+        text = _node_yaml(partner, coordinator, poll, tls=ca_cert is not None)
         if partner in manual:
             text += "  approval: manual\n"
         config.write_text(text)

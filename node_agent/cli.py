@@ -17,10 +17,13 @@ import threading
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from node_agent.exit_codes import EXIT_HELP, ExitCode, code_for
+from node_agent.exit_codes import EXIT_HELP, ExitCode, code_for, no_phone_home
 from privacy.errors import ConfigError, OdaError
+
+if TYPE_CHECKING:
+    from node_agent.config import NodeConfig
 
 __all__ = ["main"]
 
@@ -81,6 +84,9 @@ def _init(config_path: Path, partner: str, coordinator: str | None) -> int:
     print(f"wrote the node key pair in {config_path.parent / 'keys'} (keep node.key private)")
     print("send this public key to the coordinator, who registers it with `oda coordinator register-node`:")
     print(public.read_text().strip())
+    print(
+        f"the coordinator sends back its CA certificate: save it as {config_path.parent / 'keys' / 'ca.crt'}"
+    )
     return ExitCode.OK
 
 
@@ -105,6 +111,7 @@ def _check(config_path: Path) -> int:
             )
         entries, head = agent.verified_audit
         print(f"audit log: {entries} entries, chain intact (head {head[:16]})")
+        _check_transport(config)
     finally:
         agent.close()
     if failing:
@@ -115,6 +122,25 @@ def _check(config_path: Path) -> int:
         )
     print(f"{config_path}: OK")
     return ExitCode.OK
+
+
+def _check_transport(config: NodeConfig) -> None:
+    from node_agent.transport import connection_settings, probe
+
+    if not config.coordinator:
+        print("coordinator: none configured (set `coordinator:` before `oda-node start`)")
+        return
+    settings = connection_settings(config, config.coordinator)
+    trust = (
+        "plain HTTP (loopback development)"
+        if settings.insecure
+        else f"TLS, trusting {settings.ca_path or 'the system CAs'}"
+    )
+    print(f"node key: {config.transport.node_key} (P-384)")
+    if probe(settings):
+        print(f"coordinator {config.coordinator}: reachable, {trust}")
+    else:
+        print(f"coordinator {config.coordinator}: NOT reachable now ({trust}); `start` will keep trying")
 
 
 def _status(config_path: Path) -> int:
@@ -253,6 +279,7 @@ def _start(config_path: Path, coordinator: str | None) -> int:
     from node_agent.agent import NodeAgent
     from node_agent.config import load_node_config
     from node_agent.flower_node import serve
+    from node_agent.transport import connection_settings, probe
 
     config = load_node_config(config_path)
     address = coordinator or config.coordinator
@@ -260,18 +287,22 @@ def _start(config_path: Path, coordinator: str | None) -> int:
         raise ConfigError(
             f"{config_path}: coordinator: no coordinator address; set it in node.yaml or pass --coordinator"
         )
+    settings = connection_settings(config, address)  # before anything else: a bad key fails fast
+    if not probe(settings):  # a wrong CA or plain HTTP fails here, before the data is loaded
+        logging.getLogger("oda.node").warning("the coordinator at %s is not reachable yet; retrying", address)
     agent = NodeAgent(config)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         agent.warm_up()
-        serve(agent, address, stop=stop)
+        serve(agent, settings, stop=stop)
     finally:
         agent.close()
     return ExitCode.OK
 
 
 def main(argv: list[str] | None = None) -> int:
+    no_phone_home()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
     try:

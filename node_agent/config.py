@@ -7,6 +7,7 @@ population without a cap cannot be queried.
 from __future__ import annotations
 
 import fnmatch
+import ipaddress
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Literal
@@ -25,6 +26,8 @@ __all__ = [
     "PolicyConfig",
     "RenewalConfig",
     "SqlSource",
+    "TransportConfig",
+    "is_loopback",
     "load_node_config",
 ]
 
@@ -138,6 +141,38 @@ class PolicyConfig(_Model):
         return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.allowed_analyses)
 
 
+def is_loopback(address: str) -> bool:
+    """Whether `host:port` (or `[v6]:port`) names this machine."""
+    host = address.rsplit(":", 1)[0].strip("[]") if address.count(":") == 1 or "]" in address else address
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class TransportConfig(_Model):
+    """How the node reaches the coordinator: TLS, and the key the coordinator registered."""
+
+    ca_cert: str | None = Field(
+        default=None,
+        description="the coordinator's CA certificate (PEM) sent with your enrolment; "
+        "default: the system's trusted CAs",
+    )
+    node_key: str = Field(
+        default="keys/node.key", description="this node's private key; its public half is registered"
+    )
+    insecure: bool = Field(
+        default=False, description="plain HTTP, no TLS: development on loopback only, refused otherwise"
+    )
+    connect_timeout: float | None = Field(
+        default=None,
+        gt=0,
+        description="seconds to keep trying an unreachable coordinator at start; default: forever",
+    )
+
+
 class NodeConfig(_Model):
     """The whole of `node.yaml`."""
 
@@ -145,14 +180,20 @@ class NodeConfig(_Model):
     partner: str = Field(min_length=1, max_length=80, pattern=r"^[A-Za-z0-9_.-]+$")
     data_dir: str = Field(default=".", description="every dataset path must stay inside it")
     state_dir: str = Field(default="./state", description="ledger and local state")
-    coordinator: str | None = Field(default=None, description="SuperLink Fleet address host:port")
+    coordinator: str | None = Field(default=None, description="the coordinator's Fleet address host:port")
     poll_interval: float = Field(default=1.0, ge=0.02, le=60)
+    transport: TransportConfig = TransportConfig()
     datasets: dict[str, DatasetConfig] = Field(min_length=1)
     policy: PolicyConfig
 
     @model_validator(mode="after")
     def _policy_matches(self) -> NodeConfig:
         problems = []
+        if self.transport.insecure and self.coordinator and not is_loopback(self.coordinator):
+            problems.append(
+                f"transport.insecure is only allowed for a coordinator on loopback, not {self.coordinator}: "
+                "remove it and set transport.ca_cert to the CA certificate the coordinator sent you"
+            )
         for name in self.policy.allowed_datasets:
             if name not in self.datasets:
                 problems.append(f"policy.allowed_datasets names {name!r}, which is not under datasets")
@@ -178,10 +219,18 @@ class NodeConfig(_Model):
         return self.datasets[dataset].population or dataset
 
     def resolve(self, base: Path) -> NodeConfig:
-        """Make data_dir and state_dir absolute, relative to the config file's folder."""
+        """Make data_dir, state_dir and key paths absolute, relative to the config file's folder."""
         data_dir = (base / self.data_dir).resolve()
         state_dir = (base / self.state_dir).resolve()
-        return self.model_copy(update={"data_dir": str(data_dir), "state_dir": str(state_dir)})
+        transport = self.transport.model_copy(
+            update={
+                "node_key": str((base / self.transport.node_key).resolve()),
+                "ca_cert": str((base / self.transport.ca_cert).resolve()) if self.transport.ca_cert else None,
+            }
+        )
+        return self.model_copy(
+            update={"data_dir": str(data_dir), "state_dir": str(state_dir), "transport": transport}
+        )
 
 
 def load_node_config(path: Path) -> NodeConfig:

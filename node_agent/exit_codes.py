@@ -1,10 +1,23 @@
-"""Exit codes of `oda-node` and `oda`, each with the help text partner IT reads."""
+"""Exit codes of `oda-node` and `oda`, each with the help text partner IT reads, and the
+environment both commands set before Flower is imported."""
 
 from __future__ import annotations
 
 from enum import IntEnum
 
-__all__ = ["EXIT_HELP", "ExitCode", "code_for"]
+__all__ = ["EXIT_HELP", "NO_PHONE_HOME", "ExitCode", "code_for", "no_phone_home"]
+
+#: Flower would otherwise send telemetry and check for updates; our processes talk to the
+#: federation only.
+NO_PHONE_HOME = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
+
+
+def no_phone_home() -> None:
+    """Switch Flower's telemetry and update check off in this process (unless set explicitly)."""
+    import os
+
+    for name, value in NO_PHONE_HOME.items():
+        os.environ.setdefault(name, value)
 
 
 class ExitCode(IntEnum):

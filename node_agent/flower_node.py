@@ -22,11 +22,12 @@ import time
 from collections.abc import Callable
 from functools import cache, partial
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.cli.build import build_fab_from_files
 from flwr.clientapp import ClientApp
+from flwr.common.logger import LOGGER_NAME
 from flwr.supercore.inflatable.inflatable_object import (
     get_all_nested_objects,
     get_object_tree,
@@ -43,7 +44,8 @@ from analyses.release import AnalysisRequest, NodeRelease
 from analyses.runner_bundle import RUNNER_BUNDLES
 from node_agent.agent import NodeAgent, Pending
 from node_agent.config import load_node_config
-from privacy.errors import InternalError, PolicyRefusal, ProtocolError, UserError
+from node_agent.transport import ConnectionSettings
+from privacy.errors import FederationError, InternalError, PolicyRefusal, ProtocolError, UserError
 
 __all__ = [
     "ERROR_CODE_INTERNAL",
@@ -153,65 +155,131 @@ def _pull(pull_object: Callable[[int, str], bytes], run_id: int, object_id: str)
     return pull_object(run_id, object_id)
 
 
+class _FlowerErrors(logging.Handler):
+    """Keeps the error lines Flower logs before it exits, to put them in our own error."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def _connection_refused(settings: ConnectionSettings, flower_said: list[str]) -> FederationError:
+    said = " ".join(" ".join(flower_said).split())
+    if "activate SuperNode" in said or "2004" in said:
+        why = (
+            "the coordinator does not know this node's key. Send keys/node.pub to the coordinator, "
+            "who registers it with `oda coordinator register-node`, then start again"
+        )
+    elif settings.insecure:
+        why = "it did not accept plain HTTP: remove transport.insecure and set transport.ca_cert"
+    else:
+        why = "check the address, transport.ca_cert, and that the coordinator is running"
+    return FederationError(
+        f"the coordinator at {settings.address} refused this node: {why}. Flower said: {said}"
+    )
+
+
 def serve(
-    agent: NodeAgent, address: str, *, stop: threading.Event | None = None, max_retries: int | None = None
+    agent: NodeAgent,
+    settings: ConnectionSettings,
+    *,
+    stop: threading.Event | None = None,
 ) -> None:
-    """Connect to the SuperLink at `address` (insecure loopback) and answer messages until stopped."""
+    """Connect to the coordinator's Fleet API and answer messages until stopped.
+
+    Raises:
+        FederationError: the coordinator refused this node (unregistered key, plain HTTP, an
+            untrusted certificate) or stayed unreachable for `transport.connect_timeout`.
+    """
     stop = stop or threading.Event()
     interval = agent.config.poll_interval
-    verified: set[str] = set()  # bundle hashes whose fetched bytes were checked
-    held: dict[str, Message] = {}  # request id -> message waiting for a person's decision
+    address = settings.address
     expired = agent.inbox.expire_waiting("the node restarted; the coordinator must send the request again")
     if expired:
         log.warning("%d request(s) in the approval inbox expired: the node restarted", expired)
-    with http_request_response(address, True, None, None, max_retries, None) as conn:
-        node_id, receive, send, get_run, get_fab, pull_object, push_object, confirm = conn
-        log.info("node %s connected to %s as Flower node %s", agent.config.partner, address, node_id)
-        print(f"oda-node {agent.config.partner}: ready (flower node {node_id})", flush=True)
+    keys = (settings.private_key, settings.private_key.public_key())
+    flower_errors = _FlowerErrors()
+    flower_log = logging.getLogger(LOGGER_NAME)
+    flower_log.addHandler(flower_errors)
+    failure: BaseException | None = None
+    connected = False
+    try:
+        with http_request_response(
+            address,
+            settings.insecure,
+            settings.root_certificates,
+            keys,
+            None,
+            agent.config.transport.connect_timeout,
+        ) as conn:
+            connected = True
+            try:
+                _serve_loop(agent, conn, stop, interval)
+            except Exception as exc:  # Flower's context manager would log and swallow it
+                failure = exc
+    except SystemExit as exc:  # Flower exits when it cannot set up the connection
+        if connected:
+            raise
+        raise _connection_refused(settings, flower_errors.lines) from exc
+    finally:
+        flower_log.removeHandler(flower_errors)
+    if failure is not None:
+        raise failure
 
-        def reply(answer: Message, started: float) -> None:
-            answer.metadata.__dict__["_message_id"] = answer.object_id
-            objects = get_all_nested_objects(answer)
-            to_push, session = send(answer, get_object_tree(answer), time.perf_counter() - started)
-            push_object_contents_from_iterable(
-                ((oid, objects[oid].deflate()) for oid in to_push),
-                push_object_fn=partial(push_object, answer.metadata.run_id, session),
-            )
 
-        while not stop.is_set():
-            for answer in answer_decided(agent, held):
-                reply(answer, time.perf_counter())
-            received = receive()
-            if received is None:
-                stop.wait(interval)
-                continue
-            message, tree = received
-            run_id = message.metadata.run_id
-            run = get_run(run_id)
-            # The bundle is identified by its hash. Only a bundle whose hash we accept is
-            # fetched; the bytes are re-hashed so a lying SuperLink cannot substitute one.
-            fab_hash = run.fab_hash
-            if fab_hash in accepted_bundle_hashes() and fab_hash not in verified:
-                fab = get_fab(fab_hash, run_id)
-                if hashlib.sha256(fab.content).hexdigest() == fab_hash:
-                    verified.add(fab_hash)  # content-addressed: the same hash is the same bytes
-                else:
-                    fab_hash = hashlib.sha256(fab.content).hexdigest()
-            contents = pull_objects(
-                [t.object_id for t in iterate_object_tree(tree)],
-                pull_object_fn=partial(_pull, pull_object, run_id),
-                initial_backoff=min(interval, 0.1),  # Flower's 1 s first backoff dominates a query
-                backoff_cap=1.0,
-            )
-            confirm(run_id, message.metadata.message_id)
-            full = cast(Message, inflate_object_from_contents(message.metadata.message_id, contents))
-            full.metadata.__dict__["_message_id"] = message.metadata.message_id
-            started = time.perf_counter()
-            outcome = handle_message(agent, full, fab_hash)
-            if isinstance(outcome, Pending):
-                held[outcome.request_id] = full
-                continue
-            reply(outcome, started)
+def _serve_loop(agent: NodeAgent, conn: tuple[Any, ...], stop: threading.Event, interval: float) -> None:
+    verified: set[str] = set()  # bundle hashes whose fetched bytes were checked
+    held: dict[str, Message] = {}  # request id -> message waiting for a person's decision
+    node_id, receive, send, get_run, get_fab, pull_object, push_object, confirm = conn
+    log.info("node %s connected as Flower node %s", agent.config.partner, node_id)
+    print(f"oda-node {agent.config.partner}: ready (flower node {node_id})", flush=True)
+
+    def reply(answer: Message, started: float) -> None:
+        answer.metadata.__dict__["_message_id"] = answer.object_id
+        objects = get_all_nested_objects(answer)
+        to_push, session = send(answer, get_object_tree(answer), time.perf_counter() - started)
+        push_object_contents_from_iterable(
+            ((oid, objects[oid].deflate()) for oid in to_push),
+            push_object_fn=partial(push_object, answer.metadata.run_id, session),
+        )
+
+    while not stop.is_set():
+        for answer in answer_decided(agent, held):
+            reply(answer, time.perf_counter())
+        received = receive()
+        if received is None:
+            stop.wait(interval)
+            continue
+        message, tree = received
+        run_id = message.metadata.run_id
+        run = get_run(run_id)
+        # The bundle is identified by its hash. Only a bundle whose hash we accept is
+        # fetched; the bytes are re-hashed so a lying SuperLink cannot substitute one.
+        fab_hash = run.fab_hash
+        if fab_hash in accepted_bundle_hashes() and fab_hash not in verified:
+            fab = get_fab(fab_hash, run_id)
+            if hashlib.sha256(fab.content).hexdigest() == fab_hash:
+                verified.add(fab_hash)  # content-addressed: the same hash is the same bytes
+            else:
+                fab_hash = hashlib.sha256(fab.content).hexdigest()
+        contents = pull_objects(
+            [t.object_id for t in iterate_object_tree(tree)],
+            pull_object_fn=partial(_pull, pull_object, run_id),
+            initial_backoff=min(interval, 0.1),  # Flower's 1 s first backoff dominates a query
+            backoff_cap=1.0,
+        )
+        confirm(run_id, message.metadata.message_id)
+        full = cast(Message, inflate_object_from_contents(message.metadata.message_id, contents))
+        full.metadata.__dict__["_message_id"] = message.metadata.message_id
+        started = time.perf_counter()
+        outcome = handle_message(agent, full, fab_hash)
+        if isinstance(outcome, Pending):
+            held[outcome.request_id] = full
+            continue
+        reply(outcome, started)
 
 
 # The ClientApp that the runner bundle's shim names, for stock Flower SuperNodes.

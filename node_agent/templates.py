@@ -12,6 +12,9 @@ partner: {partner}                 # your organisation's short name
 data_dir: data                     # every dataset path must stay inside this folder
 state_dir: state                   # ledger, audit log and inbox live here: back them up
 {coordinator_line}
+transport:                         # outbound HTTPS to the coordinator; nothing listens here
+  ca_cert: keys/ca.crt             # the coordinator's CA certificate, sent with your enrolment
+  node_key: keys/node.key          # made by `oda-node init`; send keys/node.pub to the coordinator
 poll_interval: 1.0                 # seconds between polls when idle
 datasets:
   incidents:                       # the logical name analysts use

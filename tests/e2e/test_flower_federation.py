@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from coordinator.federation import EmbeddedFederation
-from coordinator.flower_server import FlowerLink
 from coordinator.orchestrator import run_analysis
 from tests.conftest import SPECS
 
@@ -28,7 +27,7 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedFed
 def test_analysis_runs_over_flower_and_writes_manifest(
     federation: EmbeddedFederation, tmp_path: Path
 ) -> None:
-    link = FlowerLink(federation.address)
+    link = federation.link()
     try:
         result = run_analysis((SPECS / "incidents_by_area.yaml").read_text(), link, out_dir=tmp_path)
     finally:
@@ -51,7 +50,7 @@ def test_foreign_app_bundle_gets_an_error_reply_within_seconds(federation: Embed
         "evil/__init__.py": b"",
         "evil/a.py": b"import os\nos.system('echo owned')\n",
     }
-    link = FlowerLink(federation.address)
+    link = federation.link()
     content = build_fab_from_files(foreign)[0]
     import hashlib
 

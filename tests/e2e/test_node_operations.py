@@ -17,7 +17,6 @@ import pytest
 
 from analyses.release import AnalysisRequest
 from coordinator.federation import EmbeddedFederation
-from coordinator.flower_server import FlowerLink
 from coordinator.replies import NodeReply
 from node_agent.agent import NodeAgent
 from node_agent.audit import AuditLog
@@ -51,12 +50,14 @@ def _wait_waiting(state: Path, request_id: str) -> None:
     raise AssertionError(f"{request_id} never reached the inbox")
 
 
-def _broadcast_in_background(address: str, request_id: str) -> tuple[threading.Thread, list[NodeReply]]:
+def _broadcast_in_background(
+    fed: EmbeddedFederation, request_id: str
+) -> tuple[threading.Thread, list[NodeReply]]:
     replies: list[NodeReply] = []
     request = AnalysisRequest(1, request_id, "central", SPEC).to_json()
 
     def run() -> None:
-        link = FlowerLink(address)
+        link = fed.link()
         try:
             replies.extend(link.broadcast(request, timeout=60))
         finally:
@@ -73,7 +74,7 @@ def test_manual_approval_over_flower(tmp_path: Path) -> None:
         state = config.parent / "state"
         cli = [sys.executable, "-m", "node_agent.cli"]
 
-        thread, replies = _broadcast_in_background(fed.address, "approve-me")
+        thread, replies = _broadcast_in_background(fed, "approve-me")
         _wait_waiting(state, "approve-me")
         time.sleep(0.5)
         assert not replies, "a reply left before approval"
@@ -83,7 +84,7 @@ def test_manual_approval_over_flower(tmp_path: Path) -> None:
         assert [r.outcome for r in replies] == ["release"]
         assert json.loads(replies[0].body)["request_id"] == "approve-me"
 
-        thread, replies = _broadcast_in_background(fed.address, "deny-me")
+        thread, replies = _broadcast_in_background(fed, "deny-me")
         _wait_waiting(state, "deny-me")
         reason = "outside our information sharing agreement"
         subprocess.run([*cli, "deny", "deny-me", "--reason", reason, "--config", str(config)], check=True)

@@ -209,12 +209,14 @@ def test_published_json_schemas_are_up_to_date() -> None:
     from pydantic import BaseModel
 
     from analyses.spec import AnalysisSpec
+    from coordinator.service import CoordinatorConfig
     from node_agent.config import NodeConfig
 
     folder = Path(__file__).resolve().parents[2] / "configs" / "schema"
     models: list[tuple[str, type[BaseModel]]] = [
         ("analysis-spec.v1.json", AnalysisSpec),
         ("node-config.v1.json", NodeConfig),
+        ("coordinator-config.v1.json", CoordinatorConfig),
     ]
     for name, model in models:
         on_disk = json.loads((folder / name).read_text())

@@ -1,0 +1,140 @@
+"""The coordinator's public face: a TLS proxy that forwards only the Fleet API and `/health`.
+
+Flower's SuperLink serves Fleet, Control and Runtime on one port, and in the open-source
+edition Control and Runtime have no authentication: whoever reaches them can start runs (code
+on every node) or register node keys. So the SuperLink binds to loopback and only this proxy
+listens on the public address. It forwards `POST /v1/fleet/*` and `GET /health` to the
+SuperLink over TLS (trusting the coordinator's own CA) and answers everything else with 404,
+without contacting the SuperLink. Node authentication stays end to end: the signed headers a
+node sends are forwarded unchanged and checked by the SuperLink.
+
+Run by `oda coordinator start`: `python -m coordinator.proxy --listen HOST:PORT --upstream
+127.0.0.1:PORT --pki DIR`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ssl
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+__all__ = ["FLEET_PREFIX", "MAX_BODY_BYTES", "build_app", "main"]
+
+FLEET_PREFIX = "/v1/fleet/"
+#: Larger than any Fleet message object we send; a bigger body is refused unread.
+MAX_BODY_BYTES = 64 * 1024 * 1024
+#: Request headers not forwarded (connection-level, or rewritten by the client).
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+    }
+)
+
+
+def _not_exposed(request: Request) -> Response:
+    return JSONResponse(
+        {"error": f"{request.url.path} is not exposed here: this address serves the Fleet API only"},
+        status_code=404,
+    )
+
+
+def build_app(upstream: str, ca_cert: Path | None) -> Starlette:
+    """The proxy as an ASGI app forwarding to `https://upstream` (plain HTTP when `ca_cert` is None,
+    which only tests use)."""
+    verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(ca_cert)) if ca_cert else False
+    scheme = "https" if ca_cert else "http"
+    client = httpx.AsyncClient(
+        base_url=f"{scheme}://{upstream}",
+        verify=verify,
+        timeout=httpx.Timeout(60.0, connect=5.0),
+        limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+    )
+
+    async def forward(request: Request) -> Response:
+        path = request.url.path
+        if not (
+            (request.method == "POST" and path.startswith(FLEET_PREFIX) and ".." not in path)
+            or (request.method == "GET" and path == "/health")
+        ):
+            return _not_exposed(request)
+        declared = request.headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
+            return JSONResponse({"error": "request body too large"}, status_code=413)
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY_BYTES:
+                return JSONResponse({"error": "request body too large"}, status_code=413)
+        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP]
+        try:
+            upstream_response = await client.request(
+                request.method, path, content=body, headers=headers, params=request.query_params
+            )
+        except httpx.HTTPError as exc:
+            return JSONResponse(
+                {"error": f"the SuperLink is unavailable: {type(exc).__name__}"}, status_code=502
+            )
+        reply_headers = {
+            k: v
+            for k, v in upstream_response.headers.items()
+            if k.lower() not in _HOP_BY_HOP and k.lower() != "content-encoding"
+        }
+        return Response(upstream_response.content, upstream_response.status_code, headers=reply_headers)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        yield
+        await client.aclose()
+
+    methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+    return Starlette(routes=[Route("/{path:path}", forward, methods=methods)], lifespan=lifespan)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import uvicorn
+
+    parser = argparse.ArgumentParser(prog="python -m coordinator.proxy", description=__doc__.split("\n")[0])
+    parser.add_argument("--listen", required=True, help="public HOST:PORT")
+    parser.add_argument("--upstream", required=True, help="the SuperLink on loopback, 127.0.0.1:PORT")
+    parser.add_argument("--pki", type=Path, required=True, help="folder with ca.crt, server.crt, server.key")
+    args = parser.parse_args(argv)
+    host, _, port = args.listen.rpartition(":")
+    pki: Path = args.pki
+    app = build_app(args.upstream, pki / "ca.crt")
+    print(
+        f"fleet proxy: https://{args.listen} -> https://{args.upstream} (Fleet API and /health only)",
+        flush=True,
+    )
+    uvicorn.run(
+        app,
+        host=host.strip("[]"),
+        port=int(port),
+        ssl_certfile=str(pki / "server.crt"),
+        ssl_keyfile=str(pki / "server.key"),
+        log_level="warning",
+        access_log=False,
+        server_header=False,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,291 @@
+"""The coordinator's processes: a SuperLink on loopback and the public Fleet proxy in front of it.
+
+`oda coordinator init DIR` writes `DIR/coordinator.yaml` and the PKI; `CoordinatorService(DIR)`
+starts both processes (TLS everywhere, node keys required) and stops them by PID. The embedded
+federation uses the same service, so the demo runs the production transport.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from analyses.documents import load_document
+from coordinator.pki import Pki, create_ca, issue_server_certificate
+from node_agent.exit_codes import NO_PHONE_HOME
+from privacy.errors import ConfigError, FederationError
+
+if TYPE_CHECKING:
+    from coordinator.flower_server import FlowerLink
+
+__all__ = [
+    "CONFIG_NAME",
+    "CoordinatorConfig",
+    "CoordinatorService",
+    "ProcessGroup",
+    "coordinator_link",
+    "free_port",
+    "init_coordinator",
+    "load_coordinator",
+]
+
+CONFIG_NAME = "coordinator.yaml"
+
+
+class CoordinatorConfig(BaseModel):
+    """`coordinator.yaml`: where the coordinator listens. The SuperLink is always on loopback."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: Literal[1] = 1
+    name: str = Field(min_length=1, max_length=120, description="the federation's name (the CA's name)")
+    fleet_listen: str = Field(
+        default="0.0.0.0:9092",  # the public face is meant to be reachable
+        pattern=r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$",
+        description="HOST:PORT the public Fleet proxy listens on",
+    )
+    fleet_address: str = Field(
+        pattern=r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$",
+        description="HOST:PORT partners put in node.yaml as `coordinator:`",
+    )
+    superlink_port: int = Field(default=9091, ge=1, le=65535, description="the SuperLink's port on 127.0.0.1")
+
+
+def load_coordinator(folder: Path) -> CoordinatorConfig:
+    """Raises: ConfigError when `folder/coordinator.yaml` is missing or invalid."""
+    path = folder / CONFIG_NAME
+    if not path.is_file():
+        raise ConfigError(f"{path} does not exist: run `oda coordinator init {folder}` first")
+    return load_document(path, CoordinatorConfig, error=ConfigError)
+
+
+def init_coordinator(
+    folder: Path, name: str, hosts: list[str], fleet_listen: str, fleet_port: int, superlink_port: int
+) -> CoordinatorConfig:
+    """Create the CA, the server certificate for `hosts` and `coordinator.yaml` in `folder`.
+
+    Raises:
+        ConfigError: `folder` already holds a coordinator, or a host is not a valid name.
+    """
+    if (folder / CONFIG_NAME).exists():
+        raise ConfigError(f"{folder / CONFIG_NAME} already exists; init never overwrites a coordinator")
+    if not hosts:
+        raise ConfigError(
+            "give at least one --host: the name or address partners use to reach the coordinator"
+        )
+    config = CoordinatorConfig(
+        name=name,
+        fleet_listen=f"{fleet_listen}:{fleet_port}",
+        fleet_address=f"{hosts[0]}:{fleet_port}",
+        superlink_port=superlink_port,
+    )
+    pki_dir = folder / "pki"
+    create_ca(pki_dir, f"{name} CA")
+    issue_server_certificate(pki_dir, hosts)
+    lines = [
+        "# coordinator.yaml: written by `oda coordinator init`. Start with `oda coordinator start DIR`.",
+        f"version: {config.version}",
+        f"name: {name!r}",
+        f"fleet_listen: {config.fleet_listen}      # the public Fleet proxy (TLS); the only open port",
+        f"fleet_address: {config.fleet_address}    # what partners write as `coordinator:`",
+        f"superlink_port: {superlink_port}         # the SuperLink, on 127.0.0.1 only",
+    ]
+    (folder / CONFIG_NAME).write_text("\n".join(lines) + "\n")
+    return config
+
+
+def coordinator_link(folder: Path) -> FlowerLink:
+    """A connection to the SuperLink of the coordinator in `folder` (started elsewhere, same machine).
+
+    Raises:
+        ConfigError: `folder` is not a coordinator folder.
+    """
+    config = load_coordinator(folder)
+    pki = Pki(folder / "pki").require()
+    from coordinator.flower_server import FlowerLink  # Flower loads only once the folder is valid
+
+    return FlowerLink(f"127.0.0.1:{config.superlink_port}", pki.ca_cert.read_bytes())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_open(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex((host, port)) == 0
+
+
+class ProcessGroup:
+    """Child processes started by us, each logging to `log_dir/NAME.log`, stopped by PID."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.processes: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def log_path(self, name: str) -> Path:
+        return self.log_dir / f"{name}.log"
+
+    def spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **NO_PHONE_HOME, "PYTHONUNBUFFERED": "1"}
+        with self.log_path(name).open("wb") as log:
+            proc = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+        self.processes.append((name, proc))
+        return proc
+
+    def pid(self, name: str) -> int:
+        return next(p.pid for n, p in self.processes if n == name)
+
+    def check_alive(self) -> None:
+        """Raises: FederationError naming a process that exited, with its log's last lines."""
+        for name, proc in self.processes:
+            if proc.poll() is not None:
+                raise FederationError(
+                    f"{name} exited with code {proc.returncode}; see {self.log_path(name)}\n{self.tail(name)}"
+                )
+
+    def tail(self, name: str, lines: int = 15) -> str:
+        path = self.log_path(name)
+        text = path.read_text(errors="replace") if path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
+        """Raises: FederationError when `what` did not happen in time, or a process died."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check_alive()
+            if predicate():
+                return
+            time.sleep(0.05)
+        tails = "\n".join(f"--- {name}:\n{self.tail(name)}" for name, _ in self.processes)
+        raise FederationError(f"{what} did not happen within {timeout:.0f} s. Last log lines:\n{tails}")
+
+    def stop(self) -> None:
+        """Stop every process, newest first: SIGTERM, then SIGKILL after 10 s."""
+        for _, proc in reversed(self.processes):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for _, proc in reversed(self.processes):
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.processes.clear()
+
+
+class CoordinatorService:
+    """`with CoordinatorService(folder) as service:` runs the SuperLink and the Fleet proxy."""
+
+    def __init__(self, folder: Path, processes: ProcessGroup | None = None) -> None:
+        self.folder = folder
+        self.config = load_coordinator(folder)
+        self.pki = Pki(folder / "pki").require()
+        self.processes = processes or ProcessGroup(folder / "logs")
+        self._owns_processes = processes is None
+
+    @property
+    def superlink_address(self) -> str:
+        """Control, Runtime and Fleet APIs: loopback only."""
+        return f"127.0.0.1:{self.config.superlink_port}"
+
+    @property
+    def fleet_listen(self) -> str:
+        return self.config.fleet_listen
+
+    def __enter__(self) -> CoordinatorService:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Start the SuperLink, then the proxy; return once both accept connections.
+
+        Raises:
+            FederationError: a port is taken, or a process failed to start (its log lines included).
+        """
+        fleet_host, _, fleet_port = self.fleet_listen.rpartition(":")
+        fleet_host = fleet_host.strip("[]")
+        probe_host = "127.0.0.1" if fleet_host in ("0.0.0.0", "::") else fleet_host  # noqa: S104
+        for host, port, what in (
+            ("127.0.0.1", self.config.superlink_port, "superlink_port"),
+            (probe_host, int(fleet_port), "fleet_listen"),
+        ):
+            if port_open(host, port):
+                raise FederationError(
+                    f"port {port} on {host} is already in use ({what} in {self.folder / CONFIG_NAME}); "
+                    "is the coordinator already running?"
+                )
+        bindir = Path(sys.executable).parent
+        self.processes.spawn(
+            "superlink",
+            [
+                str(bindir / "flower-superlink"),
+                "--ssl-ca-certfile",
+                str(self.pki.ca_cert),
+                "--ssl-certfile",
+                str(self.pki.server_cert),
+                "--ssl-keyfile",
+                str(self.pki.server_key),
+                "--enable-supernode-auth",
+                "--isolation",
+                "process",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.config.superlink_port),
+                "--database",
+                str(self.folder / "superlink.db"),
+                "--disable-runtime-dependency-installation",
+            ],
+        )
+        self.processes.spawn(
+            "fleet-proxy",
+            [
+                sys.executable,
+                "-m",
+                "coordinator.proxy",
+                "--listen",
+                self.fleet_listen,
+                "--upstream",
+                self.superlink_address,
+                "--pki",
+                str(self.pki.folder),
+            ],
+        )
+        self.processes.wait_for(
+            lambda: (
+                port_open("127.0.0.1", self.config.superlink_port) and port_open(probe_host, int(fleet_port))
+            ),
+            60,
+            f"the SuperLink on {self.superlink_address} and the Fleet proxy on {self.fleet_listen}",
+        )
+
+    def stop(self) -> None:
+        if self._owns_processes:
+            self.processes.stop()
