@@ -59,6 +59,11 @@ class CoordinatorConfig(BaseModel):
         description="HOST:PORT partners put in node.yaml as `coordinator:`",
     )
     superlink_port: int = Field(default=9091, ge=1, le=65535, description="the SuperLink's port on 127.0.0.1")
+    database: str | None = Field(
+        default="superlink.db",
+        description="the SuperLink's state (registered node keys, runs), relative to this folder; "
+        "null keeps it in memory, so node keys must be registered again after every start",
+    )
 
 
 def load_coordinator(folder: Path) -> CoordinatorConfig:
@@ -99,6 +104,7 @@ def init_coordinator(
         f"fleet_listen: {config.fleet_listen}      # the public Fleet proxy (TLS); the only open port",
         f"fleet_address: {config.fleet_address}    # what partners write as `coordinator:`",
         f"superlink_port: {superlink_port}         # the SuperLink, on 127.0.0.1 only",
+        "database: superlink.db          # registered node keys and runs: back it up",
     ]
     (folder / CONFIG_NAME).write_text("\n".join(lines) + "\n")
     return config
@@ -260,7 +266,7 @@ class CoordinatorService:
                 "--port",
                 str(self.config.superlink_port),
                 "--database",
-                str(self.folder / "superlink.db"),
+                str(self.folder / self.config.database) if self.config.database else ":flwr-in-memory:",
                 "--disable-runtime-dependency-installation",
             ],
         )

@@ -304,6 +304,7 @@ def _start(config_path: Path, coordinator: str | None) -> int:
 def main(argv: list[str] | None = None) -> int:
     no_phone_home()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll would flood the log
     args = _parser().parse_args(argv)
     try:
         command: str = args.command

@@ -24,10 +24,14 @@ from functools import cache, partial
 from pathlib import Path
 from typing import Any, cast
 
+import httpx
 from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.cli.build import build_fab_from_files
 from flwr.clientapp import ClientApp
+from flwr.common.constant import TIMESTAMP_TOLERANCE
 from flwr.common.logger import LOGGER_NAME
+from flwr.proto.fleet_pb2 import PullMessagesRequest
+from flwr.proto.node_pb2 import Node
 from flwr.supercore.inflatable.inflatable_object import (
     get_all_nested_objects,
     get_object_tree,
@@ -38,7 +42,9 @@ from flwr.supercore.inflatable.inflatable_utils import (
     pull_objects,
     push_object_contents_from_iterable,
 )
+from flwr.supernode.fleet_http_client import FleetHttpClient
 from flwr.supernode.fleet_http_connection import http_request_response
+from flwr.supernode.node_auth_http_interceptor import NodeAuthHttpInterceptor
 
 from analyses.release import AnalysisRequest, NodeRelease
 from analyses.runner_bundle import RUNNER_BUNDLES
@@ -182,6 +188,24 @@ def _connection_refused(settings: ConnectionSettings, flower_said: list[str]) ->
     )
 
 
+def _key_still_accepted(settings: ConnectionSettings, node_id: int) -> bool:
+    """One signed Fleet call: False only when the SuperLink answers 401."""
+    key = settings.private_key
+    try:
+        with FleetHttpClient.from_server_address(
+            settings.address,
+            settings.insecure,
+            settings.root_certificates,
+            interceptors=[NodeAuthHttpInterceptor(key, key.public_key())],
+        ) as client:
+            client.PullMessages(PullMessagesRequest(node=Node(node_id=node_id)))
+    except httpx.HTTPStatusError as exc:
+        return exc.response.status_code != 401
+    except httpx.HTTPError:
+        return True  # unreachable now: not a verdict on the key
+    return True
+
+
 def serve(
     agent: NodeAgent,
     settings: ConnectionSettings,
@@ -206,6 +230,7 @@ def serve(
     flower_log.addHandler(flower_errors)
     failure: BaseException | None = None
     connected = False
+    node_id = 0
     try:
         with http_request_response(
             address,
@@ -215,7 +240,7 @@ def serve(
             None,
             agent.config.transport.connect_timeout,
         ) as conn:
-            connected = True
+            connected, node_id = True, int(conn[0])
             try:
                 _serve_loop(agent, conn, stop, interval)
             except Exception as exc:  # Flower's context manager would log and swallow it
@@ -224,6 +249,16 @@ def serve(
         if connected:
             raise
         raise _connection_refused(settings, flower_errors.lines) from exc
+    except KeyboardInterrupt:
+        # Flower interrupts its own process when the SuperLink answers 401 (a revoked key or a
+        # clock far off); tell that apart from Ctrl-C by asking once more.
+        if connected and not _key_still_accepted(settings, node_id):
+            raise FederationError(
+                f"the coordinator at {address} no longer accepts this node's key: it was unregistered, "
+                f"or this machine's clock is more than {TIMESTAMP_TOLERANCE} s off. Check the clock, "
+                "then ask the coordinator to register keys/node.pub again"
+            ) from None
+        raise
     finally:
         flower_log.removeHandler(flower_errors)
     if failure is not None:

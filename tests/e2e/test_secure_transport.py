@@ -122,6 +122,9 @@ def test_registered_node_connects_through_the_proxy_and_releases(coordinator: Co
     assert "registered police as node" in out
     assert "registered police" in _register(coordinator, "police"), "registering again is harmless"
     config = coordinator.configs["police"]
+    check = subprocess.run([*NODE, "check", "--config", str(config)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    assert f"coordinator {coordinator.fleet}: reachable, TLS, trusting" in check.stdout
     log = config.parent / "node.log"
     with log.open("wb") as sink:
         node = subprocess.Popen(
@@ -140,6 +143,7 @@ def test_registered_node_connects_through_the_proxy_and_releases(coordinator: Co
             link.close()
         assert [r.partner for r in result.releases] == ["police"]
         assert len(result.tables[0].frame) == 195
+        assert "HTTP Request:" not in log.read_text(), "the node logs each poll"
     finally:
         node.send_signal(signal.SIGTERM)
         node.wait(20)
@@ -267,3 +271,24 @@ def test_coordinator_commands_fail_clearly(coordinator: Coordinator, tmp_path: P
     assert wrong.returncode == ExitCode.CONFIG and "P-384" in wrong.stderr, wrong.stderr
     nowhere = subprocess.run([*ODA, "coordinator", "nodes", str(tmp_path)], capture_output=True, text=True)
     assert nowhere.returncode == ExitCode.CONFIG and "oda coordinator init" in nowhere.stderr
+
+
+def test_unregistered_key_stops_a_running_node(coordinator: Coordinator) -> None:
+    """Revocation: `unregister-node` cuts a connected node off, and it says why."""
+    out = _register(coordinator, "fire")
+    node_id = out.split("as node ")[1].split(";")[0]
+    config = coordinator.configs["fire"]
+    log = config.parent / "node.log"
+    with log.open("wb") as sink:
+        node = subprocess.Popen(
+            [*NODE, "start", "--config", str(config)], stdout=sink, stderr=subprocess.STDOUT
+        )
+    try:
+        _wait_for_text(log, ": ready", node, 60)
+        subprocess.run([*ODA, "coordinator", "unregister-node", str(coordinator.folder), node_id], check=True)
+        assert node.wait(30) == ExitCode.FEDERATION
+    finally:
+        if node.poll() is None:
+            node.send_signal(signal.SIGTERM)
+            node.wait(20)
+    assert "no longer accepts this node's key" in log.read_text()
