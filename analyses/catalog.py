@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Literal
 
-from analyses.spec import AnalysisSpec, HistogramStep, Step
+from analyses.spec import AnalysisSpec, HistogramStep, ModelStep, Step
 from privacy.errors import SpecError
 
 __all__ = ["ColumnType", "DatasetSchema", "check_steps", "steps_for_datasets"]
@@ -40,6 +40,17 @@ def _problems(step: Step, schema: DatasetSchema, identifier: str, dataset: str) 
             )
         elif key.derive == "band" and ctype not in _NUMERIC:
             problems.append(f"{where}: derive band needs a numeric column, {key.column!r} is {ctype}")
+    if isinstance(step, ModelStep):
+        model = step.model
+        numeric = [f.column for f in model.features if f.bounds is not None]
+        if model.family != "logistic":
+            numeric.append(model.target)
+        for name in step.columns():
+            ctype = schema.get(name)
+            if ctype is None:
+                problems.append(f"{where}: unknown column {name!r}; known: {', '.join(sorted(schema))}")
+            elif name in numeric and ctype not in _NUMERIC:
+                problems.append(f"{where}: {name!r} is used as a number but is {ctype}")
     column = getattr(step, "column", None)
     if column is not None:
         ctype = schema.get(column)

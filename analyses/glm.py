@@ -35,13 +35,19 @@ __all__ = [
     "LocalStats",
     "ModelSpec",
     "NoisyStats",
+    "RoundState",
     "auc_from_histograms",
     "design",
     "encode",
+    "evaluation_histograms",
+    "hessian_floor",
     "intervals95",
     "local_stats",
+    "mean_response",
     "newton_rounds",
+    "noise_limited",
     "release_stats",
+    "score_edges",
     "score_histograms",
 ]
 
@@ -117,6 +123,39 @@ class ModelSpec(_Model):
             raise SpecError(f"a {self.family} model released with DP needs 'clip' (L2 bound per record)")
         b = self.row_norm_bound()
         return math.sqrt(b**2 + (b**2 / 4) ** 2)  # |y - mu| <= 1 and mu(1 - mu) <= 1/4: never binds
+
+
+class RoundState(_Model):
+    """What the coordinator sends with each request of a model step: the phase, the round, and
+    the coefficients to evaluate at. Data only: the node builds everything else from the spec."""
+
+    run: str = Field(
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="the model run, chosen by the coordinator"
+    )
+    phase: Literal["fit", "evaluate"]
+    round: int = Field(ge=0, le=100)
+    coefficients: tuple[float, ...] = Field(max_length=2000)
+
+    @model_validator(mode="after")
+    def _finite(self) -> RoundState:
+        if not all(math.isfinite(b) and abs(b) <= 1e4 for b in self.coefficients):
+            raise ValueError("coefficients must be finite and at most 1e4 in size")
+        return self
+
+    def request_id(self) -> str:
+        """The only request id this state may travel under (one ledger entry per round)."""
+        return f"{self.run}-fit{self.round}" if self.phase == "fit" else f"{self.run}-evaluate"
+
+    def opens_run(self) -> bool:
+        return self.phase == "fit" and self.round == 0
+
+    def check(self, spec: ModelSpec) -> RoundState:
+        """Raises: SpecError when the state does not fit `spec` (wrong length, round past the end)."""
+        if len(self.coefficients) != spec.dimension():
+            raise SpecError(f"{len(self.coefficients)} coefficients sent; the model has {spec.dimension()}")
+        if self.phase == "fit" and self.round >= spec.rounds:
+            raise SpecError(f"round {self.round} is past the model's {spec.rounds} rounds")
+        return self
 
 
 def encode(spec: ModelSpec, frame: pd.DataFrame) -> FloatArray:
@@ -301,17 +340,70 @@ class GlmModel:
             raise SpecError(f"malformed model file: {exc}") from exc
 
 
-def intervals95(hessian: FloatArray, noise_sd: float, ridge: float) -> FloatArray:
-    """Half-widths of 95% intervals: sampling variance H^-1 plus the DP noise's H^-1 S H^-1."""
+def hessian_floor(spec: ModelSpec, noise_sd: float) -> float:
+    """Smallest eigenvalue the summed Hessian is allowed: about the largest eigenvalue of its
+    noise (2 sd per root dimension), so noise cannot turn a direction of little information
+    into a wild step. Directions below it are shrunk towards the previous coefficients."""
+    return max(spec.ridge, 2.0 * noise_sd * math.sqrt(spec.dimension()), 1e-12)
+
+
+def noise_limited(spec: ModelSpec, hessian: FloatArray, noise_sd: float) -> FloatArray:
+    """Per coefficient, the share of it that lies in directions where the data carry less
+    information than the noise (Hessian eigenvalue below the floor): there the estimate is
+    shrunk and its interval optimistic. 0 with DP off."""
+    if noise_sd == 0:
+        return np.zeros(hessian.shape[0])
+    values, vectors = np.linalg.eigh((hessian + hessian.T) / 2)
+    weak = values < hessian_floor(spec, noise_sd)
+    return np.asarray((vectors[:, weak] ** 2).sum(axis=1), dtype=np.float64)
+
+
+def intervals95(spec: ModelSpec, hessian: FloatArray, noise_sd: float) -> FloatArray:
+    """Half-widths of 95% intervals: sampling variance H^-1 plus the DP noise's H^-1 S H^-1,
+    with the noisy Hessian floored as in the fit."""
     p = hessian.shape[0]
-    inverse = np.linalg.inv(_psd(hessian, max(ridge, 1e-12)))
+    inverse = np.linalg.inv(_psd(hessian, hessian_floor(spec, noise_sd)))
     covariance = inverse + noise_sd**2 * inverse @ inverse
     return np.asarray(1.959964 * np.sqrt(np.clip(np.diag(covariance), 0, None)), dtype=np.float64).reshape(p)
 
 
+def evaluation_histograms(
+    spec: ModelSpec, x: FloatArray, y: FloatArray, beta: FloatArray, bins: int
+) -> npt.NDArray[np.int64]:
+    """What a node counts to evaluate a model: for logistic, score histograms by true class
+    (AUC, calibration, confusion at thresholds); otherwise a histogram of absolute errors over
+    the target's range, then one of the target's values (error and spread)."""
+    mu, _ = _mean_and_weight(spec.family, x @ beta)
+    if spec.family == "logistic":
+        return score_histograms(mu, y, bins)
+    low, high = spec.target_bounds or (0.0, 1.0)
+    width = high - low
+    errors = np.clip((np.abs(y - np.clip(mu, low, high)) / width * bins).astype(np.int64), 0, bins - 1)
+    values = np.clip(((y - low) / width * bins).astype(np.int64), 0, bins - 1)
+    return np.concatenate([np.bincount(errors, minlength=bins), np.bincount(values, minlength=bins)]).astype(
+        np.int64
+    )
+
+
+def mean_response(spec: ModelSpec, x: FloatArray, beta: FloatArray) -> FloatArray:
+    mu, _ = _mean_and_weight(spec.family, x @ beta)
+    return mu
+
+
+#: Score bins are equal on the logit scale over this range (the outer bins reach 0 and 1), so
+#: rare outcomes, whose scores crowd near 0, still spread over many bins.
+LOGIT_RANGE = 7.0
+
+
+def score_edges(bins: int) -> FloatArray:
+    """The `bins + 1` probability edges of the score bins: 0, then equal logit steps, then 1."""
+    inner = 1.0 / (1.0 + np.exp(-np.linspace(-LOGIT_RANGE, LOGIT_RANGE, bins + 1)[1:-1]))
+    return np.concatenate([[0.0], inner, [1.0]])
+
+
 def score_histograms(scores: FloatArray, labels: FloatArray, bins: int) -> npt.NDArray[np.int64]:
-    """Counts of scores in `bins` equal bins of [0, 1]: negatives first, then positives."""
-    index = np.clip((scores * bins).astype(np.int64), 0, bins - 1)
+    """Counts of scores in the `score_edges(bins)` bins: negatives first, then positives."""
+    index = np.clip(np.searchsorted(score_edges(bins), scores, side="right") - 1, 0, bins - 1)
     positive = labels > 0.5
     return np.concatenate(
         [np.bincount(index[~positive], minlength=bins), np.bincount(index[positive], minlength=bins)]

@@ -22,18 +22,22 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from analyses.glm import RoundState, design, evaluation_histograms, release_stats
 from analyses.release import MeasurementRelease, StepRelease
 from analyses.spec import (
     AnalysisSpec,
     HistogramStep,
     KeySpec,
     MeanStep,
+    ModelStep,
     QuantileStep,
     Step,
     SumStep,
 )
+from privacy.accuracy import gaussian_accuracy95
 from privacy.budget import Rho
-from privacy.mechanisms import NoisyVector, integer_gaussian
+from privacy.errors import SpecError
+from privacy.mechanisms import MECHANISM_INTEGER_GAUSSIAN, NoisyVector, integer_gaussian
 from privacy.unit import PrivacyUnit, unit_mask
 
 __all__ = ["LocalData", "exact_aggregates", "planned_cost", "release_steps"]
@@ -179,8 +183,38 @@ def exact_aggregates(
     return {"count": (_bincount(cells, groups), max_rows, 1.0)}
 
 
+def _model_release(
+    spec: AnalysisSpec, step: ModelStep, data: LocalData, state: RoundState | None
+) -> StepRelease:
+    """One request of a model step: gradient and Hessian sums (fit) or score histograms
+    (evaluate), on the rows that survive truncation, released by OpenDP's integer Gaussian."""
+    if state is None:
+        raise SpecError(f"model step {step.id!r} runs in rounds: the request carries no round state")
+    state.check(step.model)
+    unit = spec.unit_of(step).to_unit()
+    x, y = design(step.model, data.frame.loc[data.keep(unit)])
+    beta = np.asarray(state.coefficients, dtype=np.float64)
+    budget = spec.request_budget(step.id)
+    if state.phase == "fit":
+        stats = release_stats(step.model, x, y, beta, unit.max_rows, budget)
+        measurement = MeasurementRelease(
+            name="stats",
+            values=stats.values,
+            mechanism=MECHANISM_INTEGER_GAUSSIAN,
+            scale=stats.scale,
+            sensitivity=stats.sensitivity,
+            rho=stats.cost.value,
+            accuracy95=gaussian_accuracy95(stats.scale),
+            unit_value=stats.unit_value,
+        )
+    else:
+        histograms = evaluation_histograms(step.model, x, y, beta, step.evaluate_bins)
+        measurement = _measurement("scores", 1.0, integer_gaussian(histograms, unit.max_rows, budget))
+    return StepRelease(step.id, step.kind, "hidden", (measurement,))
+
+
 def release_steps(
-    spec: AnalysisSpec, steps: Sequence[Step], data: Mapping[str, LocalData]
+    spec: AnalysisSpec, steps: Sequence[Step], data: Mapping[str, LocalData], state: RoundState | None = None
 ) -> list[StepRelease]:
     """Release `steps` of `spec`, each on the prepared data of its dataset.
 
@@ -188,6 +222,9 @@ def release_steps(
     OpenDP integer-Gaussian release. Noise for one measurement is drawn on a worker thread
     while the next exact vector is computed.
     """
+    model = next((s for s in steps if isinstance(s, ModelStep)), None)
+    if model is not None:  # a model step is the only step of its analysis
+        return [_model_release(spec, model, data[spec.dataset_of(model)], state)]
     planned: list[tuple[Step, list[tuple[str, float, Future[NoisyVector]]]]] = []
     with ThreadPoolExecutor(max_workers=NOISE_THREADS, thread_name_prefix="oda-noise") as pool:
         for step in steps:
@@ -230,5 +267,5 @@ def planned_cost(spec: AnalysisSpec, steps: list[Step]) -> Rho:
     """What running `steps` will debit: the sum of their budget shares (zCDP adds up)."""
     total = Rho(0.0)
     for step in steps:
-        total = total + spec.step_budget(step.id)
+        total = total + spec.request_budget(step.id)
     return total

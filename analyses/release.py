@@ -109,12 +109,14 @@ class NodeRelease:
 
 @dataclass(frozen=True)
 class AnalysisRequest:
-    """What the coordinator sends: the spec as YAML text, which each node parses itself."""
+    """What the coordinator sends: the spec as YAML text, which each node parses itself, and for
+    a model step the round state (phase, round, coefficients), which the node validates."""
 
     protocol: int
     request_id: str
     requester: str
     spec_yaml: str
+    state: dict[str, object] | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

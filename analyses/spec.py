@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from analyses.glm import ModelSpec
 from analyses.keysets import load_keyset
 from privacy.budget import Rho, rho_from_epsilon_delta
 from privacy.unit import MAX_ROWS_LIMIT, PrivacyUnit
@@ -28,6 +29,7 @@ __all__ = [
     "HistogramStep",
     "KeySpec",
     "MeanStep",
+    "ModelStep",
     "PrivacySpec",
     "QuantileStep",
     "Step",
@@ -248,7 +250,42 @@ class QuantileStep(_Bounded):
         return ("histogram",)
 
 
-Step = Annotated[CountStep | SumStep | MeanStep | HistogramStep | QuantileStep, Field(discriminator="kind")]
+class ModelStep(_StepBase):
+    """A GLM fitted by federated Newton: `model.rounds` releases of gradient and Hessian sums,
+    then one release of score histograms for evaluation. The step's budget covers all of them,
+    in equal shares, and a node refuses before the first round if it cannot afford them all."""
+
+    kind: Literal["model"]
+    model: ModelSpec
+    evaluate_bins: int = Field(
+        default=40, ge=2, le=1000, description="score bins (equal on the logit scale) for AUC and calibration"
+    )
+
+    @model_validator(mode="after")
+    def _no_keys(self) -> ModelStep:
+        if self.by:
+            raise ValueError("a model step has no 'by' keys: put categories in model.features")
+        return self
+
+    def requests(self) -> int:
+        """How many releases a node makes for this step: every Newton round, and the evaluation."""
+        return self.model.rounds + 1
+
+    def columns(self) -> tuple[str, ...]:
+        return (self.model.target, *(f.column for f in self.model.features))
+
+    def cells(self) -> int:
+        p = self.model.dimension()
+        return max(p + p * (p + 1) // 2, 2 * self.evaluate_bins)
+
+    def measurements(self) -> tuple[str, ...]:
+        return ("stats",)
+
+
+Step = Annotated[
+    CountStep | SumStep | MeanStep | HistogramStep | QuantileStep | ModelStep, Field(discriminator="kind")
+]
+AnyStep = CountStep | SumStep | MeanStep | HistogramStep | QuantileStep | ModelStep
 
 
 class PrivacySpec(_Model):
@@ -313,6 +350,10 @@ class AnalysisSpec(_Model):
             if step.dataset is None and self.dataset is None:
                 problems.append(f"step {step.id!r} has no dataset: set 'dataset' on the analysis")
             cols = [k.column for k in step.by]
+            if isinstance(step, ModelStep):
+                cols += list(step.columns())
+                if len(self.steps) > 1:
+                    problems.append(f"model step {step.id!r} must be the only step of its analysis")
             if identifier in cols or getattr(step, "column", None) == identifier:
                 problems.append(
                     f"step {step.id!r} uses the identifier {identifier!r} as a key or value: "
@@ -337,11 +378,15 @@ class AnalysisSpec(_Model):
             raise ValueError("; ".join(problems))
         return self
 
-    def dataset_of(self, step: CountStep | SumStep | MeanStep | HistogramStep | QuantileStep) -> str:
+    def model_step(self) -> ModelStep | None:
+        """The model step, when this analysis fits a model."""
+        return next((s for s in self.steps if isinstance(s, ModelStep)), None)
+
+    def dataset_of(self, step: AnyStep) -> str:
         """The logical dataset a step reads."""
         return step.dataset or self.dataset or ""
 
-    def unit_of(self, step: CountStep | SumStep | MeanStep | HistogramStep | QuantileStep) -> UnitSpec:
+    def unit_of(self, step: AnyStep) -> UnitSpec:
         """The privacy unit a step protects: its own, or the analysis's."""
         return step.unit or self.privacy.unit
 
@@ -350,6 +395,12 @@ class AnalysisSpec(_Model):
         total = sum(s.weight for s in self.steps)
         step = next(s for s in self.steps if s.id == step_id)
         return Rho(self.privacy.budget().value * step.weight / total)
+
+    def request_budget(self, step_id: str) -> Rho:
+        """What one request debits for a step: its whole share, or for a model step one round's."""
+        step = next(s for s in self.steps if s.id == step_id)
+        share = self.step_budget(step_id)
+        return Rho(share.value / step.requests()) if isinstance(step, ModelStep) else share
 
     def spec_hash(self) -> str:
         """sha256 of the canonical JSON of the validated spec: what the nodes agreed to run."""

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from analyses.aggregate import ResultTable, combine
 from analyses.documents import parse_document
+from analyses.glm import GlmModel
 from analyses.release import PROTOCOL_VERSIONS, AnalysisRequest, NodeRelease
 from analyses.spec import AnalysisSpec
 from coordinator.outputs import write_outputs
@@ -26,7 +27,7 @@ from privacy.errors import FederationError, ProtocolError, UserError
 if TYPE_CHECKING:
     from node_agent.agent import NodeAgent
 
-__all__ = ["AnalysisResult", "InProcessTransport", "Transport", "run_analysis"]
+__all__ = ["AnalysisResult", "InProcessTransport", "Transport", "collect", "require_holders", "run_analysis"]
 
 
 class Transport(Protocol):
@@ -70,6 +71,8 @@ class AnalysisResult:
     refusals: list[dict[str, str]] = field(default_factory=list)
     out_dir: Path | None = None
     seconds: float = 0.0
+    model: GlmModel | None = None
+    model_card: str = ""
 
 
 def run_analysis(
@@ -89,8 +92,27 @@ def run_analysis(
     """
     started = time.perf_counter()
     spec = parse_document(spec_text, AnalysisSpec, source=source)
-    request = AnalysisRequest(PROTOCOL_VERSIONS[-1], uuid.uuid4().hex, requester, spec_text)
-    replies = transport.broadcast(request.to_json(), timeout)
+    if spec.model_step() is not None:
+        from coordinator.models import run_model
+
+        result = run_model(spec, spec_text, transport, requester=requester, timeout=timeout)
+    else:
+        request = AnalysisRequest(PROTOCOL_VERSIONS[-1], uuid.uuid4().hex, requester, spec_text)
+        replies = transport.broadcast(request.to_json(), timeout)
+        releases, refusals = collect(spec, replies)
+        holders = require_holders(spec, releases, refusals, len(replies))
+        result = AnalysisResult(spec, request.request_id, combine(spec, holders), releases, refusals)
+    result.seconds = time.perf_counter() - started
+    if out_dir is not None:
+        write_outputs(result, out_dir)
+        result.out_dir = out_dir
+    return result
+
+
+def collect(
+    spec: AnalysisSpec, replies: Sequence[NodeReply]
+) -> tuple[list[NodeRelease], list[dict[str, str]]]:
+    """Parse the replies into releases for this spec, and refusals with their reasons."""
     releases: list[NodeRelease] = []
     refusals: list[dict[str, str]] = []
     for reply in replies:
@@ -123,6 +145,17 @@ def run_analysis(
                     "message": str(detail.get("message", "")),
                 }
             )
+    return releases, refusals
+
+
+def require_holders(
+    spec: AnalysisSpec, releases: list[NodeRelease], refusals: list[dict[str, str]], answered: int
+) -> list[NodeRelease]:
+    """The releases that hold data.
+
+    Raises:
+        FederationError: none did (every refusal is in the message).
+    """
     holders = [r for r in releases if r.status == "released"]
     if not holders:
         why = (
@@ -132,12 +165,6 @@ def run_analysis(
         datasets = sorted({spec.dataset_of(s) for s in spec.steps})
         raise FederationError(
             f"no partner released anything for {spec.name!r} (datasets {', '.join(datasets)}; "
-            f"{len(replies)} node(s) answered):\n{why}"
+            f"{answered} node(s) answered):\n{why}"
         )
-    tables = combine(spec, holders)
-    result = AnalysisResult(spec, request.request_id, tables, releases, refusals)
-    result.seconds = time.perf_counter() - started
-    if out_dir is not None:
-        write_outputs(result, out_dir)
-        result.out_dir = out_dir
-    return result
+    return holders

@@ -41,6 +41,7 @@ def write_outputs(result: AnalysisResult, out_dir: Path) -> Path:
         "nodes": [
             {
                 "partner": r.partner,
+                "request_id": r.request_id,
                 "status": r.status,
                 "node_version": r.node_version,
                 "cost_rho": r.cost_rho,
@@ -73,6 +74,10 @@ def write_outputs(result: AnalysisResult, out_dir: Path) -> Path:
         "tables": files,
         "seconds": round(result.seconds, 3),
     }
+    if result.model is not None:
+        (out_dir / "model.json").write_text(result.model.to_json() + "\n")
+        (out_dir / "model_card.md").write_text(result.model_card)
+        manifest["model"] = {"file": "model.json", "card": "model_card.md", "format": "oda-glm/1"}
     path = out_dir / "manifest.json"
     path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return path

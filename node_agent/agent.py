@@ -17,19 +17,21 @@ from pathlib import Path
 from typing import Literal
 
 import pandas as pd
+from pydantic import ValidationError
 
 from analyses.catalog import DatasetSchema, check_steps
-from analyses.documents import parse_document
+from analyses.documents import format_validation_error, parse_document
+from analyses.glm import RoundState
 from analyses.local_step import LocalData, planned_cost, release_steps
 from analyses.release import PROTOCOL_VERSIONS, AnalysisRequest, NodeRelease, StepRelease
-from analyses.spec import AnalysisSpec, Step
+from analyses.spec import AnalysisSpec, ModelStep, Step
 from node_agent.audit import AuditLog
 from node_agent.config import NodeConfig
 from node_agent.connectors import content_hash, load_dataset, write_snapshot
 from node_agent.inbox import Inbox
 from node_agent.ledger import Ledger
 from privacy.budget import DISPLAY_DELTA, Rho
-from privacy.errors import ConfigError, InternalError, PolicyRefusal, SpecError, UserError
+from privacy.errors import BudgetExhausted, ConfigError, InternalError, PolicyRefusal, SpecError, UserError
 
 __all__ = ["NodeAgent", "Pending", "node_version", "spec_hash_of"]
 
@@ -59,9 +61,35 @@ def spec_hash_of(text: str) -> str:
         return "text:" + hashlib.sha256(text.encode()).hexdigest()
 
 
+def _round_state(request: AnalysisRequest, spec: AnalysisSpec, steps: list[Step]) -> RoundState | None:
+    """The validated round state of a model request; None for other analyses.
+
+    Raises:
+        SpecError: a model request without a valid state, or a state sent with another analysis.
+    """
+    model = spec.model_step()
+    if model is None or not steps:
+        if request.state is not None and model is None:
+            raise SpecError("the request carries a round state, but the analysis has no model step")
+        return None
+    if request.state is None:
+        raise SpecError(f"model step {model.id!r} runs in rounds: the request carries no round state")
+    try:
+        return RoundState.model_validate(request.state).check(model.model)
+    except ValidationError as exc:
+        raise SpecError(format_validation_error(f"request {request.request_id} state", exc)) from exc
+
+
 def _summary(spec: AnalysisSpec, steps: list[Step]) -> str:
     parts = []
     for step in steps:
+        if isinstance(step, ModelStep):
+            model = step.model
+            parts.append(
+                f"{model.family} model of {model.target} on {', '.join(f.column for f in model.features)} "
+                f"({model.rounds} rounds + evaluation)"
+            )
+            continue
         keys = ", ".join(k.output for k in step.by) or "no keys"
         column = getattr(step, "column", None)
         bounds = getattr(step, "bounds", None)
@@ -247,12 +275,35 @@ class NodeAgent:
                     f"set privacy.unit.identifier to {dataset.identifier!r}"
                 )
         cost = planned_cost(spec, steps)
-        if cost.value > policy.max_rho_per_analysis + 1e-12:
+        model = spec.model_step()
+        whole = spec.step_budget(model.id) if model is not None and steps else cost
+        if whole.value > policy.max_rho_per_analysis + 1e-12:
             raise PolicyRefusal(
-                f"analysis {spec.name!r} asks {cost.describe()} of this node, over its "
+                f"analysis {spec.name!r} asks {whole.describe()} of this node, over its "
                 f"policy.max_rho_per_analysis of rho {policy.max_rho_per_analysis}: lower the "
                 "analysis budget or ask the partner to raise the limit"
             )
+        state = _round_state(request, spec, steps)
+        if state is not None and request.request_id != state.request_id():
+            raise SpecError(
+                f"a {state.phase} request of model run {state.run} must have id {state.request_id()!r}"
+            )
+        if state is not None and not state.opens_run():
+            opened = f"{state.run}-fit0"
+            if not self.ledger.released(opened, spec.spec_hash()):
+                raise PolicyRefusal(
+                    f"this node did not release round 0 of model run {state.run} ({opened}), so it takes "
+                    "no part in the run's later requests; nothing was spent"
+                )
+        if model is not None and state is not None and state.opens_run():
+            population = self.config.population_of(spec.dataset_of(model))
+            left = self.remaining(population)
+            if whole.value > left.value + 1e-12:
+                raise BudgetExhausted(
+                    f"model {spec.name!r} needs {whole.describe()} over its {model.requests()} releases "
+                    f"({model.model.rounds} rounds and the evaluation); population {population!r} has "
+                    f"{left.describe()} left: refused before the first round, nothing was spent"
+                )
         return spec, steps, cost
 
     def _run(
@@ -266,7 +317,7 @@ class NodeAgent:
         costs: dict[str, Rho] = {}
         for step in steps:
             population = self.config.population_of(spec.dataset_of(step))
-            costs[population] = costs.get(population, Rho(0.0)) + spec.step_budget(step.id)
+            costs[population] = costs.get(population, Rho(0.0)) + spec.request_budget(step.id)
         caps = {p: Rho(self.config.policy.total_rho_cap[p]) for p in costs}
         with self._lock:
             for dataset in {spec.dataset_of(s) for s in steps}:
@@ -280,7 +331,7 @@ class NodeAgent:
             )
             try:
                 data = {name: LocalData(self.frame(name)) for name in {spec.dataset_of(s) for s in steps}}
-                released = release_steps(spec, steps, data)
+                released = release_steps(spec, steps, data, _round_state(request, spec, steps))
             except Exception as exc:
                 for entry in entries:
                     self.ledger.fail(entry)

@@ -118,6 +118,14 @@ class Ledger:
         """Mark a reservation whose release failed. The budget stays spent: no refunds."""
         self._mark(entry_id, "failed")
 
+    def released(self, request_id: str, spec_hash: str) -> bool:
+        """Whether a release of `request_id` for `spec_hash` was committed."""
+        row = self._db.execute(
+            "SELECT 1 FROM entries WHERE request_id = ? AND spec_hash = ? AND status = 'committed' LIMIT 1",
+            (request_id, spec_hash),
+        ).fetchone()
+        return row is not None
+
     def entries(self) -> list[LedgerEntry]:
         rows = self._db.execute(
             "SELECT id, request_id, population, rho, status, spec_hash, created FROM entries ORDER BY id"

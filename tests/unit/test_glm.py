@@ -198,7 +198,7 @@ def test_model_file_round_trips_and_refuses_anything_else() -> None:
     x, y = design(NASS, _nass().iloc[:3_000])
     beta = _federated(NASS.model_copy(update={"rounds": 8}), [_nass().iloc[:3_000]])
     stats: LocalStats = local_stats(NASS, x, y, beta)
-    model = GlmModel(NASS, tuple(beta), tuple(intervals95(stats.hessian, 0.0, 0.0)), {"partners": ["a"]})
+    model = GlmModel(NASS, tuple(beta), tuple(intervals95(NASS, stats.hessian, 0.0)), {"partners": ["a"]})
     again = GlmModel.from_json(model.to_json())
     frame = _nass().iloc[:50]
     np.testing.assert_array_equal(again.predict(frame), model.predict(frame))

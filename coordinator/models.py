@@ -1,0 +1,250 @@
+"""Fitting a model step across the federation: federated Newton rounds, then DP evaluation.
+
+Each round is one request to every node carrying the current coefficients; each node releases
+its noisy gradient and Hessian sums (debited from its ledger) and the pure optimiser takes a
+Newton step on their total. A node that refuses the first round (policy, or a budget that
+cannot cover every round) is left out of the fit from the start; one that drops out later is
+reported and the fit continues on the others. The evaluation request releases score histograms,
+from which AUC, calibration and confusion counts follow, overall and per partner.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from analyses.aggregate import ResultTable
+from analyses.glm import (
+    GlmModel,
+    LocalStats,
+    NoisyStats,
+    auc_from_histograms,
+    intervals95,
+    newton_rounds,
+    noise_limited,
+    score_edges,
+)
+from analyses.release import PROTOCOL_VERSIONS, AnalysisRequest, NodeRelease
+from analyses.spec import AnalysisSpec, ModelStep
+from privacy.budget import DISPLAY_DELTA, Rho
+from privacy.errors import FederationError
+
+if TYPE_CHECKING:
+    from coordinator.orchestrator import AnalysisResult, Transport
+
+__all__ = ["run_model"]
+
+
+def _stats(step: ModelStep, release: NodeRelease) -> LocalStats:
+    m = release.steps[0].measurement("stats")
+    return NoisyStats(m.values, m.unit_value, m.scale, m.sensitivity, Rho(m.rho)).decode(
+        step.model.dimension()
+    )
+
+
+def run_model(
+    spec: AnalysisSpec, spec_text: str, transport: Transport, *, requester: str, timeout: float
+) -> AnalysisResult:
+    """Raises: FederationError when no partner takes part, or every partner drops out."""
+    from coordinator.orchestrator import AnalysisResult, collect, require_holders
+
+    step = spec.model_step()
+    assert step is not None  # noqa: S101  # run_analysis checked
+    run_id = uuid.uuid4().hex
+    every_release: list[NodeRelease] = []
+    refusals: list[dict[str, str]] = []
+
+    def ask(request_id: str, state: dict[str, object]) -> list[NodeRelease]:
+        request = AnalysisRequest(PROTOCOL_VERSIONS[-1], request_id, requester, spec_text, state)
+        replies = transport.broadcast(request.to_json(), timeout)
+        releases, refused = collect(spec, replies)
+        for r in refused:
+            r["request"] = request_id
+        refusals.extend(refused)
+        every_release.extend(releases)
+        return require_holders(spec, releases, refused, len(replies))
+
+    rounds = newton_rounds(step.model)
+    beta = next(rounds)
+    partners: set[str] | None = None
+    last: list[LocalStats] = []
+    index = 0
+    while True:
+        state = {"run": run_id, "phase": "fit", "round": index, "coefficients": beta.tolist()}
+        holders = ask(f"{run_id}-fit{index}", state)
+        if partners is None:
+            partners = {r.partner for r in holders}  # the fit is over those who took round 0
+        holders = [r for r in holders if r.partner in partners]
+        if not holders:
+            raise FederationError(f"every partner of {spec.name!r} dropped out at round {index}")
+        last = [_stats(step, r) for r in holders]
+        try:
+            beta = rounds.send(last)
+        except StopIteration as done:
+            beta = np.asarray(done.value)
+            break
+        index += 1
+    evaluation = [
+        r
+        for r in ask(
+            f"{run_id}-evaluate",
+            {"run": run_id, "phase": "evaluate", "round": 0, "coefficients": beta.tolist()},
+        )
+        if partners is None or r.partner in partners
+    ]
+    hessian = np.sum([s.hessian for s in last], axis=0)
+    noise_sd = math.sqrt(sum(s.noise_sd**2 for s in last))
+    half = intervals95(step.model, hessian, noise_sd)
+    limited = noise_limited(step.model, hessian, noise_sd)
+    tables = [_coefficients(step, beta, half, limited), *_evaluation_tables(step, evaluation)]
+    spent = _spent(every_release)
+    model = GlmModel(
+        step.model,
+        tuple(float(b) for b in beta),
+        tuple(float(h) for h in half),
+        {
+            "analysis": spec.name,
+            "spec_hash": spec.spec_hash(),
+            "partners": sorted(partners or ()),
+            "rounds": step.model.rounds,
+            "rho_spent_per_partner": spent,
+            "fitted_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        },
+    )
+    result = AnalysisResult(spec, run_id, tables, every_release, refusals, model=model)
+    result.model_card = model_card(spec, step, model, tables, spent)
+    return result
+
+
+def _spent(releases: Sequence[NodeRelease]) -> dict[str, float]:
+    spent: dict[str, float] = {}
+    for r in releases:
+        spent[r.partner] = spent.get(r.partner, 0.0) + r.cost_rho
+    return {p: round(v, 12) for p, v in sorted(spent.items())}
+
+
+def _coefficients(step: ModelStep, beta: np.ndarray, half: np.ndarray, limited: np.ndarray) -> ResultTable:
+    frame = pd.DataFrame(
+        {
+            "term": step.model.names(),
+            "estimate": beta,
+            "ci95_low": beta - half,
+            "ci95_high": beta + half,
+            "noise_limited": limited > 0.5,
+        }
+    )
+    notes = (
+        "numeric features are clamped to their bounds and scaled to [0, 1]: a coefficient is the "
+        "change in the linear predictor from the lower bound to the upper",
+        "95% intervals include the sampling variance and the DP noise of the last round",
+        "noise_limited: the data hold less information on this term than the DP noise; its "
+        "estimate is shrunk towards 0 and its interval is optimistic (more budget or rows help)",
+    )
+    return ResultTable("coefficients", frame, notes)
+
+
+def _evaluation_tables(step: ModelStep, releases: Sequence[NodeRelease]) -> list[ResultTable]:
+    bins = step.evaluate_bins
+    vectors = {
+        r.partner: np.asarray(r.steps[0].measurement("scores").values, dtype=np.float64) for r in releases
+    }
+    accuracy = {r.partner: r.steps[0].measurement("scores").accuracy95 for r in releases}
+    pooled = np.sum(list(vectors.values()), axis=0)
+    if step.model.family != "logistic":
+        low, high = step.model.target_bounds or (0.0, 1.0)
+        mids = (np.arange(bins) + 0.5) / bins * (high - low)
+        rows = []
+        for name, vector in [("all", pooled), *sorted(vectors.items())]:
+            errors = np.clip(vector[:bins], 0, None)
+            rows.append({"partner": name, "mean_abs_error": float(errors @ mids / max(errors.sum(), 1.0))})
+        return [ResultTable("evaluation", pd.DataFrame(rows), ("absolute errors from a DP histogram",))]
+    rows = []
+    for name, vector in [("all", pooled), *sorted(vectors.items())]:
+        clipped = np.clip(vector, 0, None)
+        rows.append(
+            {
+                "partner": name,
+                "auc": auc_from_histograms(vector, bins),
+                "negatives": float(clipped[:bins].sum()),
+                "positives": float(clipped[bins:].sum()),
+            }
+        )
+    edges = score_edges(bins)
+    negatives, positives = np.clip(pooled[:bins], 0, None), np.clip(pooled[bins:], 0, None)
+    total = negatives + positives
+    calibration = pd.DataFrame(
+        {
+            "score_from": edges[:-1],
+            "score_to": edges[1:],
+            "records": total,
+            "observed_rate": np.where(total > 0, positives / np.maximum(total, 1e-9), np.nan),
+        }
+    )
+    above_pos = np.cumsum(positives[::-1])[::-1]
+    above_neg = np.cumsum(negatives[::-1])[::-1]
+    thresholds = pd.DataFrame(
+        {
+            "threshold": edges[:-1],
+            "true_positive": above_pos,
+            "false_positive": above_neg,
+            "false_negative": positives.sum() - above_pos,
+            "true_negative": negatives.sum() - above_neg,
+        }
+    )
+    worst = max(accuracy.values(), default=0.0)
+    note = f"from DP score histograms ({bins} bins, equal on the logit scale); each count within +/-{worst:.0f} per partner (95%)"
+    return [
+        ResultTable("evaluation", pd.DataFrame(rows), (note,)),
+        ResultTable("calibration", calibration, (note,)),
+        ResultTable(
+            "thresholds", thresholds, (note, "a record counts as predicted positive at score >= threshold")
+        ),
+    ]
+
+
+def model_card(
+    spec: AnalysisSpec, step: ModelStep, model: GlmModel, tables: list[ResultTable], spent: dict[str, float]
+) -> str:
+    partners = list(spent)
+    """A short Markdown card: what the model is, on whose data, at what privacy cost, how good."""
+    budget = spec.step_budget(step.id)
+    m = step.model
+    lines = [
+        f"# Model card: {spec.name}",
+        "",
+        spec.description.strip() or f"A {m.family} regression of `{m.target}`.",
+        "",
+        f"- Family: {m.family}; target `{m.target}`"
+        + (f" (1 = {m.positive!r})" if m.positive is not None else ""),
+        f"- Features: {', '.join(f.column for f in m.features)} ({m.dimension()} terms with the intercept)",
+        f"- Fitted by federated Newton: {m.rounds} rounds, then one evaluation release",
+        f"- Partners: {', '.join(partners)}",
+        f"- Privacy: {budget.describe()} per partner for the whole model "
+        f"(epsilon {budget.epsilon(DISPLAY_DELTA):.3g} at delta {DISPLAY_DELTA:g}); spent: "
+        + ", ".join(f"{p} rho {v:.4g}" for p, v in spent.items()),
+        f"- Privacy unit: {spec.privacy.unit.identifier}, at most {spec.privacy.unit.max_rows} records each",
+        f"- Spec hash: {spec.spec_hash()}",
+        "",
+        "## Coefficients (95% intervals include the DP noise)",
+        "",
+        "| term | estimate | 95% interval |",
+        "|---|---:|---|",
+    ]
+    for name, b, h in zip(m.names(), model.coefficients, model.interval95, strict=True):
+        lines.append(f"| {name} | {b:.4f} | [{b - h:.4f}, {b + h:.4f}] |")
+    evaluation = next((t for t in tables if t.name == "evaluation"), None)
+    if evaluation is not None:
+        frame = evaluation.frame
+        lines += ["", "## Evaluation (from DP releases)", "", "| " + " | ".join(frame.columns) + " |"]
+        lines.append("|" + "---|" * len(frame.columns))
+        for row in frame.itertuples(index=False):
+            lines.append(
+                "| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row) + " |"
+            )
+    return "\n".join(lines) + "\n"

