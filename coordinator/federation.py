@@ -9,6 +9,7 @@ here is recorded by PID and stopped by PID, newest first, when the federation cl
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -49,7 +50,12 @@ class EmbeddedFederation:
         seed: int = 7,
         partners: tuple[str, ...] = PARTNERS,
         manual: frozenset[str] = frozenset(),
+        partner_configs: Callable[[str, Path], dict[str, Path]] | None = None,
     ) -> None:
+        """`partner_configs(fleet_address, ca_cert)`, when given, writes the partners' folders
+        (node.yaml, data, keys/node.key and keys/node.pub) instead of the synthetic ones and
+        returns partner -> node.yaml."""
+        self.partner_configs = partner_configs
         self.work_dir = work_dir
         self.rows = rows
         self.seed = seed
@@ -96,18 +102,22 @@ class EmbeddedFederation:
         _embedded_coordinator(self.coordinator_dir)
         self.service = CoordinatorService(self.coordinator_dir, processes=self.processes)
         self.service.start()
-        self.configs = write_federation(
-            self.work_dir,
-            self.rows,
-            self.seed,
-            coordinator=self.fleet_address,
-            manual=self.manual,
-            ca_cert=self.ca_cert,
-        )
+        if self.partner_configs is not None:
+            self.configs = self.partner_configs(self.fleet_address, self.ca_cert)
+            self.partners = tuple(self.configs)
+        else:
+            self.configs = write_federation(
+                self.work_dir,
+                self.rows,
+                self.seed,
+                coordinator=self.fleet_address,
+                manual=self.manual,
+                ca_cert=self.ca_cert,
+            )
         link = self.link()
         try:
             for partner in self.partners:
-                link.register_node((self.work_dir / partner / "keys" / "node.pub").read_bytes(), partner)
+                link.register_node((self.configs[partner].parent / "keys" / "node.pub").read_bytes(), partner)
         finally:
             link.close()
         for partner in self.partners:

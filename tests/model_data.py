@@ -46,15 +46,30 @@ def split_train_test(frame: pd.DataFrame, held_out: int = 5_000) -> tuple[pd.Dat
 
 
 def write_partners(
-    root: Path, train: pd.DataFrame, caps: dict[int, float] | None = None, extra: str = ""
+    root: Path,
+    train: pd.DataFrame,
+    caps: dict[int, float] | None = None,
+    coordinator: str | None = None,
+    ca_cert: Path | None = None,
 ) -> dict[str, Path]:
-    """One node per accident year under `root/yYEAR/`; return partner -> node.yaml."""
+    """One node per accident year under `root/yYEAR/`; return partner -> node.yaml. With a
+    coordinator, each node also gets a key pair and trusts `ca_cert`."""
+    import shutil
+
+    from node_agent.keys import write_key_pair
+
+    extra = ""
+    if coordinator is not None and ca_cert is not None:
+        extra = f"coordinator: {coordinator}\npoll_interval: 0.05\ntransport: {{ca_cert: keys/ca.crt}}\n"
     configs = {}
     for year, part in train.groupby("yearacc"):
         partner = f"y{year}"
         folder = root / partner
         (folder / "data").mkdir(parents=True, exist_ok=True)
         part[COLUMNS].to_parquet(folder / "data" / "crashes.parquet", index=False)
+        if extra:
+            write_key_pair(folder / "keys")
+            shutil.copyfile(ca_cert or Path(), folder / "keys" / "ca.crt")
         cap = (caps or {}).get(int(year), 5.0)
         (folder / "node.yaml").write_text(NODE_YAML.format(partner=partner, cap=cap, extra=extra))
         configs[partner] = folder / "node.yaml"

