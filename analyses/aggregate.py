@@ -19,8 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from analyses.glm import score_edges
 from analyses.release import MeasurementRelease, NodeRelease, StepRelease
-from analyses.spec import AnalysisSpec, HistogramStep, QuantileStep, Step
+from analyses.spec import AnalysisSpec, HistogramStep, QuantileStep, ScoreStep, Step
 from privacy.accuracy import pooled_accuracy95, ratio_accuracy95
 from privacy.disclosure import round_to, suppress_small
 from privacy.errors import ProtocolError
@@ -51,6 +52,9 @@ class PooledVector:
 
 def key_frame(step: Step) -> pd.DataFrame:
     """All public cells of a step, in canonical (row-major) order."""
+    if isinstance(step, ScoreStep):
+        edges = score_edges(step.bins)
+        return pd.DataFrame({"score_from": edges[:-1], "score_to": edges[1:]})
     keys = [step.band(), *step.by] if isinstance(step, HistogramStep) else list(step.by)
     if not keys:
         return pd.DataFrame(index=range(1))

@@ -47,6 +47,7 @@ __all__ = [
     "newton_rounds",
     "noise_limited",
     "release_stats",
+    "score_counts",
     "score_edges",
     "score_histograms",
 ]
@@ -401,9 +402,18 @@ def score_edges(bins: int) -> FloatArray:
     return np.concatenate([[0.0], inner, [1.0]])
 
 
+def score_counts(scores: FloatArray, bins: int) -> npt.NDArray[np.int64]:
+    """Counts of scores in the `score_edges(bins)` bins."""
+    return np.bincount(_score_bins(scores, bins), minlength=bins).astype(np.int64)
+
+
+def _score_bins(scores: FloatArray, bins: int) -> npt.NDArray[np.intp]:
+    return np.clip(np.searchsorted(score_edges(bins), scores, side="right") - 1, 0, bins - 1)
+
+
 def score_histograms(scores: FloatArray, labels: FloatArray, bins: int) -> npt.NDArray[np.int64]:
     """Counts of scores in the `score_edges(bins)` bins: negatives first, then positives."""
-    index = np.clip(np.searchsorted(score_edges(bins), scores, side="right") - 1, 0, bins - 1)
+    index = _score_bins(scores, bins)
     positive = labels > 0.5
     return np.concatenate(
         [np.bincount(index[~positive], minlength=bins), np.bincount(index[positive], minlength=bins)]

@@ -22,7 +22,15 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from analyses.glm import RoundState, design, evaluation_histograms, release_stats
+from analyses.glm import (
+    RoundState,
+    design,
+    encode,
+    evaluation_histograms,
+    mean_response,
+    release_stats,
+    score_counts,
+)
 from analyses.release import MeasurementRelease, StepRelease
 from analyses.spec import (
     AnalysisSpec,
@@ -31,6 +39,7 @@ from analyses.spec import (
     MeanStep,
     ModelStep,
     QuantileStep,
+    ScoreStep,
     Step,
     SumStep,
 )
@@ -158,6 +167,10 @@ def exact_aggregates(
     Only rows that survive truncation to `unit` are counted, so the sensitivities hold.
     """
     max_rows = unit.max_rows
+    if isinstance(step, ScoreStep):
+        kept = data.frame.loc[data.keep(unit)]
+        scores = mean_response(step.model, encode(step.model, kept), np.asarray(step.coefficients))
+        return {"count": (score_counts(scores, step.bins), max_rows, 1.0)}
     if isinstance(step, HistogramStep):
         cells = data.cells((step.band(), *step.by), unit)
         return {"count": (_bincount(cells, step.cells()), max_rows, 1.0)}

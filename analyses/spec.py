@@ -32,6 +32,7 @@ __all__ = [
     "ModelStep",
     "PrivacySpec",
     "QuantileStep",
+    "ScoreStep",
     "Step",
     "SumStep",
     "UnitSpec",
@@ -282,10 +283,47 @@ class ModelStep(_StepBase):
         return ("stats",)
 
 
+class ScoreStep(_StepBase):
+    """Scores every record at each node with a fitted model. The scores stay at the node (a
+    local file next to its ledger); only a DP histogram of them, in `bins` bins equal on the
+    logit scale, leaves."""
+
+    kind: Literal["score"]
+    model: ModelSpec
+    coefficients: tuple[float, ...] = Field(min_length=1)
+    bins: int = Field(default=40, ge=2, le=1000)
+
+    @model_validator(mode="after")
+    def _fits(self) -> ScoreStep:
+        if self.by:
+            raise ValueError("a score step has no 'by' keys")
+        if len(self.coefficients) != self.model.dimension():
+            raise ValueError(
+                f"{len(self.coefficients)} coefficients for a model with {self.model.dimension()} terms "
+                f"({', '.join(self.model.names())})"
+            )
+        if not all(math.isfinite(c) for c in self.coefficients):
+            raise ValueError("coefficients must be finite")
+        return self
+
+    def columns(self) -> tuple[str, ...]:
+        return tuple(f.column for f in self.model.features)
+
+    def key_columns(self) -> tuple[str, ...]:
+        return ("score_from", "score_to")
+
+    def cells(self) -> int:
+        return self.bins
+
+    def measurements(self) -> tuple[str, ...]:
+        return ("count",)
+
+
 Step = Annotated[
-    CountStep | SumStep | MeanStep | HistogramStep | QuantileStep | ModelStep, Field(discriminator="kind")
+    CountStep | SumStep | MeanStep | HistogramStep | QuantileStep | ModelStep | ScoreStep,
+    Field(discriminator="kind"),
 ]
-AnyStep = CountStep | SumStep | MeanStep | HistogramStep | QuantileStep | ModelStep
+AnyStep = CountStep | SumStep | MeanStep | HistogramStep | QuantileStep | ModelStep | ScoreStep
 
 
 class PrivacySpec(_Model):
@@ -350,6 +388,8 @@ class AnalysisSpec(_Model):
             if step.dataset is None and self.dataset is None:
                 problems.append(f"step {step.id!r} has no dataset: set 'dataset' on the analysis")
             cols = [k.column for k in step.by]
+            if isinstance(step, ScoreStep):
+                cols += list(step.columns())
             if isinstance(step, ModelStep):
                 cols += list(step.columns())
                 if len(self.steps) > 1:

@@ -55,6 +55,16 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("--out", type=Path, required=True)
     synth.add_argument("--rows", type=int, default=60_000)
     synth.add_argument("--seed", type=int, default=7)
+    score = sub.add_parser(
+        "score-spec", help="write the spec that scores every record at each node with a fitted model.json"
+    )
+    score.add_argument("model", type=Path, help="model.json written by a model run")
+    score.add_argument("--dataset", required=True, help="the logical dataset to score")
+    score.add_argument("--identifier", required=True, help="the dataset's identifier column")
+    score.add_argument("--max-rows", type=int, default=1, help="privacy unit: rows per person (default 1)")
+    score.add_argument("--rho", type=float, default=0.05, help="budget of the published score histogram")
+    score.add_argument("--name", default="risk_scores", help="analysis name")
+    score.add_argument("--out", type=Path, required=True, help="spec file to write")
     _coordinator_parser(sub)
     return parser
 
@@ -237,6 +247,24 @@ def _serve_coordinator(folder: Path) -> int:
     return ExitCode.OK
 
 
+def _score_spec(args: argparse.Namespace) -> int:
+    from analyses.documents import parse_document
+    from analyses.glm import GlmModel
+    from analyses.spec import AnalysisSpec
+    from coordinator.models import score_spec
+    from privacy.errors import SpecError
+
+    try:
+        model = GlmModel.from_json(args.model.read_text())
+    except OSError as exc:
+        raise SpecError(f"{args.model}: cannot read the model: {exc.strerror}") from exc
+    text = score_spec(model, args.name, args.dataset, args.rho, args.identifier, args.max_rows)
+    parse_document(text, AnalysisSpec, source=str(args.out))  # what we write must be valid
+    args.out.write_text(text)
+    print(f"wrote {args.out}: run it with `oda run {args.out}`; each partner keeps its scores locally")
+    return ExitCode.OK
+
+
 def _schema(out: Path) -> int:
     from pydantic import BaseModel
 
@@ -270,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
             return ExitCode.OK
         if args.command == "coordinator":
             return _coordinator(args)
+        if args.command == "score-spec":
+            return _score_spec(args)
         return _run(args)
     except (OdaError, KeyboardInterrupt) as exc:
         code = code_for(exc)

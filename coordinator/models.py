@@ -38,7 +38,7 @@ from privacy.errors import FederationError
 if TYPE_CHECKING:
     from coordinator.orchestrator import AnalysisResult, Transport
 
-__all__ = ["run_model"]
+__all__ = ["run_model", "score_spec"]
 
 
 def _stats(step: ModelStep, release: NodeRelease) -> LocalStats:
@@ -248,3 +248,26 @@ def model_card(
                 "| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row) + " |"
             )
     return "\n".join(lines) + "\n"
+
+
+def score_spec(model: GlmModel, name: str, dataset: str, rho: float, identifier: str, max_rows: int) -> str:
+    """The analysis spec that scores every record at each node with `model` (scores stay local)."""
+    import yaml
+
+    document = {
+        "version": 1,
+        "name": name,
+        "description": f"Local risk scores from model {model.metadata.get('analysis', '')!s}; "
+        "each partner keeps its scores, only a DP histogram of them is published.",
+        "dataset": dataset,
+        "privacy": {"rho": rho, "unit": {"identifier": identifier, "max_rows": max_rows}},
+        "steps": [
+            {
+                "kind": "score",
+                "id": "scores",
+                "model": model.spec.model_dump(mode="json", exclude_defaults=True),
+                "coefficients": [float(c) for c in model.coefficients],
+            }
+        ],
+    }
+    return str(yaml.safe_dump(document, sort_keys=False))

@@ -16,15 +16,16 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import pandas as pd
 from pydantic import ValidationError
 
 from analyses.catalog import DatasetSchema, check_steps
 from analyses.documents import format_validation_error, parse_document
-from analyses.glm import RoundState
+from analyses.glm import RoundState, encode, mean_response
 from analyses.local_step import LocalData, planned_cost, release_steps
 from analyses.release import PROTOCOL_VERSIONS, AnalysisRequest, NodeRelease, StepRelease
-from analyses.spec import AnalysisSpec, ModelStep, Step
+from analyses.spec import AnalysisSpec, ModelStep, ScoreStep, Step
 from node_agent.audit import AuditLog
 from node_agent.config import NodeConfig
 from node_agent.connectors import content_hash, load_dataset, write_snapshot
@@ -88,6 +89,12 @@ def _summary(spec: AnalysisSpec, steps: list[Step]) -> str:
             parts.append(
                 f"{model.family} model of {model.target} on {', '.join(f.column for f in model.features)} "
                 f"({model.rounds} rounds + evaluation)"
+            )
+            continue
+        if isinstance(step, ScoreStep):
+            parts.append(
+                f"score every record with a {step.model.family} model of {step.model.target} "
+                f"(scores kept in a local file; a {step.bins}-bin histogram is released)"
             )
             continue
         keys = ", ".join(k.output for k in step.by) or "no keys"
@@ -330,6 +337,9 @@ class NodeAgent:
                 since=self.period_start(),
             )
             try:
+                for step in steps:
+                    if isinstance(step, ScoreStep):
+                        self.write_scores(spec, step)
                 data = {name: LocalData(self.frame(name)) for name in {spec.dataset_of(s) for s in steps}}
                 released = release_steps(spec, steps, data, _round_state(request, spec, steps))
             except Exception as exc:
@@ -348,6 +358,28 @@ class NodeAgent:
             "released %s (%s) to %s: %s", spec.name, request.request_id, request.requester, cost.describe()
         )
         return audited
+
+    def scores_path(self, spec: AnalysisSpec, step: ScoreStep) -> Path:
+        return Path(self.config.state_dir) / "scores" / f"{spec.name}.{step.id}.parquet"
+
+    def write_scores(self, spec: AnalysisSpec, step: ScoreStep) -> Path:
+        """Score every record of the step's dataset into a local Parquet file (identifier, score).
+
+        The file stays here: it is never part of a release. Written whole, then renamed, so a
+        reader never sees half of it.
+        """
+        dataset = spec.dataset_of(step)
+        frame = self.frame(dataset)
+        identifier = self.config.datasets[dataset].identifier
+        scores = mean_response(step.model, encode(step.model, frame), np.asarray(step.coefficients))
+        path = self.scores_path(spec, step)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        pd.DataFrame({identifier: frame[identifier].to_numpy(), "score": scores}).to_parquet(tmp, index=False)
+        tmp.chmod(0o600)
+        tmp.replace(path)
+        log.info("wrote %d local scores to %s (not released)", len(frame), path)
+        return path
 
     def _audited(self, request: AnalysisRequest, release: NodeRelease, bundle_hash: str) -> NodeRelease:
         """Write the release's audit entry, then stamp the release with the new chain head."""

@@ -94,8 +94,8 @@ class DatasetConfig(_Model):
         return "parquet" if (self.path or "").endswith((".parquet", ".pq")) else "csv"
 
 
-StepKind = Literal["count", "sum", "mean", "histogram", "quantile", "model"]
-ALL_STEP_KINDS: tuple[StepKind, ...] = ("count", "sum", "mean", "histogram", "quantile", "model")
+StepKind = Literal["count", "sum", "mean", "histogram", "quantile", "model", "score"]
+ALL_STEP_KINDS: tuple[StepKind, ...] = ("count", "sum", "mean", "histogram", "quantile", "model", "score")
 
 
 class RenewalConfig(_Model):

@@ -176,3 +176,40 @@ def test_model_refused_everywhere_says_why(tmp_path: Path) -> None:
     finally:
         for agent in agents:
             agent.close()
+
+
+def test_scores_stay_at_the_nodes_and_only_a_dp_histogram_leaves(
+    partners: tuple[list[NodeAgent], tuple[object, object]], tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    from analyses.spec import ScoreStep
+
+    agents, _ = partners
+    fitted = run_analysis(SPEC_TEXT, InProcessTransport(agents), out_dir=tmp_path / "fit")
+    assert fitted.model is not None
+    spec_path = tmp_path / "score.yaml"
+    options = ["--dataset", "crashes", "--identifier", "person_id", "--rho", "0.05", "--out", str(spec_path)]
+    oda = [sys.executable, "-m", "coordinator.cli", "score-spec", str(tmp_path / "fit" / "model.json")]
+    subprocess.run([*oda, *options], check=True, capture_output=True)
+    result = run_analysis(spec_path.read_text(), InProcessTransport(agents))
+    spec = result.spec
+    step = spec.steps[0]
+    assert isinstance(step, ScoreStep)
+    for agent in agents:
+        local = pd.read_parquet(agent.scores_path(spec, step))
+        frame = agent.frame("crashes")
+        assert len(local) == len(frame) and list(local.columns) == ["person_id", "score"]
+        np.testing.assert_allclose(local.score.to_numpy(), fitted.model.predict(frame))
+    for release in result.releases:  # a histogram, not scores or identifiers
+        assert [len(m.values) for s in release.steps for m in s.measurements] == [step.bins]
+    table = result.tables[0].frame
+    assert len(table) == step.bins and {"score_from", "score_to", "count", "count_accuracy95"} <= set(
+        table.columns
+    )
+    total = sum(len(a.frame("crashes")) for a in agents)
+    assert abs(table["count"].fillna(0).sum() - total) < 0.05 * total  # small cells suppressed
+    assert all(a.ledger.entries()[-1].rho == pytest.approx(0.05) for a in agents)
