@@ -176,15 +176,18 @@ def _connection_refused(settings: ConnectionSettings, flower_said: list[str]) ->
     said = " ".join(" ".join(flower_said).split())
     if "activate SuperNode" in said or "2004" in said:
         why = (
-            "the coordinator does not know this node's key. Send keys/node.pub to the coordinator, "
+            "it does not know this node's key. Send keys/node.pub to the coordinator, "
             "who registers it with `oda coordinator register-node`, then start again"
         )
     elif settings.insecure:
         why = "it did not accept plain HTTP: remove transport.insecure and set transport.ca_cert"
     else:
-        why = "check the address, transport.ca_cert, and that the coordinator is running"
+        why = (
+            "it refused this node or stayed unreachable (transport.connect_timeout): check the address, "
+            "transport.ca_cert, and that the coordinator is running"
+        )
     return FederationError(
-        f"the coordinator at {settings.address} refused this node: {why}. Flower said: {said}"
+        f"cannot connect to the coordinator at {settings.address}: {why}. Flower said: {said}"
     )
 
 
@@ -241,6 +244,7 @@ def serve(
             agent.config.transport.connect_timeout,
         ) as conn:
             connected, node_id = True, int(conn[0])
+            flower_log.removeHandler(flower_errors)  # only the set-up's errors are wanted
             try:
                 _serve_loop(agent, conn, stop, interval)
             except Exception as exc:  # Flower's context manager would log and swallow it

@@ -292,3 +292,22 @@ def test_unregistered_key_stops_a_running_node(coordinator: Coordinator) -> None
             node.send_signal(signal.SIGTERM)
             node.wait(20)
     assert "no longer accepts this node's key" in log.read_text()
+
+
+def test_unreachable_coordinator_is_given_up_after_connect_timeout(coordinator: Coordinator) -> None:
+    config = coordinator.configs["council"]
+    original = config.read_text()
+    closed = f"127.0.0.1:{free_port()}"
+    try:
+        config.write_text(
+            original.replace(f"coordinator: {coordinator.fleet}", f"coordinator: {closed}").replace(
+                "transport: {ca_cert: keys/ca.crt, node_key: keys/node.key}",
+                "transport: {ca_cert: keys/ca.crt, node_key: keys/node.key, connect_timeout: 2}",
+            )
+        )
+        done = _start_node(config)
+    finally:
+        config.write_text(original)
+    assert done.returncode == ExitCode.FEDERATION, done.stderr
+    assert f"cannot connect to the coordinator at {closed}" in done.stderr
+    assert "stayed unreachable (transport.connect_timeout)" in done.stderr
