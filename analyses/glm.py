@@ -150,6 +150,9 @@ class RoundState(_Model):
     def opens_run(self) -> bool:
         return self.phase == "fit" and self.round == 0
 
+    def first_request_id(self) -> str:
+        return f"{self.run}-fit0"
+
     def check(self, spec: ModelSpec) -> RoundState:
         """Raises: SpecError when the state does not fit `spec` (wrong length, round past the end)."""
         if len(self.coefficients) != spec.dimension():

@@ -49,7 +49,7 @@ from privacy.errors import SpecError
 from privacy.mechanisms import MECHANISM_INTEGER_GAUSSIAN, NoisyVector, integer_gaussian
 from privacy.unit import PrivacyUnit, unit_mask
 
-__all__ = ["LocalData", "exact_aggregates", "planned_cost", "release_steps"]
+__all__ = ["LocalData", "exact_aggregates", "measurement_release", "planned_cost", "release_steps"]
 
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
@@ -222,7 +222,7 @@ def _model_release(
         )
     else:
         histograms = evaluation_histograms(step.model, x, y, beta, step.evaluate_bins)
-        measurement = _measurement("scores", 1.0, integer_gaussian(histograms, unit.max_rows, budget))
+        measurement = measurement_release("scores", 1.0, integer_gaussian(histograms, unit.max_rows, budget))
     return StepRelease(step.id, step.kind, "hidden", (measurement,))
 
 
@@ -257,13 +257,16 @@ def release_steps(
             step.id,
             step.kind,
             "hidden",
-            tuple(_measurement(name, unit_value, noisy.result()) for name, unit_value, noisy in futures),
+            tuple(
+                measurement_release(name, unit_value, noisy.result()) for name, unit_value, noisy in futures
+            ),
         )
         for step, futures in planned
     ]
 
 
-def _measurement(name: str, unit_value: float, noisy: NoisyVector) -> MeasurementRelease:
+def measurement_release(name: str, unit_value: float, noisy: NoisyVector) -> MeasurementRelease:
+    """The wire form of one OpenDP release."""
     return MeasurementRelease(
         name=name,
         values=noisy.values,

@@ -33,6 +33,7 @@ __all__ = [
     "PrivacySpec",
     "QuantileStep",
     "ScoreStep",
+    "SgdStep",
     "Step",
     "SumStep",
     "UnitSpec",
@@ -319,11 +320,46 @@ class ScoreStep(_StepBase):
         return ("count",)
 
 
+class SgdStep(_StepBase):
+    """A classifier (a one-hidden-layer network; `hidden: 0` is logistic regression) trained by
+    FedAvg through Flower's strategy: each round every node releases its noisy sum of clipped
+    per-record gradients and its noisy row count, and returns the one-step local model."""
+
+    kind: Literal["sgd"]
+    model: ModelSpec
+    hidden: int = Field(default=8, ge=0, le=64)
+    rounds: int = Field(default=20, ge=1, le=200)
+    learning_rate: float = Field(default=1.0, gt=0, le=100)
+    clip: float = Field(default=1.0, gt=0, le=100, description="L2 bound on one record's gradient")
+    seed: int = Field(default=0, ge=0, description="initial weights")
+
+    @model_validator(mode="after")
+    def _classifier(self) -> SgdStep:
+        if self.by:
+            raise ValueError("an sgd step has no 'by' keys: put categories in model.features")
+        if self.model.family != "logistic":
+            raise ValueError("an sgd step trains a classifier: model.family must be logistic")
+        return self
+
+    def requests(self) -> int:
+        return self.rounds
+
+    def columns(self) -> tuple[str, ...]:
+        return (self.model.target, *(f.column for f in self.model.features))
+
+    def cells(self) -> int:
+        p = self.model.dimension()
+        return p if self.hidden == 0 else self.hidden * p + self.hidden + 1
+
+    def measurements(self) -> tuple[str, ...]:
+        return ("gradient", "count")
+
+
 Step = Annotated[
-    CountStep | SumStep | MeanStep | HistogramStep | QuantileStep | ModelStep | ScoreStep,
+    CountStep | SumStep | MeanStep | HistogramStep | QuantileStep | ModelStep | ScoreStep | SgdStep,
     Field(discriminator="kind"),
 ]
-AnyStep = CountStep | SumStep | MeanStep | HistogramStep | QuantileStep | ModelStep | ScoreStep
+AnyStep = CountStep | SumStep | MeanStep | HistogramStep | QuantileStep | ModelStep | ScoreStep | SgdStep
 
 
 class PrivacySpec(_Model):
@@ -390,10 +426,10 @@ class AnalysisSpec(_Model):
             cols = [k.column for k in step.by]
             if isinstance(step, ScoreStep):
                 cols += list(step.columns())
-            if isinstance(step, ModelStep):
+            if isinstance(step, ModelStep | SgdStep):
                 cols += list(step.columns())
                 if len(self.steps) > 1:
-                    problems.append(f"model step {step.id!r} must be the only step of its analysis")
+                    problems.append(f"{step.kind} step {step.id!r} must be the only step of its analysis")
             if identifier in cols or getattr(step, "column", None) == identifier:
                 problems.append(
                     f"step {step.id!r} uses the identifier {identifier!r} as a key or value: "
@@ -422,6 +458,10 @@ class AnalysisSpec(_Model):
         """The model step, when this analysis fits a model."""
         return next((s for s in self.steps if isinstance(s, ModelStep)), None)
 
+    def sgd_step(self) -> SgdStep | None:
+        """The sgd step, when this analysis trains a classifier by FedAvg."""
+        return next((s for s in self.steps if isinstance(s, SgdStep)), None)
+
     def dataset_of(self, step: AnyStep) -> str:
         """The logical dataset a step reads."""
         return step.dataset or self.dataset or ""
@@ -440,7 +480,7 @@ class AnalysisSpec(_Model):
         """What one request debits for a step: its whole share, or for a model step one round's."""
         step = next(s for s in self.steps if s.id == step_id)
         share = self.step_budget(step_id)
-        return Rho(share.value / step.requests()) if isinstance(step, ModelStep) else share
+        return Rho(share.value / step.requests()) if isinstance(step, ModelStep | SgdStep) else share
 
     def spec_hash(self) -> str:
         """sha256 of the canonical JSON of the validated spec: what the nodes agreed to run."""

@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from typing import Literal, cast
 
 import httpx
+import numpy as np
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.cli.build import build_fab_from_files
 from flwr.common.constant import SubStatus
 from flwr.common.serde import (
@@ -45,6 +46,7 @@ from flwr.proto.runtime_pb2 import (
     PushTaskOutputRequest,
 )
 from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg
 from flwr.supercore.constant import TaskType
 from flwr.supercore.control import ControlHttpClient
 from flwr.supercore.fab import Fab
@@ -249,6 +251,35 @@ class FlowerLink:
         finally:
             finish()
 
+    def fedavg(
+        self, request_json: str, initial: np.ndarray, rounds: int, timeout: float
+    ) -> tuple[np.ndarray, list[NodeReply]]:
+        """Train by Flower's FedAvg strategy: each round every node gets the weights and the
+        request (the round number is Flower's `server-round`) and answers with its local model,
+        its noisy row count as `num-examples`, and its release. Returns the final weights and
+        every node reply (releases and refusals) of every round.
+
+        Raises:
+            FederationError: the SuperLink cannot be reached, or no node trained in some round.
+        """
+        grid, finish = self._open_run()
+        recording = _RecordingGrid(grid, timeout)
+        try:
+            strategy = FedAvg(fraction_evaluate=0.0, min_train_nodes=1, min_available_nodes=1)
+            result = strategy.start(
+                grid=recording,  # type: ignore[arg-type]  # duck-typed: the Grid calls FedAvg makes
+                initial_arrays=ArrayRecord([initial]),
+                num_rounds=rounds,
+                timeout=timeout,
+                train_config=ConfigRecord({"oda-request": request_json}),
+            )
+        except httpx.HTTPError as exc:
+            raise FederationError(f"lost the SuperLink at {self.address}: {exc}") from exc
+        finally:
+            finish()
+        arrays = result.arrays.to_numpy_ndarrays()
+        return np.asarray(arrays[0], dtype=np.float64), recording.replies
+
     def _open_run(self) -> tuple[HttpGrid, Callable[[], None]]:
         try:
             started = self._control.StartRun(
@@ -298,6 +329,42 @@ class FlowerLink:
             grid.close()
 
         return grid, finish
+
+
+class _RecordingGrid:
+    """The Grid calls Flower's strategies make, with replies pulled every `POLL_INTERVAL` (not
+    `send_and_receive`'s 3 s) and every reply kept, so the releases reach the manifest."""
+
+    def __init__(self, grid: HttpGrid, timeout: float) -> None:
+        self._grid = grid
+        self._timeout = timeout
+        self.replies: list[NodeReply] = []
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._grid, name)
+
+    def send_and_receive(self, messages: list[Message], *, timeout: float | None = None) -> list[Message]:
+        ids = list(self._grid.push_messages(messages))
+        pending = {mid: m.metadata.dst_node_id for mid, m in zip(ids, messages, strict=True) if mid}
+        got: list[Message] = []
+        deadline = time.monotonic() + (timeout or self._timeout)
+        while pending and time.monotonic() < deadline:
+            for reply_to, reply in _pull_replies(self._grid, list(pending)):
+                node = pending.pop(reply_to, None)
+                if node is None or isinstance(reply, str):
+                    continue
+                got.append(reply)
+                if reply.has_error():
+                    outcome: Literal["refused", "error"] = "refused" if reply.error.code == 400 else "error"
+                    self.replies.append(NodeReply(node, outcome, reply.error.reason or ""))
+                else:
+                    body = reply.content.config_records["release"]["json"]
+                    self.replies.append(NodeReply(node, "release", str(body)))
+            if pending:
+                time.sleep(POLL_INTERVAL)
+        for node in pending.values():
+            self.replies.append(NodeReply(node, "timeout", json.dumps({"message": "no reply in time"})))
+        return got
 
 
 # The ServerApp that the runner bundle's shim names, for stock `flwr run` deployments:

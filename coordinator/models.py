@@ -31,14 +31,15 @@ from analyses.glm import (
     score_edges,
 )
 from analyses.release import PROTOCOL_VERSIONS, AnalysisRequest, NodeRelease
+from analyses.sgd import SgdModel, initial_weights
 from analyses.spec import AnalysisSpec, ModelStep
 from privacy.budget import DISPLAY_DELTA, Rho
-from privacy.errors import FederationError
+from privacy.errors import FederationError, SpecError
 
 if TYPE_CHECKING:
     from coordinator.orchestrator import AnalysisResult, Transport
 
-__all__ = ["run_model", "score_spec"]
+__all__ = ["run_model", "run_sgd", "score_spec"]
 
 
 def _stats(step: ModelStep, release: NodeRelease) -> LocalStats:
@@ -119,6 +120,62 @@ def run_model(
     )
     result = AnalysisResult(spec, run_id, tables, every_release, refusals, model=model)
     result.model_card = model_card(spec, step, model, tables, spent)
+    return result
+
+
+def run_sgd(
+    spec: AnalysisSpec, spec_text: str, transport: Transport, *, requester: str, timeout: float
+) -> AnalysisResult:
+    """Train an sgd step by Flower's FedAvg strategy (needs the Flower federation).
+
+    Raises:
+        SpecError: the transport cannot run Flower strategies (e.g. in process).
+        FederationError: no partner trained.
+    """
+    from coordinator.orchestrator import AnalysisResult, collect, require_holders
+
+    step = spec.sgd_step()
+    assert step is not None  # noqa: S101  # run_analysis checked
+    fedavg = getattr(transport, "fedavg", None)
+    if fedavg is None:
+        raise SpecError(f"sgd step {step.id!r} trains through Flower's FedAvg: run it on a federation")
+    run_id = uuid.uuid4().hex
+    request = AnalysisRequest(PROTOCOL_VERSIONS[-1], run_id, requester, spec_text, {"run": run_id})
+    initial = initial_weights(step.model, step.hidden, step.seed)
+    weights, replies = fedavg(request.to_json(), initial, step.rounds, timeout)
+    releases, refusals = collect(spec, replies)
+    require_holders(spec, releases, refusals, len(replies))
+    spent = _spent(releases)
+    per_round: dict[str, int] = {}
+    for release in releases:
+        round_name = release.request_id.rsplit("-", 1)[-1]
+        per_round[round_name] = per_round.get(round_name, 0) + 1
+    table = ResultTable(
+        "training",
+        pd.DataFrame({"round": list(per_round), "partners": list(per_round.values())}),
+        (
+            f"FedAvg over {step.rounds} rounds; each partner spent: "
+            + ", ".join(f"{p} rho {v:.4g}" for p, v in spent.items()),
+        ),
+    )
+    model = SgdModel(
+        step.model,
+        step.hidden,
+        tuple(float(w) for w in weights),
+        {
+            "analysis": spec.name,
+            "spec_hash": spec.spec_hash(),
+            "rho_spent_per_partner": spent,
+            "rounds": step.rounds,
+        },
+    )
+    result = AnalysisResult(spec, run_id, [table], releases, refusals, model=model)
+    result.model_card = (
+        f"# Model card: {spec.name}\n\nA {'logistic regression' if step.hidden == 0 else f'network with {step.hidden} hidden units'} "
+        f"for `{step.model.target}` = {step.model.positive!r}, trained by FedAvg (Flower) over {step.rounds} rounds; "
+        f"per-record gradients clipped to {step.clip:g} and noised at each node by OpenDP.\n\n"
+        "Privacy spent per partner: " + ", ".join(f"{p} rho {v:.4g}" for p, v in spent.items()) + "\n"
+    )
     return result
 
 

@@ -19,6 +19,7 @@ from analyses.aggregate import ResultTable, combine
 from analyses.documents import parse_document
 from analyses.glm import GlmModel
 from analyses.release import PROTOCOL_VERSIONS, AnalysisRequest, NodeRelease
+from analyses.sgd import SgdModel
 from analyses.spec import AnalysisSpec
 from coordinator.outputs import write_outputs
 from coordinator.replies import NodeReply
@@ -71,7 +72,7 @@ class AnalysisResult:
     refusals: list[dict[str, str]] = field(default_factory=list)
     out_dir: Path | None = None
     seconds: float = 0.0
-    model: GlmModel | None = None
+    model: GlmModel | SgdModel | None = None
     model_card: str = ""
 
 
@@ -96,6 +97,10 @@ def run_analysis(
         from coordinator.models import run_model
 
         result = run_model(spec, spec_text, transport, requester=requester, timeout=timeout)
+    elif spec.sgd_step() is not None:
+        from coordinator.models import run_sgd
+
+        result = run_sgd(spec, spec_text, transport, requester=requester, timeout=timeout)
     else:
         request = AnalysisRequest(PROTOCOL_VERSIONS[-1], uuid.uuid4().hex, requester, spec_text)
         replies = transport.broadcast(request.to_json(), timeout)

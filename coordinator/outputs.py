@@ -77,7 +77,11 @@ def write_outputs(result: AnalysisResult, out_dir: Path) -> Path:
     if result.model is not None:
         (out_dir / "model.json").write_text(result.model.to_json() + "\n")
         (out_dir / "model_card.md").write_text(result.model_card)
-        manifest["model"] = {"file": "model.json", "card": "model_card.md", "format": "oda-glm/1"}
+        manifest["model"] = {
+            "file": "model.json",
+            "card": "model_card.md",
+            "format": json.loads(result.model.to_json())["format"],
+        }
     path = out_dir / "manifest.json"
     path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return path

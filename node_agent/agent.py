@@ -17,15 +17,17 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 from pydantic import ValidationError
 
 from analyses.catalog import DatasetSchema, check_steps
 from analyses.documents import format_validation_error, parse_document
-from analyses.glm import RoundState, encode, mean_response
-from analyses.local_step import LocalData, planned_cost, release_steps
+from analyses.glm import RoundState, design, encode, mean_response
+from analyses.local_step import LocalData, measurement_release, planned_cost, release_steps
 from analyses.release import PROTOCOL_VERSIONS, AnalysisRequest, NodeRelease, StepRelease
-from analyses.spec import AnalysisSpec, ModelStep, ScoreStep, Step
+from analyses.sgd import TrainState, local_update, n_weights, release_gradient
+from analyses.spec import AnalysisSpec, ModelStep, ScoreStep, SgdStep, Step
 from node_agent.audit import AuditLog
 from node_agent.config import NodeConfig
 from node_agent.connectors import content_hash, load_dataset, write_snapshot
@@ -62,15 +64,25 @@ def spec_hash_of(text: str) -> str:
         return "text:" + hashlib.sha256(text.encode()).hexdigest()
 
 
-def _round_state(request: AnalysisRequest, spec: AnalysisSpec, steps: list[Step]) -> RoundState | None:
+def _round_state(
+    request: AnalysisRequest, spec: AnalysisSpec, steps: list[Step]
+) -> RoundState | TrainState | None:
     """The validated round state of a model request; None for other analyses.
 
     Raises:
         SpecError: a model request without a valid state, or a state sent with another analysis.
     """
+    sgd = spec.sgd_step()
+    if sgd is not None and steps:
+        if request.state is None:
+            raise SpecError(f"sgd step {sgd.id!r} runs in FedAvg rounds: the request carries no round state")
+        try:
+            return TrainState.model_validate(request.state)
+        except ValidationError as exc:
+            raise SpecError(format_validation_error(f"request {request.request_id} state", exc)) from exc
     model = spec.model_step()
     if model is None or not steps:
-        if request.state is not None and model is None:
+        if request.state is not None and model is None and sgd is None:
             raise SpecError("the request carries a round state, but the analysis has no model step")
         return None
     if request.state is None:
@@ -282,7 +294,7 @@ class NodeAgent:
                     f"set privacy.unit.identifier to {dataset.identifier!r}"
                 )
         cost = planned_cost(spec, steps)
-        model = spec.model_step()
+        model = spec.model_step() or spec.sgd_step()
         whole = spec.step_budget(model.id) if model is not None and steps else cost
         if whole.value > policy.max_rho_per_analysis + 1e-12:
             raise PolicyRefusal(
@@ -292,24 +304,22 @@ class NodeAgent:
             )
         state = _round_state(request, spec, steps)
         if state is not None and request.request_id != state.request_id():
-            raise SpecError(
-                f"a {state.phase} request of model run {state.run} must have id {state.request_id()!r}"
-            )
+            raise SpecError(f"a request of model run {state.run} must have id {state.request_id()!r}")
         if state is not None and not state.opens_run():
-            opened = f"{state.run}-fit0"
+            opened = state.first_request_id()
             if not self.ledger.released(opened, spec.spec_hash()):
                 raise PolicyRefusal(
-                    f"this node did not release round 0 of model run {state.run} ({opened}), so it takes "
-                    "no part in the run's later requests; nothing was spent"
+                    f"this node did not release the first round of model run {state.run} ({opened}), so it "
+                    "takes no part in the run's later requests; nothing was spent"
                 )
         if model is not None and state is not None and state.opens_run():
             population = self.config.population_of(spec.dataset_of(model))
             left = self.remaining(population)
             if whole.value > left.value + 1e-12:
                 raise BudgetExhausted(
-                    f"model {spec.name!r} needs {whole.describe()} over its {model.requests()} releases "
-                    f"({model.model.rounds} rounds and the evaluation); population {population!r} has "
-                    f"{left.describe()} left: refused before the first round, nothing was spent"
+                    f"{model.kind} {spec.name!r} needs {whole.describe()} over its {model.requests()} "
+                    f"releases; population {population!r} has {left.describe()} left: refused before "
+                    "the first round, nothing was spent"
                 )
         return spec, steps, cost
 
@@ -318,6 +328,10 @@ class NodeAgent:
     ) -> NodeRelease:
         """Reserve, release, commit, audit: the only path by which anything leaves."""
         spec_hash = spec.spec_hash()
+        if steps and spec.sgd_step() is not None:
+            raise SpecError(
+                "an sgd step is trained by FedAvg train messages (`oda run` sends them), not queries"
+            )
         if not steps:
             release = self._release(request, spec_hash, (), Rho(0.0), None, "not_held")
             return self._audited(request, release, bundle_hash)
@@ -341,7 +355,8 @@ class NodeAgent:
                     if isinstance(step, ScoreStep):
                         self.write_scores(spec, step)
                 data = {name: LocalData(self.frame(name)) for name in {spec.dataset_of(s) for s in steps}}
-                released = release_steps(spec, steps, data, _round_state(request, spec, steps))
+                state = _round_state(request, spec, steps)
+                released = release_steps(spec, steps, data, state if isinstance(state, RoundState) else None)
             except Exception as exc:
                 for entry in entries:
                     self.ledger.fail(entry)
@@ -358,6 +373,88 @@ class NodeAgent:
             "released %s (%s) to %s: %s", spec.name, request.request_id, request.requester, cost.describe()
         )
         return audited
+
+    def train(
+        self, request: AnalysisRequest, weights: npt.NDArray[np.float64], bundle_hash: str = ""
+    ) -> tuple[NodeRelease, npt.NDArray[np.float64], float]:
+        """One FedAvg round of an sgd step: release the noisy gradient sum and row count, and
+        return the release, the local model (one step on the noisy mean) and its FedAvg weight.
+
+        Raises:
+            SpecError, PolicyRefusal, BudgetExhausted, DataError: refusals; nothing is released.
+        """
+        try:
+            spec, steps, cost = self._admit(request)
+            step = spec.sgd_step()
+            state = _round_state(request, spec, steps)
+            if step is None or not steps or not isinstance(state, TrainState):
+                raise SpecError("a train message must carry an sgd analysis on a dataset this node holds")
+            if self.config.policy.approval == "manual":
+                raise PolicyRefusal(
+                    "FedAvg rounds cannot wait for a person: this node's policy.approval is manual"
+                )
+            return self._train(request, spec, step, cost, weights, bundle_hash)
+        except Exception as exc:
+            self.refuse(request, bundle_hash, exc)
+            raise
+
+    def _train(
+        self,
+        request: AnalysisRequest,
+        spec: AnalysisSpec,
+        step: SgdStep,
+        cost: Rho,
+        weights: npt.NDArray[np.float64],
+        bundle_hash: str,
+    ) -> tuple[NodeRelease, npt.NDArray[np.float64], float]:
+        dataset = spec.dataset_of(step)
+        expected = n_weights(step.model, step.hidden)
+        if weights.shape != (expected,) or not np.all(np.isfinite(weights)) or np.abs(weights).max() > 1e4:
+            raise SpecError(f"the weights sent are not {expected} finite numbers of at most 1e4")
+        population = self.config.population_of(dataset)
+        caps = {population: Rho(self.config.policy.total_rho_cap[population])}
+        unit = spec.unit_of(step).to_unit()
+        with self._lock:
+            local = LocalData(self.frame(dataset))
+            entries = self.ledger.reserve(
+                request_id=request.request_id,
+                costs={population: cost},
+                caps=caps,
+                spec_hash=spec.spec_hash(),
+                since=self.period_start(),
+            )
+            try:
+                x, y = design(step.model, local.frame.loc[local.keep(unit)])
+                gradient, unit_value, count = release_gradient(
+                    weights, x, y, step.hidden, step.clip, unit.max_rows, cost
+                )
+                updated, rows = local_update(weights, gradient, unit_value, count, step.learning_rate)
+            except Exception as exc:
+                for entry in entries:
+                    self.ledger.fail(entry)
+                raise InternalError(
+                    f"round of {spec.name!r} failed after its budget was reserved: {exc}"
+                ) from exc
+            for entry in entries:
+                self.ledger.commit(entry)
+            measurements = (
+                measurement_release("gradient", unit_value, gradient),
+                measurement_release("count", 1.0, count),
+            )
+            release = self._release(
+                request,
+                spec.spec_hash(),
+                (StepRelease(step.id, step.kind, "hidden", measurements),),
+                cost,
+                entries[0],
+                "released",
+            )
+            release = replace(release, data_sha256={dataset: self.data_hash(dataset)})
+            audited = self._audited(request, release, bundle_hash)
+        log.info(
+            "trained %s (%s) for %s: %s", spec.name, request.request_id, request.requester, cost.describe()
+        )
+        return audited, updated, rows
 
     def scores_path(self, spec: AnalysisSpec, step: ScoreStep) -> Path:
         return Path(self.config.state_dir) / "scores" / f"{spec.name}.{step.id}.parquet"

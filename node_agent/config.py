@@ -94,8 +94,17 @@ class DatasetConfig(_Model):
         return "parquet" if (self.path or "").endswith((".parquet", ".pq")) else "csv"
 
 
-StepKind = Literal["count", "sum", "mean", "histogram", "quantile", "model", "score"]
-ALL_STEP_KINDS: tuple[StepKind, ...] = ("count", "sum", "mean", "histogram", "quantile", "model", "score")
+StepKind = Literal["count", "sum", "mean", "histogram", "quantile", "model", "score", "sgd"]
+ALL_STEP_KINDS: tuple[StepKind, ...] = (
+    "count",
+    "sum",
+    "mean",
+    "histogram",
+    "quantile",
+    "model",
+    "score",
+    "sgd",
+)
 
 
 class RenewalConfig(_Model):

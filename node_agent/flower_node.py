@@ -20,12 +20,14 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from functools import cache, partial
 from pathlib import Path
 from typing import Any, cast
 
 import httpx
-from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.cli.build import build_fab_from_files
 from flwr.clientapp import ClientApp
 from flwr.common.constant import TIMESTAMP_TOLERANCE
@@ -48,6 +50,7 @@ from flwr.supernode.node_auth_http_interceptor import NodeAuthHttpInterceptor
 
 from analyses.release import AnalysisRequest, NodeRelease
 from analyses.runner_bundle import RUNNER_BUNDLES
+from analyses.sgd import TrainState
 from node_agent.agent import NodeAgent, Pending
 from node_agent.config import load_node_config
 from node_agent.transport import ConnectionSettings
@@ -69,6 +72,7 @@ log = logging.getLogger("oda.node")
 ERROR_CODE_REFUSED = 400
 ERROR_CODE_INTERNAL = 500
 MESSAGE_TYPE = "query"
+TRAIN_TYPE = "train"
 
 
 @cache
@@ -108,6 +112,8 @@ def _refusal_reply(agent: NodeAgent, message: Message, exc: BaseException) -> Me
 def handle_message(agent: NodeAgent, message: Message, fab_hash: str) -> Message | Pending:
     """Answer one message: a release or an error reply naming why; `Pending` when the request
     was filed for manual approval (the reply follows the decision)."""
+    if message.metadata.message_type == TRAIN_TYPE:
+        return _handle_train(agent, message, fab_hash)
     request: AnalysisRequest | None = None
     try:
         if message.metadata.message_type != MESSAGE_TYPE:
@@ -134,6 +140,44 @@ def handle_message(agent: NodeAgent, message: Message, fab_hash: str) -> Message
     if isinstance(outcome, Pending):
         return outcome
     return _release_reply(message, outcome)
+
+
+def _handle_train(agent: NodeAgent, message: Message, fab_hash: str) -> Message:
+    """A FedAvg round from Flower's strategy: weights in `arrays`, our request and Flower's
+    `server-round` in `config`; the reply carries the local model, `num-examples` and the release."""
+    request: AnalysisRequest | None = None
+    try:
+        if fab_hash not in accepted_bundle_hashes():
+            raise ProtocolError(
+                f"app bundle {fab_hash[:12]} is not the oda runner of any protocol version; refused"
+            )
+        config = message.content.config_records.get("config")
+        arrays = message.content.array_records.get("arrays")
+        if config is None or arrays is None or not isinstance(config.get("oda-request"), str):
+            raise ProtocolError("a train message needs 'arrays' and a 'config' with 'oda-request'")
+        base = AnalysisRequest.from_json(cast(str, config["oda-request"]))
+        state = TrainState.model_validate({**(base.state or {}), "round": config.get("server-round")})
+        request = replace(base, request_id=state.request_id(), state=state.model_dump())
+        weights = arrays.to_numpy_ndarrays()
+        if len(weights) != 1:
+            raise ProtocolError(f"a train message carries {len(weights)} arrays; expected 1")
+        flat = np.asarray(weights[0], dtype=np.float64).ravel()
+    except Exception as exc:
+        unknown = AnalysisRequest(0, message.metadata.message_id, "unknown", "")
+        agent.refuse(request or unknown, fab_hash, exc)
+        return _refusal_reply(agent, message, exc if isinstance(exc, UserError) else ProtocolError(str(exc)))
+    try:
+        release, updated, rows = agent.train(request, flat, fab_hash)
+    except Exception as exc:
+        return _refusal_reply(agent, message, exc)
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord([updated]),
+            "metrics": MetricRecord({"num-examples": rows}),
+            "release": ConfigRecord({"json": release.to_json()}),
+        }
+    )
+    return Message(content, reply_to=message)
 
 
 def answer_decided(agent: NodeAgent, held: dict[str, Message]) -> list[Message]:

@@ -60,7 +60,7 @@ def write_partners(
 
     extra = ""
     if coordinator is not None and ca_cert is not None:
-        extra = f"coordinator: {coordinator}\npoll_interval: 0.05\ntransport: {{ca_cert: keys/ca.crt}}\n"
+        extra = f"coordinator: {coordinator}\npoll_interval: 0.2\ntransport: {{ca_cert: keys/ca.crt}}\n"
     configs = {}
     for year, part in train.groupby("yearacc"):
         partner = f"y{year}"

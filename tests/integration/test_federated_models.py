@@ -154,7 +154,7 @@ def test_a_model_request_without_round_state_is_refused(
         )
     from privacy.errors import PolicyRefusal
 
-    with pytest.raises(PolicyRefusal, match="did not release round 0 of model run m"):
+    with pytest.raises(PolicyRefusal, match="did not release the first round of model run m"):
         agents[0].handle(
             AnalysisRequest(
                 1,

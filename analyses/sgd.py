@@ -1,0 +1,173 @@
+"""A small neural network (one hidden tanh layer, sigmoid output) trained by FedAvg, pure.
+
+Each round a node computes every record's gradient of the log-loss at the weights it was sent,
+clips each to L2 norm `clip`, sums them in fixed point and releases the sum and its row count
+with OpenDP's integer Gaussian. Its local model is one gradient step on the noisy mean; Flower's
+FedAvg strategy averages the local models weighted by the noisy counts. `hidden: 0` is logistic
+regression trained the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+
+from analyses.glm import ModelSpec, encode
+from privacy.budget import Rho
+from privacy.errors import SpecError
+from privacy.mechanisms import NoisyVector, integer_gaussian
+
+__all__ = [
+    "TrainState",
+    "gradients",
+    "initial_weights",
+    "local_update",
+    "n_weights",
+    "predict",
+    "release_gradient",
+]
+
+FloatArray = npt.NDArray[np.float64]
+FIXED_POINT_UNITS = 1_000_000
+
+
+class TrainState(BaseModel):
+    """What travels with each FedAvg round besides the weights: the run and the round (from 1)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    run: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    round: int = Field(ge=1, le=1000)
+
+    def request_id(self) -> str:
+        return f"{self.run}-train{self.round}"
+
+    def opens_run(self) -> bool:
+        return self.round == 1
+
+    def first_request_id(self) -> str:
+        return f"{self.run}-train1"
+
+
+def n_weights(model: ModelSpec, hidden: int) -> int:
+    return n_weights_from(model.dimension(), hidden)
+
+
+def initial_weights(model: ModelSpec, hidden: int, seed: int = 0) -> FloatArray:
+    """Small random weights (zeros for logistic regression), the same for a given seed."""
+    if hidden == 0:
+        return np.zeros(model.dimension())
+    rng = np.random.default_rng(seed)
+    return rng.normal(0.0, 0.5 / math.sqrt(model.dimension()), n_weights(model, hidden))
+
+
+def _split(w: FloatArray, p: int, hidden: int) -> tuple[FloatArray, FloatArray, float]:
+    first = w[: hidden * p].reshape(hidden, p)
+    return first, w[hidden * p : hidden * p + hidden], float(w[-1])
+
+
+def predict(w: FloatArray, x: FloatArray, hidden: int) -> FloatArray:
+    """Probability of the positive class for each row of the encoded `x`."""
+    if hidden == 0:
+        eta = x @ w
+    else:
+        first, second, bias = _split(w, x.shape[1], hidden)
+        eta = np.tanh(x @ first.T) @ second + bias
+    return np.asarray(1.0 / (1.0 + np.exp(-np.clip(eta, -30, 30))), dtype=np.float64)
+
+
+def gradients(w: FloatArray, x: FloatArray, y: FloatArray, hidden: int) -> FloatArray:
+    """Each record's gradient of the log-loss (one row per record)."""
+    if hidden == 0:
+        return np.asarray(x * (predict(w, x, 0) - y)[:, None], dtype=np.float64)
+    p = x.shape[1]
+    first, second, _ = _split(w, p, hidden)
+    h = np.tanh(x @ first.T)  # n x hidden
+    residual = 1.0 / (1.0 + np.exp(-np.clip(h @ second + w[-1], -30, 30))) - y  # n
+    d_hidden = residual[:, None] * second[None, :] * (1.0 - h**2)  # n x hidden
+    d_first = (d_hidden[:, :, None] * x[:, None, :]).reshape(len(x), hidden * p)
+    return np.hstack([d_first, residual[:, None] * h, residual[:, None]])
+
+
+def release_gradient(
+    w: FloatArray, x: FloatArray, y: FloatArray, hidden: int, clip: float, max_rows: int, budget: Rho
+) -> tuple[NoisyVector, float, NoisyVector]:
+    """(noisy sum of clipped per-record gradients in fixed point, its unit, noisy row count).
+
+    Half of `budget` goes to each; `x`, `y` must already be truncated to `max_rows` per person.
+    """
+    if not w.shape == (n_weights_from(x.shape[1], hidden),):
+        raise SpecError(f"{w.size} weights sent; the network has {n_weights_from(x.shape[1], hidden)}")
+    grads = gradients(w, x, y, hidden)
+    norms = np.linalg.norm(grads, axis=1)
+    clipped = grads * np.minimum(1.0, clip / np.maximum(norms, 1e-300))[:, None]
+    unit = clip / FIXED_POINT_UNITS
+    quantised = np.rint(clipped / unit).astype(np.int64).sum(axis=0)
+    sensitivity = math.ceil(max_rows * (FIXED_POINT_UNITS + 0.5 * math.sqrt(grads.shape[1])))
+    half = budget.split(2)
+    return (
+        integer_gaussian(quantised, sensitivity, half),
+        unit,
+        integer_gaussian(np.array([len(y)], dtype=np.int64), max_rows, half),
+    )
+
+
+def n_weights_from(p: int, hidden: int) -> int:
+    return p if hidden == 0 else hidden * p + hidden + 1
+
+
+def local_update(
+    w: FloatArray, gradient: NoisyVector, unit: float, count: NoisyVector, learning_rate: float
+) -> tuple[FloatArray, float]:
+    """The node's local model after one step on the noisy mean gradient, and its FedAvg weight."""
+    rows = max(float(count.values[0]), 1.0)
+    mean = np.asarray(gradient.values, dtype=np.float64) * unit / rows
+    return w - learning_rate * mean, rows
+
+
+@dataclass(frozen=True)
+class SgdModel:
+    """A classifier trained by FedAvg: its encoding, shape and weights; saved as JSON."""
+
+    model: ModelSpec
+    hidden: int
+    weights: tuple[float, ...]
+    metadata: dict[str, object]
+
+    def predict(self, frame: pd.DataFrame) -> FloatArray:
+        return predict(np.asarray(self.weights), encode(self.model, frame), self.hidden)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "format": "oda-sgd/1",
+                "model": self.model.model_dump(mode="json"),
+                "hidden": self.hidden,
+                "weights": list(self.weights),
+                "metadata": self.metadata,
+            },
+            indent=2,
+            sort_keys=True,
+        )
+
+    @staticmethod
+    def from_json(text: str) -> SgdModel:
+        """Raises: SpecError for anything that is not an oda-sgd/1 document (no code is loaded)."""
+        try:
+            data = json.loads(text)
+            if data.get("format") != "oda-sgd/1":
+                raise SpecError(f"not an oda-sgd/1 model (format {data.get('format')!r})")
+            model = ModelSpec.model_validate(data["model"])
+            hidden = int(data["hidden"])
+            weights = tuple(float(w) for w in data["weights"])
+            if len(weights) != n_weights(model, hidden):
+                raise SpecError(f"{len(weights)} weights for a network that has {n_weights(model, hidden)}")
+            return SgdModel(model, hidden, weights, dict(data.get("metadata", {})))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SpecError(f"malformed model file: {exc}") from exc
