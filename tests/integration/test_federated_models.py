@@ -17,7 +17,7 @@ from analyses.spec import AnalysisSpec
 from coordinator.orchestrator import InProcessTransport, run_analysis
 from node_agent.agent import NodeAgent
 from node_agent.config import load_node_config
-from privacy.errors import FederationError
+from privacy.errors import FederationError, PolicyRefusal
 from tests.conftest import SPECS
 from tests.model_data import nass, split_train_test, write_partners
 
@@ -213,3 +213,32 @@ def test_scores_stay_at_the_nodes_and_only_a_dp_histogram_leaves(
     total = sum(len(a.frame("crashes")) for a in agents)
     assert abs(table["count"].fillna(0).sum() - total) < 0.05 * total  # small cells suppressed
     assert all(a.ledger.entries()[-1].rho == pytest.approx(0.05) for a in agents)
+
+
+def test_sgd_needs_flower_and_its_first_round_checks_the_whole_budget(
+    partners: tuple[list[NodeAgent], object],
+) -> None:
+    from analyses.release import AnalysisRequest
+    from privacy.errors import BudgetExhausted, SpecError
+
+    agents, _ = partners
+    text = (SPECS / "models" / "crash_fatality_fedavg.yaml").read_text()
+    with pytest.raises(SpecError, match="trains through Flower's FedAvg: run it on a federation"):
+        run_analysis(text, InProcessTransport(agents))
+    with pytest.raises(SpecError, match="runs in FedAvg rounds: the request carries no round state"):
+        agents[0].handle(AnalysisRequest(1, "q", "t", text))
+    poor = next(a for a in agents if a.config.partner == "y2002")  # cap 0.5 < the step's 0.7
+    weights = np.zeros(n_weights_for(text))
+    with pytest.raises(BudgetExhausted, match="refused before the first round"):
+        poor.train(AnalysisRequest(1, "r-train1", "t", text, {"run": "r", "round": 1}), weights)
+    with pytest.raises(PolicyRefusal, match="did not release the first round of model run r"):
+        poor.train(AnalysisRequest(1, "r-train2", "t", text, {"run": "r", "round": 2}), weights)
+    assert poor.ledger.entries() == []
+
+
+def n_weights_for(text: str) -> int:
+    from analyses.sgd import n_weights
+
+    step = parse_document(text, AnalysisSpec, source="x").sgd_step()
+    assert step is not None
+    return n_weights(step.model, step.hidden)
