@@ -13,20 +13,20 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from analyses.glm import score_edges
+from analyses.glm import ModelSpec, auc_from_histograms, score_edges
 from analyses.release import MeasurementRelease, NodeRelease, StepRelease
-from analyses.spec import AnalysisSpec, HistogramStep, QuantileStep, ScoreStep, Step
+from analyses.spec import AnalysisSpec, EvaluateStep, HistogramStep, QuantileStep, ScoreStep, Step
 from privacy.accuracy import pooled_accuracy95, ratio_accuracy95
 from privacy.disclosure import round_to, suppress_small
 from privacy.errors import ProtocolError
 
-__all__ = ["PooledVector", "ResultTable", "combine", "key_frame", "pool_vectors"]
+__all__ = ["PooledVector", "ResultTable", "combine", "evaluation_tables", "key_frame", "pool_vectors"]
 
 _Z95 = 1.959963984540054
 
@@ -181,6 +181,12 @@ def combine(
     step_frames: list[pd.DataFrame] = []
     for step in spec.steps:
         holders = [r for r in released if any(s.step_id == step.id for s in r.steps)]
+        if isinstance(step, EvaluateStep):
+            parts = [next(s for s in r.steps if s.step_id == step.id) for r in holders]
+            _check_lengths(step, parts)
+            scores = {h.partner: part.measurement("scores") for h, part in zip(holders, parts, strict=True)}
+            tables += evaluation_tables(step.model, step.bins, scores, prefix=f"{step.id}_") if scores else []
+            continue
         if not holders:
             tables.append(ResultTable(step.id, key_frame(step).iloc[0:0], ("no partner released this step",)))
             continue
@@ -217,3 +223,68 @@ def _check_lengths(step: Step, parts: Sequence[StepRelease]) -> None:
                 raise ProtocolError(
                     f"step {step.id!r}: a release has {len(m.values)} cells, the spec defines {expected}"
                 )
+
+
+def evaluation_tables(
+    model: ModelSpec, bins: int, scores: Mapping[str, MeasurementRelease], prefix: str = ""
+) -> list[ResultTable]:
+    """Evaluation tables from each partner's DP evaluation histograms (`scores`, by partner):
+    AUC (or mean absolute error) overall and per partner; for a classifier also calibration by
+    score bin and confusion counts at each bin edge."""
+    vectors = {p: np.asarray(m.values, dtype=np.float64) for p, m in scores.items()}
+    accuracy = {p: m.accuracy95 for p, m in scores.items()}
+    pooled = np.sum(list(vectors.values()), axis=0)
+    if model.family != "logistic":
+        low, high = model.target_bounds or (0.0, 1.0)
+        mids = (np.arange(bins) + 0.5) / bins * (high - low)
+        rows = []
+        for name, vector in [("all", pooled), *sorted(vectors.items())]:
+            errors = np.clip(vector[:bins], 0, None)
+            rows.append({"partner": name, "mean_abs_error": float(errors @ mids / max(errors.sum(), 1.0))})
+        return [
+            ResultTable(f"{prefix}evaluation", pd.DataFrame(rows), ("absolute errors from a DP histogram",))
+        ]
+    rows = []
+    for name, vector in [("all", pooled), *sorted(vectors.items())]:
+        clipped = np.clip(vector, 0, None)
+        rows.append(
+            {
+                "partner": name,
+                "auc": auc_from_histograms(vector, bins),
+                "negatives": float(clipped[:bins].sum()),
+                "positives": float(clipped[bins:].sum()),
+            }
+        )
+    edges = score_edges(bins)
+    negatives, positives = np.clip(pooled[:bins], 0, None), np.clip(pooled[bins:], 0, None)
+    total = negatives + positives
+    calibration = pd.DataFrame(
+        {
+            "score_from": edges[:-1],
+            "score_to": edges[1:],
+            "records": total,
+            "observed_rate": np.where(total > 0, positives / np.maximum(total, 1e-9), np.nan),
+        }
+    )
+    above_pos = np.cumsum(positives[::-1])[::-1]
+    above_neg = np.cumsum(negatives[::-1])[::-1]
+    thresholds = pd.DataFrame(
+        {
+            "threshold": edges[:-1],
+            "true_positive": above_pos,
+            "false_positive": above_neg,
+            "false_negative": positives.sum() - above_pos,
+            "true_negative": negatives.sum() - above_neg,
+        }
+    )
+    worst = max(accuracy.values(), default=0.0)
+    note = f"from DP score histograms ({bins} bins, equal on the logit scale); each count within +/-{worst:.0f} per partner (95%)"
+    return [
+        ResultTable(f"{prefix}evaluation", pd.DataFrame(rows), (note,)),
+        ResultTable(f"{prefix}calibration", calibration, (note,)),
+        ResultTable(
+            f"{prefix}thresholds",
+            thresholds,
+            (note, "a record counts as predicted positive at score >= threshold"),
+        ),
+    ]

@@ -34,6 +34,7 @@ from analyses.glm import (
 from analyses.release import MeasurementRelease, StepRelease
 from analyses.spec import (
     AnalysisSpec,
+    EvaluateStep,
     HistogramStep,
     KeySpec,
     MeanStep,
@@ -167,6 +168,10 @@ def exact_aggregates(
     Only rows that survive truncation to `unit` are counted, so the sensitivities hold.
     """
     max_rows = unit.max_rows
+    if isinstance(step, EvaluateStep):
+        x, y = design(step.model, data.frame.loc[data.keep(unit)])
+        histograms = evaluation_histograms(step.model, x, y, np.asarray(step.coefficients), step.bins)
+        return {"scores": (histograms, max_rows, 1.0)}
     if isinstance(step, ScoreStep):
         kept = data.frame.loc[data.keep(unit)]
         scores = mean_response(step.model, encode(step.model, kept), np.asarray(step.coefficients))

@@ -26,6 +26,7 @@ __all__ = [
     "AnalysisSpec",
     "CountStep",
     "DisclosureSpec",
+    "EvaluateStep",
     "HistogramStep",
     "KeySpec",
     "MeanStep",
@@ -320,6 +321,26 @@ class ScoreStep(_StepBase):
         return ("count",)
 
 
+class EvaluateStep(ScoreStep):
+    """Evaluates a fitted model on each node's records, with their true outcomes: a DP release of
+    score histograms by class (AUC, calibration, confusion counts) or, for linear and Poisson
+    models, of absolute errors."""
+
+    kind: Literal["evaluate"]  # type: ignore[assignment]  # narrows ScoreStep's kind
+
+    def columns(self) -> tuple[str, ...]:
+        return (self.model.target, *super().columns())
+
+    def key_columns(self) -> tuple[str, ...]:
+        return ()
+
+    def cells(self) -> int:
+        return 2 * self.bins
+
+    def measurements(self) -> tuple[str, ...]:
+        return ("scores",)
+
+
 class SgdStep(_StepBase):
     """A classifier (a one-hidden-layer network; `hidden: 0` is logistic regression) trained by
     FedAvg through Flower's strategy: each round every node releases its noisy sum of clipped
@@ -356,10 +377,28 @@ class SgdStep(_StepBase):
 
 
 Step = Annotated[
-    CountStep | SumStep | MeanStep | HistogramStep | QuantileStep | ModelStep | ScoreStep | SgdStep,
+    CountStep
+    | SumStep
+    | MeanStep
+    | HistogramStep
+    | QuantileStep
+    | ModelStep
+    | ScoreStep
+    | EvaluateStep
+    | SgdStep,
     Field(discriminator="kind"),
 ]
-AnyStep = CountStep | SumStep | MeanStep | HistogramStep | QuantileStep | ModelStep | ScoreStep | SgdStep
+AnyStep = (
+    CountStep
+    | SumStep
+    | MeanStep
+    | HistogramStep
+    | QuantileStep
+    | ModelStep
+    | ScoreStep
+    | EvaluateStep
+    | SgdStep
+)
 
 
 class PrivacySpec(_Model):

@@ -65,6 +65,11 @@ def _parser() -> argparse.ArgumentParser:
     score.add_argument("--rho", type=float, default=0.05, help="budget of the published score histogram")
     score.add_argument("--name", default="risk_scores", help="analysis name")
     score.add_argument("--out", type=Path, required=True, help="spec file to write")
+    score.add_argument(
+        "--evaluate",
+        action="store_true",
+        help="an evaluate step instead: AUC etc. on each node's true outcomes",
+    )
     _coordinator_parser(sub)
     return parser
 
@@ -258,7 +263,8 @@ def _score_spec(args: argparse.Namespace) -> int:
         model = GlmModel.from_json(args.model.read_text())
     except OSError as exc:
         raise SpecError(f"{args.model}: cannot read the model: {exc.strerror}") from exc
-    text = score_spec(model, args.name, args.dataset, args.rho, args.identifier, args.max_rows)
+    kind = "evaluate" if args.evaluate else "score"
+    text = score_spec(model, args.name, args.dataset, args.rho, args.identifier, args.max_rows, kind)
     parse_document(text, AnalysisSpec, source=str(args.out))  # what we write must be valid
     args.out.write_text(text)
     print(f"wrote {args.out}: run it with `oda run {args.out}`; each partner keeps its scores locally")

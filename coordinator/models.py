@@ -19,16 +19,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from analyses.aggregate import ResultTable
+from analyses.aggregate import ResultTable, evaluation_tables
 from analyses.glm import (
     GlmModel,
     LocalStats,
     NoisyStats,
-    auc_from_histograms,
     intervals95,
     newton_rounds,
     noise_limited,
-    score_edges,
 )
 from analyses.release import PROTOCOL_VERSIONS, AnalysisRequest, NodeRelease
 from analyses.sgd import SgdModel, initial_weights
@@ -103,7 +101,11 @@ def run_model(
     noise_sd = math.sqrt(sum(s.noise_sd**2 for s in last))
     half = intervals95(step.model, hessian, noise_sd)
     limited = noise_limited(step.model, hessian, noise_sd)
-    tables = [_coefficients(step, beta, half, limited), *_evaluation_tables(step, evaluation)]
+    scores = {r.partner: r.steps[0].measurement("scores") for r in evaluation}
+    tables = [
+        _coefficients(step, beta, half, limited),
+        *evaluation_tables(step.model, step.evaluate_bins, scores),
+    ]
     spent = _spent(every_release)
     model = GlmModel(
         step.model,
@@ -206,65 +208,6 @@ def _coefficients(step: ModelStep, beta: np.ndarray, half: np.ndarray, limited: 
     return ResultTable("coefficients", frame, notes)
 
 
-def _evaluation_tables(step: ModelStep, releases: Sequence[NodeRelease]) -> list[ResultTable]:
-    bins = step.evaluate_bins
-    vectors = {
-        r.partner: np.asarray(r.steps[0].measurement("scores").values, dtype=np.float64) for r in releases
-    }
-    accuracy = {r.partner: r.steps[0].measurement("scores").accuracy95 for r in releases}
-    pooled = np.sum(list(vectors.values()), axis=0)
-    if step.model.family != "logistic":
-        low, high = step.model.target_bounds or (0.0, 1.0)
-        mids = (np.arange(bins) + 0.5) / bins * (high - low)
-        rows = []
-        for name, vector in [("all", pooled), *sorted(vectors.items())]:
-            errors = np.clip(vector[:bins], 0, None)
-            rows.append({"partner": name, "mean_abs_error": float(errors @ mids / max(errors.sum(), 1.0))})
-        return [ResultTable("evaluation", pd.DataFrame(rows), ("absolute errors from a DP histogram",))]
-    rows = []
-    for name, vector in [("all", pooled), *sorted(vectors.items())]:
-        clipped = np.clip(vector, 0, None)
-        rows.append(
-            {
-                "partner": name,
-                "auc": auc_from_histograms(vector, bins),
-                "negatives": float(clipped[:bins].sum()),
-                "positives": float(clipped[bins:].sum()),
-            }
-        )
-    edges = score_edges(bins)
-    negatives, positives = np.clip(pooled[:bins], 0, None), np.clip(pooled[bins:], 0, None)
-    total = negatives + positives
-    calibration = pd.DataFrame(
-        {
-            "score_from": edges[:-1],
-            "score_to": edges[1:],
-            "records": total,
-            "observed_rate": np.where(total > 0, positives / np.maximum(total, 1e-9), np.nan),
-        }
-    )
-    above_pos = np.cumsum(positives[::-1])[::-1]
-    above_neg = np.cumsum(negatives[::-1])[::-1]
-    thresholds = pd.DataFrame(
-        {
-            "threshold": edges[:-1],
-            "true_positive": above_pos,
-            "false_positive": above_neg,
-            "false_negative": positives.sum() - above_pos,
-            "true_negative": negatives.sum() - above_neg,
-        }
-    )
-    worst = max(accuracy.values(), default=0.0)
-    note = f"from DP score histograms ({bins} bins, equal on the logit scale); each count within +/-{worst:.0f} per partner (95%)"
-    return [
-        ResultTable("evaluation", pd.DataFrame(rows), (note,)),
-        ResultTable("calibration", calibration, (note,)),
-        ResultTable(
-            "thresholds", thresholds, (note, "a record counts as predicted positive at score >= threshold")
-        ),
-    ]
-
-
 def model_card(
     spec: AnalysisSpec, step: ModelStep, model: GlmModel, tables: list[ResultTable], spent: dict[str, float]
 ) -> str:
@@ -307,8 +250,11 @@ def model_card(
     return "\n".join(lines) + "\n"
 
 
-def score_spec(model: GlmModel, name: str, dataset: str, rho: float, identifier: str, max_rows: int) -> str:
-    """The analysis spec that scores every record at each node with `model` (scores stay local)."""
+def score_spec(
+    model: GlmModel, name: str, dataset: str, rho: float, identifier: str, max_rows: int, kind: str = "score"
+) -> str:
+    """The analysis spec that scores every record at each node with `model` (scores stay local),
+    or with `kind="evaluate"` evaluates it against each node's true outcomes."""
     import yaml
 
     document = {
@@ -320,8 +266,8 @@ def score_spec(model: GlmModel, name: str, dataset: str, rho: float, identifier:
         "privacy": {"rho": rho, "unit": {"identifier": identifier, "max_rows": max_rows}},
         "steps": [
             {
-                "kind": "score",
-                "id": "scores",
+                "kind": kind,
+                "id": "scores" if kind == "score" else "holdout",
                 "model": model.spec.model_dump(mode="json", exclude_defaults=True),
                 "coefficients": [float(c) for c in model.coefficients],
             }

@@ -27,7 +27,7 @@ from analyses.glm import RoundState, design, encode, mean_response
 from analyses.local_step import LocalData, measurement_release, planned_cost, release_steps
 from analyses.release import PROTOCOL_VERSIONS, AnalysisRequest, NodeRelease, StepRelease
 from analyses.sgd import TrainState, local_update, n_weights, release_gradient
-from analyses.spec import AnalysisSpec, ModelStep, ScoreStep, SgdStep, Step
+from analyses.spec import AnalysisSpec, EvaluateStep, ModelStep, ScoreStep, SgdStep, Step
 from node_agent.audit import AuditLog
 from node_agent.config import NodeConfig
 from node_agent.connectors import content_hash, load_dataset, write_snapshot
@@ -101,6 +101,11 @@ def _summary(spec: AnalysisSpec, steps: list[Step]) -> str:
             parts.append(
                 f"{model.family} model of {model.target} on {', '.join(f.column for f in model.features)} "
                 f"({model.rounds} rounds + evaluation)"
+            )
+            continue
+        if isinstance(step, EvaluateStep):
+            parts.append(
+                f"evaluate a {step.model.family} model of {step.model.target} ({step.cells()} cells)"
             )
             continue
         if isinstance(step, ScoreStep):
@@ -352,7 +357,7 @@ class NodeAgent:
             )
             try:
                 for step in steps:
-                    if isinstance(step, ScoreStep):
+                    if isinstance(step, ScoreStep) and not isinstance(step, EvaluateStep):
                         self.write_scores(spec, step)
                 data = {name: LocalData(self.frame(name)) for name in {spec.dataset_of(s) for s in steps}}
                 state = _round_state(request, spec, steps)

@@ -94,7 +94,7 @@ class DatasetConfig(_Model):
         return "parquet" if (self.path or "").endswith((".parquet", ".pq")) else "csv"
 
 
-StepKind = Literal["count", "sum", "mean", "histogram", "quantile", "model", "score", "sgd"]
+StepKind = Literal["count", "sum", "mean", "histogram", "quantile", "model", "score", "evaluate", "sgd"]
 ALL_STEP_KINDS: tuple[StepKind, ...] = (
     "count",
     "sum",
@@ -103,6 +103,7 @@ ALL_STEP_KINDS: tuple[StepKind, ...] = (
     "quantile",
     "model",
     "score",
+    "evaluate",
     "sgd",
 )
 

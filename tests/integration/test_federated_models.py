@@ -214,6 +214,20 @@ def test_scores_stay_at_the_nodes_and_only_a_dp_histogram_leaves(
     assert abs(table["count"].fillna(0).sum() - total) < 0.05 * total  # small cells suppressed
     assert all(a.ledger.entries()[-1].rho == pytest.approx(0.05) for a in agents)
 
+    # An evaluate step: the same model against each node's true outcomes, DP.
+    subprocess.run([*oda, *options, "--evaluate"], check=True, capture_output=True)
+    evaluated = run_analysis(spec_path.read_text(), InProcessTransport(agents))
+    names = [t.name for t in evaluated.tables]
+    assert names == ["holdout_evaluation", "holdout_calibration", "holdout_thresholds"]
+    auc = evaluated.tables[0].frame.set_index("partner")
+    for agent in agents:
+        frame = agent.frame("crashes")
+        _, y = design(fitted.model.spec, frame)
+        exact = _auc(fitted.model.predict(frame[frame.dead.notna()]), y)
+        assert abs(auc.loc[agent.config.partner, "auc"] - exact) < 0.08, (
+            agent.config.partner
+        )  # one partner, 40 noisy bins
+
 
 def test_sgd_needs_flower_and_its_first_round_checks_the_whole_budget(
     partners: tuple[list[NodeAgent], object],
