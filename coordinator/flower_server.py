@@ -50,6 +50,7 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.supercore.constant import TaskType
 from flwr.supercore.control import ControlHttpClient
 from flwr.supercore.fab import Fab
+from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
 from flwr.supercore.inflatable.inflatable_object import iterate_object_tree
 from flwr.supercore.inflatable.inflatable_protobuf_utils import make_pull_object_fn_protobuf
 from flwr.supercore.inflatable.inflatable_utils import (
@@ -307,6 +308,10 @@ class FlowerLink:
                 runtime_api_address=self.address, insecure=False, root_certificates=self._ca_cert, token=token
             )
             task = grid._runtime_client.PullTaskInput(PullTaskInputRequest())  # noqa: SLF001  # Flower's executor does the same
+            # Flower's executor keeps the task alive with heartbeats; without them the SuperLink
+            # revokes the token after 60 s and Flower interrupts this process on the 401.
+            heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(grid._runtime_client))  # noqa: SLF001
+            heartbeat.start()
         except httpx.HTTPError as exc:
             raise FederationError(
                 f"cannot reach the SuperLink at {self.address} ({exc}); is the federation running?"
@@ -319,6 +324,8 @@ class FlowerLink:
         context = context_from_proto(task.context)
 
         def finish() -> None:
+            if heartbeat.is_running:
+                heartbeat.stop()
             # If this fails the run ends by expiry instead; nothing is lost.
             with contextlib.suppress(httpx.HTTPError):
                 grid._runtime_client.PushTaskOutput(  # noqa: SLF001
