@@ -290,9 +290,9 @@ def newton_rounds(spec: ModelSpec) -> Generator[FloatArray, list[LocalStats], Fl
         gradient = np.sum([s.gradient for s in stats], axis=0)
         noise_sd = math.sqrt(sum(s.noise_sd**2 for s in stats))
         hessian = np.sum([s.hessian for s in stats], axis=0)
-        floor = max(spec.ridge, 3.0 * noise_sd * math.sqrt(p))
         step = np.linalg.solve(
-            _psd(hessian, floor) if noise_sd else hessian + spec.ridge * np.eye(p), gradient
+            _psd(hessian, hessian_floor(spec, noise_sd)) if noise_sd else hessian + spec.ridge * np.eye(p),
+            gradient,
         )
         beta = beta + step
     return beta
@@ -345,10 +345,11 @@ class GlmModel:
 
 
 def hessian_floor(spec: ModelSpec, noise_sd: float) -> float:
-    """Smallest eigenvalue the summed Hessian is allowed: about the largest eigenvalue of its
-    noise (2 sd per root dimension), so noise cannot turn a direction of little information
-    into a wild step. Directions below it are shrunk towards the previous coefficients."""
-    return max(spec.ridge, 2.0 * noise_sd * math.sqrt(spec.dimension()), 1e-12)
+    """Smallest eigenvalue the noisy summed Hessian is allowed, in the fit and in its intervals:
+    three noise sd per root dimension (the noise's largest eigenvalue is about two), so noise
+    cannot turn a direction of little information into a wild step. Directions below it are
+    shrunk towards the previous coefficients."""
+    return max(spec.ridge, 3.0 * noise_sd * math.sqrt(spec.dimension()), 1e-12)
 
 
 def noise_limited(spec: ModelSpec, hessian: FloatArray, noise_sd: float) -> FloatArray:
