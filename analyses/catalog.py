@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Literal
 
-from analyses.spec import AnalysisSpec, HistogramStep, ModelStep, ScoreStep, SgdStep, Step
+from analyses.spec import AnalysisSpec, EvaluateStep, HistogramStep, ModelStep, ScoreStep, SgdStep, Step
 from privacy.errors import SpecError
 
 __all__ = ["ColumnType", "DatasetSchema", "check_steps", "steps_for_datasets"]
@@ -40,7 +40,7 @@ def _problems(step: Step, schema: DatasetSchema, identifier: str, dataset: str) 
             )
         elif key.derive == "band" and ctype not in _NUMERIC:
             problems.append(f"{where}: derive band needs a numeric column, {key.column!r} is {ctype}")
-    if isinstance(step, ModelStep | ScoreStep | SgdStep):
+    if isinstance(step, ModelStep | ScoreStep | EvaluateStep | SgdStep):
         model = step.model
         numeric = [f.column for f in model.features if f.bounds is not None]
         if model.family != "logistic" and isinstance(step, ModelStep):

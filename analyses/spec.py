@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from analyses.glm import ModelSpec
 from analyses.keysets import load_keyset
+from analyses.sgd import n_weights
 from privacy.budget import Rho, rho_from_epsilon_delta
 from privacy.unit import MAX_ROWS_LIMIT, PrivacyUnit
 
@@ -285,20 +286,18 @@ class ModelStep(_StepBase):
         return ("stats",)
 
 
-class ScoreStep(_StepBase):
-    """Scores every record at each node with a fitted model. The scores stay at the node (a
-    local file next to its ledger); only a DP histogram of them, in `bins` bins equal on the
-    logit scale, leaves."""
+class _FittedModelStep(_StepBase):
+    """A step that applies a fitted model (its spec and coefficients) to each node's records."""
 
-    kind: Literal["score"]
+    kind: str
     model: ModelSpec
     coefficients: tuple[float, ...] = Field(min_length=1)
     bins: int = Field(default=40, ge=2, le=1000)
 
     @model_validator(mode="after")
-    def _fits(self) -> ScoreStep:
+    def _fits(self) -> _FittedModelStep:
         if self.by:
-            raise ValueError("a score step has no 'by' keys")
+            raise ValueError(f"{'an' if self.kind[0] in 'aeiou' else 'a'} {self.kind} step has no 'by' keys")
         if len(self.coefficients) != self.model.dimension():
             raise ValueError(
                 f"{len(self.coefficients)} coefficients for a model with {self.model.dimension()} terms "
@@ -307,6 +306,14 @@ class ScoreStep(_StepBase):
         if not all(math.isfinite(c) for c in self.coefficients):
             raise ValueError("coefficients must be finite")
         return self
+
+
+class ScoreStep(_FittedModelStep):
+    """Scores every record at each node with a fitted model. The scores stay at the node (a
+    local file next to its ledger); only a DP histogram of them, in `bins` bins equal on the
+    logit scale, leaves."""
+
+    kind: Literal["score"]
 
     def columns(self) -> tuple[str, ...]:
         return tuple(f.column for f in self.model.features)
@@ -321,15 +328,15 @@ class ScoreStep(_StepBase):
         return ("count",)
 
 
-class EvaluateStep(ScoreStep):
+class EvaluateStep(_FittedModelStep):
     """Evaluates a fitted model on each node's records, with their true outcomes: a DP release of
     score histograms by class (AUC, calibration, confusion counts) or, for linear and Poisson
     models, of absolute errors."""
 
-    kind: Literal["evaluate"]  # type: ignore[assignment]  # narrows ScoreStep's kind
+    kind: Literal["evaluate"]
 
     def columns(self) -> tuple[str, ...]:
-        return (self.model.target, *super().columns())
+        return (self.model.target, *(f.column for f in self.model.features))
 
     def key_columns(self) -> tuple[str, ...]:
         return ()
@@ -369,25 +376,12 @@ class SgdStep(_StepBase):
         return (self.model.target, *(f.column for f in self.model.features))
 
     def cells(self) -> int:
-        p = self.model.dimension()
-        return p if self.hidden == 0 else self.hidden * p + self.hidden + 1
+        return n_weights(self.model, self.hidden)
 
     def measurements(self) -> tuple[str, ...]:
         return ("gradient", "count")
 
 
-Step = Annotated[
-    CountStep
-    | SumStep
-    | MeanStep
-    | HistogramStep
-    | QuantileStep
-    | ModelStep
-    | ScoreStep
-    | EvaluateStep
-    | SgdStep,
-    Field(discriminator="kind"),
-]
 AnyStep = (
     CountStep
     | SumStep
@@ -399,6 +393,7 @@ AnyStep = (
     | EvaluateStep
     | SgdStep
 )
+Step = Annotated[AnyStep, Field(discriminator="kind")]
 
 
 class PrivacySpec(_Model):
@@ -463,7 +458,7 @@ class AnalysisSpec(_Model):
             if step.dataset is None and self.dataset is None:
                 problems.append(f"step {step.id!r} has no dataset: set 'dataset' on the analysis")
             cols = [k.column for k in step.by]
-            if isinstance(step, ScoreStep):
+            if isinstance(step, _FittedModelStep):
                 cols += list(step.columns())
             if isinstance(step, ModelStep | SgdStep):
                 cols += list(step.columns())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
@@ -331,37 +332,57 @@ class NodeAgent:
     def _run(
         self, request: AnalysisRequest, spec: AnalysisSpec, steps: list[Step], cost: Rho, bundle_hash: str
     ) -> NodeRelease:
-        """Reserve, release, commit, audit: the only path by which anything leaves."""
-        spec_hash = spec.spec_hash()
+        """Release the steps of an analysis request (or say this node holds none of them)."""
         if steps and spec.sgd_step() is not None:
             raise SpecError(
                 "an sgd step is trained by FedAvg train messages (`oda run` sends them), not queries"
             )
         if not steps:
-            release = self._release(request, spec_hash, (), Rho(0.0), None, "not_held")
+            release = self._release(request, spec.spec_hash(), (), Rho(0.0), None, "not_held")
             return self._audited(request, release, bundle_hash)
+
+        def compute() -> tuple[StepRelease, ...]:
+            for step in steps:
+                if isinstance(step, ScoreStep):
+                    self.write_scores(spec, step)
+            data = {name: LocalData(self.frame(name)) for name in {spec.dataset_of(s) for s in steps}}
+            state = _round_state(request, spec, steps)
+            return tuple(release_steps(spec, steps, data, state if isinstance(state, RoundState) else None))
+
+        audited = self._debited(request, spec, steps, cost, bundle_hash, compute)
+        log.info(
+            "released %s (%s) to %s: %s", spec.name, request.request_id, request.requester, cost.describe()
+        )
+        return audited
+
+    def _debited(
+        self,
+        request: AnalysisRequest,
+        spec: AnalysisSpec,
+        steps: list[Step],
+        cost: Rho,
+        bundle_hash: str,
+        compute: Callable[[], tuple[StepRelease, ...]],
+    ) -> NodeRelease:
+        """Reserve, release, commit, audit: the only path by which anything leaves."""
         costs: dict[str, Rho] = {}
         for step in steps:
             population = self.config.population_of(spec.dataset_of(step))
             costs[population] = costs.get(population, Rho(0.0)) + spec.request_budget(step.id)
         caps = {p: Rho(self.config.policy.total_rho_cap[p]) for p in costs}
+        datasets = sorted({spec.dataset_of(s) for s in steps})
         with self._lock:
-            for dataset in {spec.dataset_of(s) for s in steps}:
+            for dataset in datasets:
                 self.frame(dataset)  # a data error now refuses before any budget is reserved
             entries = self.ledger.reserve(
                 request_id=request.request_id,
                 costs=costs,
                 caps=caps,
-                spec_hash=spec_hash,
+                spec_hash=spec.spec_hash(),
                 since=self.period_start(),
             )
             try:
-                for step in steps:
-                    if isinstance(step, ScoreStep) and not isinstance(step, EvaluateStep):
-                        self.write_scores(spec, step)
-                data = {name: LocalData(self.frame(name)) for name in {spec.dataset_of(s) for s in steps}}
-                state = _round_state(request, spec, steps)
-                released = release_steps(spec, steps, data, state if isinstance(state, RoundState) else None)
+                released = compute()
             except Exception as exc:
                 for entry in entries:
                     self.ledger.fail(entry)
@@ -370,14 +391,9 @@ class NodeAgent:
                 ) from exc
             for entry in entries:
                 self.ledger.commit(entry)
-            release = self._release(request, spec_hash, tuple(released), cost, entries[0], "released")
-            hashes = {name: self.data_hash(name) for name in sorted({spec.dataset_of(s) for s in steps})}
-            release = replace(release, data_sha256=hashes)
-            audited = self._audited(request, release, bundle_hash)
-        log.info(
-            "released %s (%s) to %s: %s", spec.name, request.request_id, request.requester, cost.describe()
-        )
-        return audited
+            release = self._release(request, spec.spec_hash(), released, cost, entries[0], "released")
+            release = replace(release, data_sha256={name: self.data_hash(name) for name in datasets})
+            return self._audited(request, release, bundle_hash)
 
     def train(
         self, request: AnalysisRequest, weights: npt.NDArray[np.float64], bundle_hash: str = ""
@@ -412,53 +428,30 @@ class NodeAgent:
         weights: npt.NDArray[np.float64],
         bundle_hash: str,
     ) -> tuple[NodeRelease, npt.NDArray[np.float64], float]:
-        dataset = spec.dataset_of(step)
         expected = n_weights(step.model, step.hidden)
         if weights.shape != (expected,) or not np.all(np.isfinite(weights)) or np.abs(weights).max() > 1e4:
             raise SpecError(f"the weights sent are not {expected} finite numbers of at most 1e4")
-        population = self.config.population_of(dataset)
-        caps = {population: Rho(self.config.policy.total_rho_cap[population])}
         unit = spec.unit_of(step).to_unit()
-        with self._lock:
-            local = LocalData(self.frame(dataset))
-            entries = self.ledger.reserve(
-                request_id=request.request_id,
-                costs={population: cost},
-                caps=caps,
-                spec_hash=spec.spec_hash(),
-                since=self.period_start(),
+        local_models: list[tuple[npt.NDArray[np.float64], float]] = []
+
+        def compute() -> tuple[StepRelease, ...]:
+            local = LocalData(self.frame(spec.dataset_of(step)))
+            x, y = design(step.model, local.frame.loc[local.keep(unit)])
+            gradient, unit_value, count = release_gradient(
+                weights, x, y, step.hidden, step.clip, unit.max_rows, cost
             )
-            try:
-                x, y = design(step.model, local.frame.loc[local.keep(unit)])
-                gradient, unit_value, count = release_gradient(
-                    weights, x, y, step.hidden, step.clip, unit.max_rows, cost
-                )
-                updated, rows = local_update(weights, gradient, unit_value, count, step.learning_rate)
-            except Exception as exc:
-                for entry in entries:
-                    self.ledger.fail(entry)
-                raise InternalError(
-                    f"round of {spec.name!r} failed after its budget was reserved: {exc}"
-                ) from exc
-            for entry in entries:
-                self.ledger.commit(entry)
+            local_models.append(local_update(weights, gradient, unit_value, count, step.learning_rate))
             measurements = (
                 measurement_release("gradient", unit_value, gradient),
                 measurement_release("count", 1.0, count),
             )
-            release = self._release(
-                request,
-                spec.spec_hash(),
-                (StepRelease(step.id, step.kind, "hidden", measurements),),
-                cost,
-                entries[0],
-                "released",
-            )
-            release = replace(release, data_sha256={dataset: self.data_hash(dataset)})
-            audited = self._audited(request, release, bundle_hash)
+            return (StepRelease(step.id, step.kind, "hidden", measurements),)
+
+        audited = self._debited(request, spec, [step], cost, bundle_hash, compute)
         log.info(
             "trained %s (%s) for %s: %s", spec.name, request.request_id, request.requester, cost.describe()
         )
+        updated, rows = local_models[0]
         return audited, updated, rows
 
     def scores_path(self, spec: AnalysisSpec, step: ScoreStep) -> Path:
