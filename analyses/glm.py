@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -42,6 +42,7 @@ __all__ = [
     "evaluation_histograms",
     "hessian_floor",
     "intervals95",
+    "load_model_document",
     "local_stats",
     "mean_response",
     "newton_rounds",
@@ -54,6 +55,7 @@ __all__ = [
 
 Family = Literal["logistic", "linear", "poisson"]
 FloatArray = npt.NDArray[np.float64]
+M = TypeVar("M")
 
 #: Quantisation: the clipped contribution of one record is at most this many fixed-point units.
 FIXED_POINT_UNITS = 1_000_000
@@ -328,10 +330,8 @@ class GlmModel:
     @staticmethod
     def from_json(text: str) -> GlmModel:
         """Raises: SpecError for anything that is not an oda-glm/1 document (no code is loaded)."""
-        try:
-            data = json.loads(text)
-            if data.get("format") != "oda-glm/1":
-                raise SpecError(f"not an oda-glm/1 model (format {data.get('format')!r})")
+
+        def build(data: dict[str, Any]) -> GlmModel:
             spec = ModelSpec.model_validate(data["spec"])
             names = spec.names()
             return GlmModel(
@@ -340,8 +340,24 @@ class GlmModel:
                 tuple(float(data["interval95"][n]) for n in names),
                 dict(data.get("metadata", {})),
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise SpecError(f"malformed model file: {exc}") from exc
+
+        return load_model_document(text, "oda-glm/1", build)
+
+
+def load_model_document(text: str, fmt: str, build: Callable[[dict[str, Any]], M]) -> M:
+    """Parse a saved model (JSON of format `fmt`) with `build`; no code is ever loaded.
+
+    Raises:
+        SpecError: another format, or a malformed document.
+    """
+    try:
+        data = json.loads(text)
+        if not isinstance(data, dict) or data.get("format") != fmt:
+            got = data.get("format") if isinstance(data, dict) else type(data).__name__
+            raise SpecError(f"not an {fmt} model (format {got!r})")
+        return build(data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SpecError(f"malformed model file: {exc}") from exc
 
 
 def hessian_floor(spec: ModelSpec, noise_sd: float) -> float:

@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from analyses.glm import ModelSpec, encode
+from analyses.glm import ModelSpec, encode, load_model_document
 from privacy.budget import Rho
 from privacy.errors import SpecError
 from privacy.mechanisms import NoisyVector, integer_gaussian
@@ -159,15 +160,13 @@ class SgdModel:
     @staticmethod
     def from_json(text: str) -> SgdModel:
         """Raises: SpecError for anything that is not an oda-sgd/1 document (no code is loaded)."""
-        try:
-            data = json.loads(text)
-            if data.get("format") != "oda-sgd/1":
-                raise SpecError(f"not an oda-sgd/1 model (format {data.get('format')!r})")
+
+        def build(data: dict[str, Any]) -> SgdModel:
             model = ModelSpec.model_validate(data["model"])
             hidden = int(data["hidden"])
             weights = tuple(float(w) for w in data["weights"])
             if len(weights) != n_weights(model, hidden):
                 raise SpecError(f"{len(weights)} weights for a network that has {n_weights(model, hidden)}")
             return SgdModel(model, hidden, weights, dict(data.get("metadata", {})))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise SpecError(f"malformed model file: {exc}") from exc
+
+        return load_model_document(text, "oda-sgd/1", build)
