@@ -11,11 +11,10 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
 
 from coordinator.flower_server import FlowerLink
 from coordinator.pki import create_ca, issue_server_certificate
-from coordinator.service import CONFIG_NAME, CoordinatorService, ProcessGroup, free_port
+from coordinator.service import CONFIG_NAME, CoordinatorService, ProcessGroup, Supervised, free_port
 from coordinator.synthetic import PARTNERS, write_federation
 
 __all__ = ["EmbeddedFederation", "free_port"]
@@ -40,7 +39,7 @@ def _embedded_coordinator(folder: Path) -> None:
     )
 
 
-class EmbeddedFederation:
+class EmbeddedFederation(Supervised):
     """`with EmbeddedFederation(work_dir) as fed:` then `fed.link()` reaches its SuperLink."""
 
     def __init__(
@@ -65,19 +64,6 @@ class EmbeddedFederation:
         self.processes = ProcessGroup(work_dir / "logs")
         self.coordinator_dir = work_dir / "coordinator"
         self.service: CoordinatorService | None = None
-
-    def __enter__(self) -> EmbeddedFederation:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     @property
     def fleet_address(self) -> str:

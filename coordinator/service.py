@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -33,6 +33,7 @@ __all__ = [
     "CoordinatorConfig",
     "CoordinatorService",
     "ProcessGroup",
+    "Supervised",
     "coordinator_link",
     "free_port",
     "init_coordinator",
@@ -197,7 +198,30 @@ class ProcessGroup:
         self.processes.clear()
 
 
-class CoordinatorService:
+class Supervised:
+    """`with X(...) as x:` starts x and always stops it, also when starting fails half-way."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class CoordinatorService(Supervised):
     """`with CoordinatorService(folder) as service:` runs the SuperLink and the Fleet proxy."""
 
     def __init__(self, folder: Path, processes: ProcessGroup | None = None) -> None:
@@ -215,19 +239,6 @@ class CoordinatorService:
     @property
     def fleet_listen(self) -> str:
         return self.config.fleet_listen
-
-    def __enter__(self) -> CoordinatorService:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     def start(self) -> None:
         """Start the SuperLink, then the proxy; return once both accept connections.
