@@ -109,6 +109,24 @@ def _refusal_reply(agent: NodeAgent, message: Message, exc: BaseException) -> Me
     return _error_reply(message, agent.config.partner, exc)
 
 
+def _require_runner(fab_hash: str) -> None:
+    """Raises: ProtocolError unless the run's app bundle is the runner of a protocol we speak."""
+    if fab_hash not in accepted_bundle_hashes():
+        raise ProtocolError(
+            f"app bundle {fab_hash[:12]} is not the oda runner of any protocol version "
+            f"this node speaks ({sorted(set(accepted_bundle_hashes().values()))}); refused"
+        )
+
+
+def _refused_early(
+    agent: NodeAgent, message: Message, request: AnalysisRequest | None, fab_hash: str, exc: BaseException
+) -> Message:
+    """A message refused before the agent saw it: audit the refusal here, and reply with it."""
+    unknown = AnalysisRequest(0, message.metadata.message_id, "unknown", "")
+    agent.refuse(request or unknown, fab_hash, exc)
+    return _refusal_reply(agent, message, exc)
+
+
 def handle_message(agent: NodeAgent, message: Message, fab_hash: str) -> Message | Pending:
     """Answer one message: a release or an error reply naming why; `Pending` when the request
     was filed for manual approval (the reply follows the decision)."""
@@ -124,15 +142,9 @@ def handle_message(agent: NodeAgent, message: Message, fab_hash: str) -> Message
         if record is None or not isinstance(record.get("json"), str):
             raise ProtocolError("the message carries no analysis request")
         request = AnalysisRequest.from_json(cast(str, record["json"]))
-        if fab_hash not in accepted_bundle_hashes():
-            raise ProtocolError(
-                f"app bundle {fab_hash[:12]} is not the oda runner of any protocol version "
-                f"this node speaks ({sorted(set(accepted_bundle_hashes().values()))}); refused"
-            )
-    except Exception as exc:  # refused before the agent saw it: audit here
-        unknown = AnalysisRequest(0, message.metadata.message_id, "unknown", "")
-        agent.refuse(request or unknown, fab_hash, exc)
-        return _refusal_reply(agent, message, exc)
+        _require_runner(fab_hash)
+    except Exception as exc:
+        return _refused_early(agent, message, request, fab_hash, exc)
     try:
         outcome = agent.handle(request, fab_hash)  # audits its own decisions
     except Exception as exc:  # every failure becomes a reply; the node itself keeps serving
@@ -147,10 +159,7 @@ def _handle_train(agent: NodeAgent, message: Message, fab_hash: str) -> Message:
     `server-round` in `config`; the reply carries the local model, `num-examples` and the release."""
     request: AnalysisRequest | None = None
     try:
-        if fab_hash not in accepted_bundle_hashes():
-            raise ProtocolError(
-                f"app bundle {fab_hash[:12]} is not the oda runner of any protocol version; refused"
-            )
+        _require_runner(fab_hash)
         config = message.content.config_records.get("config")
         arrays = message.content.array_records.get("arrays")
         if config is None or arrays is None or not isinstance(config.get("oda-request"), str):
@@ -163,9 +172,8 @@ def _handle_train(agent: NodeAgent, message: Message, fab_hash: str) -> Message:
             raise ProtocolError(f"a train message carries {len(weights)} arrays; expected 1")
         flat = np.asarray(weights[0], dtype=np.float64).ravel()
     except Exception as exc:
-        unknown = AnalysisRequest(0, message.metadata.message_id, "unknown", "")
-        agent.refuse(request or unknown, fab_hash, exc)
-        return _refusal_reply(agent, message, exc if isinstance(exc, UserError) else ProtocolError(str(exc)))
+        why = exc if isinstance(exc, UserError) else ProtocolError(str(exc))
+        return _refused_early(agent, message, request, fab_hash, why)
     try:
         release, updated, rows = agent.train(request, flat, fab_hash)
     except Exception as exc:
