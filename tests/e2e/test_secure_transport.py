@@ -117,6 +117,20 @@ def _start_node(config: Path, timeout: float = 60) -> subprocess.CompletedProces
     )
 
 
+def _start_edited(config: Path, *edits: tuple[str, str]) -> subprocess.CompletedProcess[str]:
+    """`oda-node start` with `config` edited (each old text must be there), then restored."""
+    original = config.read_text()
+    edited = original
+    for old, new in edits:
+        assert old in edited, old
+        edited = edited.replace(old, new)
+    try:
+        config.write_text(edited)
+        return _start_node(config)
+    finally:
+        config.write_text(original)
+
+
 def test_registered_node_connects_through_the_proxy_and_releases(coordinator: Coordinator) -> None:
     out = _register(coordinator, "police")
     assert "registered police as node" in out
@@ -184,18 +198,13 @@ def test_node_cannot_register_itself_through_the_public_port(coordinator: Coordi
 
 def test_plain_http_node_is_refused(coordinator: Coordinator) -> None:
     _register(coordinator, "council")  # the key is fine; only the transport is wrong
-    config = coordinator.configs["council"]
-    original = config.read_text()
-    try:
-        config.write_text(
-            original.replace(
-                "transport: {ca_cert: keys/ca.crt, node_key: keys/node.key}",
-                "transport: {insecure: true, node_key: keys/node.key}",
-            )
-        )
-        done = _start_node(config)
-    finally:
-        config.write_text(original)
+    done = _start_edited(
+        coordinator.configs["council"],
+        (
+            "transport: {ca_cert: keys/ca.crt, node_key: keys/node.key}",
+            "transport: {insecure: true, node_key: keys/node.key}",
+        ),
+    )
     assert done.returncode == ExitCode.FEDERATION, done.stderr
     assert "refused plain HTTP" in done.stderr and "transport.ca_cert" in done.stderr
     # And on the wire: the public port does not speak plain HTTP at all.
@@ -206,13 +215,9 @@ def test_plain_http_node_is_refused(coordinator: Coordinator) -> None:
 def test_node_trusting_another_ca_is_refused(coordinator: Coordinator, tmp_path: Path) -> None:
     other = create_ca(tmp_path / "other", "someone else's CA")
     issue_server_certificate(tmp_path / "other", ["127.0.0.1"])
-    config = coordinator.configs["council"]
-    original = config.read_text()
-    try:
-        config.write_text(original.replace("ca_cert: keys/ca.crt", f"ca_cert: {other.ca_cert}"))
-        done = _start_node(config)
-    finally:
-        config.write_text(original)
+    done = _start_edited(
+        coordinator.configs["council"], ("ca_cert: keys/ca.crt", f"ca_cert: {other.ca_cert}")
+    )
     assert done.returncode == ExitCode.FEDERATION, done.stderr
     assert "does not vouch for" in done.stderr
 
@@ -295,19 +300,15 @@ def test_unregistered_key_stops_a_running_node(coordinator: Coordinator) -> None
 
 
 def test_unreachable_coordinator_is_given_up_after_connect_timeout(coordinator: Coordinator) -> None:
-    config = coordinator.configs["council"]
-    original = config.read_text()
     closed = f"127.0.0.1:{free_port()}"
-    try:
-        config.write_text(
-            original.replace(f"coordinator: {coordinator.fleet}", f"coordinator: {closed}").replace(
-                "transport: {ca_cert: keys/ca.crt, node_key: keys/node.key}",
-                "transport: {ca_cert: keys/ca.crt, node_key: keys/node.key, connect_timeout: 2}",
-            )
-        )
-        done = _start_node(config)
-    finally:
-        config.write_text(original)
+    done = _start_edited(
+        coordinator.configs["council"],
+        (f"coordinator: {coordinator.fleet}", f"coordinator: {closed}"),
+        (
+            "transport: {ca_cert: keys/ca.crt, node_key: keys/node.key}",
+            "transport: {ca_cert: keys/ca.crt, node_key: keys/node.key, connect_timeout: 2}",
+        ),
+    )
     assert done.returncode == ExitCode.FEDERATION, done.stderr
     assert f"cannot connect to the coordinator at {closed}" in done.stderr
     assert "stayed unreachable (transport.connect_timeout)" in done.stderr

@@ -13,6 +13,7 @@ import pytest
 
 from analyses.documents import parse_document
 from analyses.glm import GlmModel, design
+from analyses.release import AnalysisRequest
 from analyses.spec import AnalysisSpec
 from coordinator.orchestrator import InProcessTransport, run_analysis
 from node_agent.agent import NodeAgent
@@ -103,67 +104,32 @@ def test_dp_model_through_the_nodes_matches_pooled_auc_and_debits_every_round(
     assert (coefficients.ci95_high > coefficients.ci95_low).all()
 
 
+def _fit_request(request_id: str, round_: int, coefficients: list[float]) -> AnalysisRequest:
+    """A fit request of model run "m" carrying `coefficients`."""
+    state: dict[str, object] = {"run": "m", "phase": "fit", "round": round_, "coefficients": coefficients}
+    return AnalysisRequest(1, request_id, "t", SPEC_TEXT, state)
+
+
 def test_a_model_request_without_round_state_is_refused(
     partners: tuple[list[NodeAgent], object],
 ) -> None:
-    from analyses.release import AnalysisRequest
     from privacy.errors import SpecError
 
     agents, _ = partners
     with pytest.raises(SpecError, match="runs in rounds: the request carries no round state"):
         agents[0].handle(AnalysisRequest(1, "r", "t", SPEC_TEXT))
     with pytest.raises(SpecError, match="round 10 is past the model's 10 rounds"):
-        agents[0].handle(
-            AnalysisRequest(
-                1,
-                "m-fit10",
-                "t",
-                SPEC_TEXT,
-                {"run": "m", "phase": "fit", "round": 10, "coefficients": [0.0] * 10},
-            )
-        )
+        agents[0].handle(_fit_request("m-fit10", 10, [0.0] * 10))
     with pytest.raises(SpecError, match="3 coefficients sent; the model has 10"):
-        agents[0].handle(
-            AnalysisRequest(
-                1,
-                "m-fit1",
-                "t",
-                SPEC_TEXT,
-                {"run": "m", "phase": "fit", "round": 1, "coefficients": [0.0] * 3},
-            )
-        )
+        agents[0].handle(_fit_request("m-fit1", 1, [0.0] * 3))
     with pytest.raises(SpecError, match="coefficients must be finite"):
-        agents[0].handle(
-            AnalysisRequest(
-                1,
-                "m-fit1",
-                "t",
-                SPEC_TEXT,
-                {"run": "m", "phase": "fit", "round": 1, "coefficients": [1e9] * 10},
-            )
-        )
+        agents[0].handle(_fit_request("m-fit1", 1, [1e9] * 10))
     with pytest.raises(SpecError, match="must have id 'm-fit0'"):
-        agents[0].handle(
-            AnalysisRequest(
-                1,
-                "other",
-                "t",
-                SPEC_TEXT,
-                {"run": "m", "phase": "fit", "round": 0, "coefficients": [0.0] * 10},
-            )
-        )
+        agents[0].handle(_fit_request("other", 0, [0.0] * 10))
     from privacy.errors import PolicyRefusal
 
     with pytest.raises(PolicyRefusal, match="did not release the first round of model run m"):
-        agents[0].handle(
-            AnalysisRequest(
-                1,
-                "m-fit1",
-                "t",
-                SPEC_TEXT,
-                {"run": "m", "phase": "fit", "round": 1, "coefficients": [0.0] * 10},
-            )
-        )
+        agents[0].handle(_fit_request("m-fit1", 1, [0.0] * 10))
     assert agents[0].ledger.entries() == []
 
 
