@@ -8,14 +8,14 @@ code) and validates against a pydantic model; all problems become one error, one
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
 from privacy.errors import SpecError, UserError
 
-__all__ = ["MAX_DOCUMENT_BYTES", "format_validation_error", "load_document", "parse_document"]
+__all__ = ["MAX_DOCUMENT_BYTES", "format_validation_error", "load_document", "load_mapping", "parse_document"]
 
 #: No document a person writes is this large; a bigger one is an accident or an attack.
 MAX_DOCUMENT_BYTES = 2_000_000
@@ -47,11 +47,11 @@ def format_validation_error(source: str, err: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def parse_document(text: str, model: type[M], *, source: str, error: type[UserError] = SpecError) -> M:
-    """Validate YAML `text` against `model`.
+def load_mapping(text: str, *, source: str, error: type[UserError] = SpecError) -> dict[str, Any]:
+    """Parse YAML `text` that must be a mapping (size-limited, plain YAML only).
 
     Raises:
-        SpecError or ConfigError (as `error`): unsafe or malformed YAML, or invalid fields.
+        SpecError or ConfigError (as `error`): too large, unsafe or malformed YAML, or not a mapping.
     """
     if len(text.encode()) > MAX_DOCUMENT_BYTES:
         raise error(f"{source}: the document is larger than {MAX_DOCUMENT_BYTES:,} bytes")
@@ -61,6 +61,16 @@ def parse_document(text: str, model: type[M], *, source: str, error: type[UserEr
         raise error(f"{source}: not valid YAML (only plain YAML is read, no tags): {exc}") from exc
     if not isinstance(data, dict):
         raise error(f"{source}: (document): expected a mapping of fields, got {type(data).__name__}")
+    return data
+
+
+def parse_document(text: str, model: type[M], *, source: str, error: type[UserError] = SpecError) -> M:
+    """Validate YAML `text` against `model`.
+
+    Raises:
+        SpecError or ConfigError (as `error`): unsafe or malformed YAML, or invalid fields.
+    """
+    data = load_mapping(text, source=source, error=error)
     try:
         return model.model_validate(data)
     except ValidationError as exc:

@@ -113,6 +113,8 @@ def outside(keys: tuple[KeySpec, ...]) -> int:
 
 
 def _key_codes(column: pd.Series, key: KeySpec) -> IntArray:
+    if key.derive == "missing":
+        return np.asarray(column.isna().to_numpy(), dtype=np.int64)
     if key.derive in ("hour", "weekday") and column.dtype.kind == "M":
         # Naive datetimes: integer arithmetic on seconds since the epoch (a Thursday).
         seconds = column.to_numpy().astype("datetime64[s]", copy=False).view(np.int64)

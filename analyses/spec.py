@@ -52,6 +52,7 @@ DERIVED_KEYS: dict[str, tuple[str, ...]] = {
     "hour": tuple(f"{h:02d}" for h in range(24)),
     "weekday": ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"),
     "month": tuple(f"{m:02d}" for m in range(1, 13)),
+    "missing": ("present", "missing"),
 }
 
 KeyValue = str | int
@@ -67,7 +68,7 @@ class KeySpec(_Model):
     column: str = Field(min_length=1)
     values: tuple[KeyValue, ...] | None = None
     keyset: str | None = None
-    derive: Literal["hour", "weekday", "month", "band"] | None = None
+    derive: Literal["hour", "weekday", "month", "band", "missing"] | None = None
     edges: tuple[float, ...] | None = None
     name: str | None = Field(default=None, description="output column name")
 
@@ -77,7 +78,7 @@ class KeySpec(_Model):
         if len(sources) != 1:
             raise ValueError(
                 "give exactly one of 'values' (a published list), 'keyset' (a shipped key set) "
-                "or 'derive' (hour, weekday, month, band)"
+                "or 'derive' (hour, weekday, month, band, missing)"
             )
         if self.values is not None:
             if not self.values:
@@ -437,6 +438,10 @@ class AnalysisSpec(_Model):
     combine: Literal["pool", "by_partner", "join"] = "pool"
     privacy: PrivacySpec
     disclosure: DisclosureSpec = DisclosureSpec()
+    law_enforcement_only: bool = Field(
+        default=False,
+        description="only partners whose policy.law_enforcement is true take part; others refuse",
+    )
     steps: tuple[Step, ...] = Field(min_length=1, max_length=50)
 
     @field_validator("version")

@@ -16,6 +16,8 @@ from node_agent.exit_codes import EXIT_HELP, ExitCode, code_for, no_phone_home
 from privacy.errors import OdaError
 
 if TYPE_CHECKING:
+    from pydantic import BaseModel
+
     from coordinator.flower_server import FlowerLink
 
 __all__ = ["main"]
@@ -71,6 +73,9 @@ def _parser() -> argparse.ArgumentParser:
         help="an evaluate step instead: AUC etc. on each node's true outcomes",
     )
     _coordinator_parser(sub)
+    from coordinator.blueprint_cli import add_parser
+
+    add_parser(sub)
     return parser
 
 
@@ -271,20 +276,24 @@ def _score_spec(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def _schema(out: Path) -> int:
-    from pydantic import BaseModel
-
+def schema_models() -> list[tuple[str, type[BaseModel]]]:
+    """The documents whose JSON Schemas are published in configs/schema (file name, model)."""
+    from analyses.blueprint import Blueprint
     from analyses.spec import AnalysisSpec
     from coordinator.service import CoordinatorConfig
     from node_agent.config import NodeConfig
 
-    out.mkdir(parents=True, exist_ok=True)
-    models: list[tuple[str, type[BaseModel]]] = [
+    return [
         ("analysis-spec.v1.json", AnalysisSpec),
         ("node-config.v1.json", NodeConfig),
         ("coordinator-config.v1.json", CoordinatorConfig),
+        ("blueprint.v1.json", Blueprint),
     ]
-    for name, model in models:
+
+
+def _schema(out: Path) -> int:
+    out.mkdir(parents=True, exist_ok=True)
+    for name, model in schema_models():
         (out / name).write_text(json.dumps(model.model_json_schema(), indent=2, sort_keys=True) + "\n")
         print(out / name)
     return ExitCode.OK
@@ -306,6 +315,10 @@ def main(argv: list[str] | None = None) -> int:
             return _coordinator(args)
         if args.command == "score-spec":
             return _score_spec(args)
+        if args.command == "blueprint":
+            from coordinator.blueprint_cli import main as blueprint_main
+
+            return blueprint_main(args)
         return _run(args)
     except (OdaError, KeyboardInterrupt) as exc:
         code = code_for(exc)

@@ -4,8 +4,9 @@ Flower's SuperLink serves Fleet, Control and Runtime on one port, and in the ope
 edition Control and Runtime have no authentication: whoever reaches them can start runs (code
 on every node) or register node keys. So the SuperLink binds to loopback and only this proxy
 listens on the public address. It forwards `POST /v1/fleet/*` and `GET /health` to the
-SuperLink over TLS (trusting the coordinator's own CA) and answers everything else with 404,
-without contacting the SuperLink. Node authentication stays end to end: the signed headers a
+SuperLink over TLS (trusting the coordinator's own CA), serves the coordinator's blueprint
+registry read-only (`GET /v1/blueprints`, `GET /v1/blueprints/NAME/VERSION/blueprint.yaml` and
+`.../signature.json`), and answers everything else with 404, without contacting the SuperLink. Node authentication stays end to end: the signed headers a
 node sends are forwarded unchanged and checked by the SuperLink.
 
 Run by `oda coordinator start`: `python -m coordinator.proxy --listen HOST:PORT --upstream
@@ -56,9 +57,34 @@ def _not_exposed(request: Request) -> Response:
     )
 
 
-def build_app(upstream: str, ca_cert: Path | None) -> Starlette:
+def _registry_routes(registry: Path) -> list[Route]:
+    from coordinator.registry import BLUEPRINT_FILE, SIGNATURE_FILE, LocalRegistry, registry_index
+    from privacy.errors import SpecError
+
+    async def index(_: Request) -> Response:
+        return JSONResponse(registry_index(registry))
+
+    async def blueprint_file(request: Request) -> Response:
+        name, version, file = (request.path_params[k] for k in ("name", "version", "file"))
+        if file not in (BLUEPRINT_FILE, SIGNATURE_FILE):
+            return _not_exposed(request)
+        try:
+            data, signature, _ = LocalRegistry(registry).read(name, version)
+        except SpecError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=404)
+        if file == SIGNATURE_FILE:
+            return JSONResponse(signature)
+        return Response(data, media_type="application/yaml")
+
+    return [
+        Route("/v1/blueprints", index, methods=["GET"]),
+        Route("/v1/blueprints/{name}/{version}/{file}", blueprint_file, methods=["GET"]),
+    ]
+
+
+def build_app(upstream: str, ca_cert: Path | None, registry: Path | None = None) -> Starlette:
     """The proxy as an ASGI app forwarding to `https://upstream` (plain HTTP when `ca_cert` is None,
-    which only tests use)."""
+    which only tests use), serving the blueprint registry in `registry` when given."""
     verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(ca_cert)) if ca_cert else False
     scheme = "https" if ca_cert else "http"
     client = httpx.AsyncClient(
@@ -105,7 +131,8 @@ def build_app(upstream: str, ca_cert: Path | None) -> Starlette:
         await client.aclose()
 
     methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
-    return Starlette(routes=[Route("/{path:path}", forward, methods=methods)], lifespan=lifespan)
+    routes = _registry_routes(registry) if registry is not None else []
+    return Starlette(routes=[*routes, Route("/{path:path}", forward, methods=methods)], lifespan=lifespan)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,10 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--listen", required=True, help="public HOST:PORT")
     parser.add_argument("--upstream", required=True, help="the SuperLink on loopback, 127.0.0.1:PORT")
     parser.add_argument("--pki", type=Path, required=True, help="folder with ca.crt, server.crt, server.key")
+    parser.add_argument("--registry", type=Path, default=None, help="blueprint registry folder to serve")
     args = parser.parse_args(argv)
     host, _, port = args.listen.rpartition(":")
     pki: Path = args.pki
-    app = build_app(args.upstream, pki / "ca.crt")
+    app = build_app(args.upstream, pki / "ca.crt", args.registry)
     print(
         f"fleet proxy: https://{args.listen} -> https://{args.upstream} (Fleet API and /health only)",
         flush=True,

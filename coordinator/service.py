@@ -65,6 +65,11 @@ class CoordinatorConfig(BaseModel):
         description="the SuperLink's state (registered node keys, runs), relative to this folder; "
         "null keeps it in memory, so node keys must be registered again after every start",
     )
+    blueprints: str = Field(
+        default="blueprints",
+        description="the blueprint registry folder this coordinator publishes (read-only over HTTPS at "
+        "/v1/blueprints), relative to this folder",
+    )
 
 
 def load_coordinator(folder: Path) -> CoordinatorConfig:
@@ -106,6 +111,7 @@ def init_coordinator(
         f"fleet_address: {config.fleet_address}    # what partners write as `coordinator:`",
         f"superlink_port: {superlink_port}         # the SuperLink, on 127.0.0.1 only",
         "database: superlink.db          # registered node keys and runs: back it up",
+        "blueprints: blueprints          # published blueprints, served read-only at /v1/blueprints",
     ]
     (folder / CONFIG_NAME).write_text("\n".join(lines) + "\n")
     return config
@@ -240,6 +246,11 @@ class CoordinatorService(Supervised):
     def fleet_listen(self) -> str:
         return self.config.fleet_listen
 
+    @property
+    def registry(self) -> Path:
+        """The blueprint registry folder the proxy serves."""
+        return self.folder / self.config.blueprints
+
     def start(self) -> None:
         """Start the SuperLink, then the proxy; return once both accept connections.
 
@@ -293,6 +304,8 @@ class CoordinatorService(Supervised):
                 self.superlink_address,
                 "--pki",
                 str(self.pki.folder),
+                "--registry",
+                str(self.registry),
             ],
         )
         self.processes.wait_for(

@@ -280,6 +280,11 @@ class NodeAgent:
                 f"dataset {declared_not_allowed[0]!r} is not in this node's policy.allowed_datasets: "
                 "the partner has not agreed to analyses of it"
             )
+        if held and spec.law_enforcement_only and not policy.law_enforcement:
+            raise PolicyRefusal(
+                f"analysis {spec.name!r} is for law enforcement purposes only, and this node's policy "
+                "does not mark it as law enforcement (policy.law_enforcement: true): nothing was released"
+            )
         if held and not policy.allows_analysis(spec.name):
             raise PolicyRefusal(
                 f"analysis {spec.name!r} is not in this node's policy.allowed_analyses "

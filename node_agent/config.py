@@ -139,6 +139,11 @@ class PolicyConfig(_Model):
     renewal: RenewalConfig | None = Field(default=None, description="default: caps never renew")
     min_cell: int = Field(default=10, ge=0, le=1000)
     approval: Literal["auto", "manual"] = "auto"
+    law_enforcement: bool = Field(
+        default=False,
+        description="this partner processes for law enforcement purposes (a competent authority under "
+        "DPA 2018 Part 3); analyses marked law_enforcement_only run only where this is true",
+    )
 
     @model_validator(mode="after")
     def _caps_positive(self) -> PolicyConfig:

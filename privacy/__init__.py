@@ -22,6 +22,7 @@ if TYPE_CHECKING:
         OdaError,
         PolicyRefusal,
         ProtocolError,
+        SignatureError,
         SpecError,
         UserError,
     )
@@ -47,6 +48,7 @@ _HOME = {
             "OdaError",
             "PolicyRefusal",
             "ProtocolError",
+            "SignatureError",
             "SpecError",
             "UserError",
         ],
@@ -81,6 +83,7 @@ __all__ = [
     "PrivacyUnit",
     "ProtocolError",
     "Rho",
+    "SignatureError",
     "SpecError",
     "UserError",
     "calibrate_scale",

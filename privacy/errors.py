@@ -10,6 +10,7 @@ It lives in the lowest layer so that every package can raise and catch it::
     │   ├── PolicyRefusal         the node's local policy forbids the request
     │   ├── BudgetExhausted       the privacy ledger cannot cover the request
     │   ├── ProtocolError         a peer speaks a version or bundle we do not accept
+    │   │   └── SignatureError    a blueprint's hash or signature does not verify
     │   └── FederationError       the federation could not be started or reached
     └── InternalError             a bug in oda-federated: please report it
 
@@ -27,6 +28,7 @@ __all__ = [
     "OdaError",
     "PolicyRefusal",
     "ProtocolError",
+    "SignatureError",
     "SpecError",
     "UserError",
 ]
@@ -62,6 +64,10 @@ class BudgetExhausted(UserError):
 
 class ProtocolError(UserError):
     """A peer sent a version, bundle or message this side does not accept."""
+
+
+class SignatureError(ProtocolError):
+    """A published blueprint's content hash or publisher signature does not verify."""
 
 
 class FederationError(UserError):

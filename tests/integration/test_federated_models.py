@@ -190,9 +190,10 @@ def test_scores_stay_at_the_nodes_and_only_a_dp_histogram_leaves(
         frame = agent.frame("crashes")
         _, y = design(fitted.model.spec, frame)
         exact = _auc(fitted.model.predict(frame[frame.dead.notna()]), y)
-        assert abs(auc.loc[agent.config.partner, "auc"] - exact) < 0.08, (
-            agent.config.partner
-        )  # one partner, 40 noisy bins
+        # One partner (about 160 deaths), 80 noisy bins at rho 0.05: simulating this release 4,000
+        # times per partner gave errors up to 0.114 (99.9th percentile 0.095), so 0.08 failed about
+        # one run in twenty over six partners. A broken AUC is off by 0.3 or more.
+        assert abs(auc.loc[agent.config.partner, "auc"] - exact) < 0.13, agent.config.partner
 
 
 def test_sgd_needs_flower_and_its_first_round_checks_the_whole_budget(

@@ -206,19 +206,10 @@ def test_example_node_config_is_valid() -> None:
 def test_published_json_schemas_are_up_to_date() -> None:
     import json
 
-    from pydantic import BaseModel
-
-    from analyses.spec import AnalysisSpec
-    from coordinator.service import CoordinatorConfig
-    from node_agent.config import NodeConfig
+    from coordinator.cli import schema_models
 
     folder = Path(__file__).resolve().parents[2] / "configs" / "schema"
-    models: list[tuple[str, type[BaseModel]]] = [
-        ("analysis-spec.v1.json", AnalysisSpec),
-        ("node-config.v1.json", NodeConfig),
-        ("coordinator-config.v1.json", CoordinatorConfig),
-    ]
-    for name, model in models:
+    for name, model in schema_models():
         on_disk = json.loads((folder / name).read_text())
         assert on_disk == json.loads(json.dumps(model.model_json_schema())), (
             f"run `oda schema` to refresh {name}"
