@@ -14,6 +14,7 @@ ratios from the published tables (post-processing, no budget) and writes:
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import time
@@ -227,12 +228,18 @@ def _is_area_column(frame: pd.DataFrame, column: str) -> bool:
 
 
 def _figure(run: BlueprintRun, output: OutputSpec) -> Figure:
+    """One output of the report; one that cannot be drawn says why, and the rest still render."""
     try:
-        if output.kind == "model":
-            return _model_figure(run, output)
-        table = run.table(output.id if output.kind in ("index", "ratio", "profile") else output.table or "")
-    except SpecError as exc:
-        return Figure(output, f'<p class="refused">Not available: {exc}</p>')
+        return _draw(run, output)
+    except (SpecError, KeyError, ValueError, TypeError) as exc:
+        why = f"column {exc} not found" if isinstance(exc, KeyError) else str(exc)
+        return Figure(output, f'<p class="refused">Not available: {html.escape(why)}</p>')
+
+
+def _draw(run: BlueprintRun, output: OutputSpec) -> Figure:
+    if output.kind == "model":
+        return _model_figure(run, output)
+    table = run.table(output.id if output.kind in ("index", "ratio", "profile") else output.table or "")
     frame = table.frame
     notes = [*table.notes]
     if output.kind == "table":
@@ -264,7 +271,7 @@ def _figure(run: BlueprintRun, output: OutputSpec) -> Figure:
     acc: list[float] = frame[acc_col].astype(float).tolist() if acc_col in frame else []
     noun = value.replace("_", " ")
     if output.kind == "map" or (output.kind == "ratio" and output.map):
-        keys = load_keyset_for(frame, x)
+        keys = [str(v) for v in frame[x].tolist()]  # one shape per published key, in table order
         by_key = frame.set_index(x)
         vals = [float(by_key[value].get(k, np.nan)) for k in keys]
         margins = [
@@ -291,11 +298,6 @@ def _figure(run: BlueprintRun, output: OutputSpec) -> Figure:
     return Figure(
         output, draw(frame, x, value, output.series, noun), [accuracy_words(acc, noun, cells), *notes]
     )
-
-
-def load_keyset_for(frame: pd.DataFrame, column: str) -> list[str]:
-    """The area codes a map shows: the table's own rows, in order (one shape per published key)."""
-    return [str(v) for v in frame[column].tolist()]
 
 
 def _names(codes: list[str]) -> tuple[list[str], list[str]]:
