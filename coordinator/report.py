@@ -35,7 +35,7 @@ def _num(value: float) -> str:
         return "-"
     if abs(value) >= 100 or float(value).is_integer():
         return f"{value:,.0f}"
-    return f"{value:,.2f}" if abs(value) >= 1 else f"{value:.3g}"
+    return f"{value:,.1f}" if abs(value) >= 1 else f"{value:.3g}"
 
 
 def accuracy_words(accuracy: Sequence[float] | float, noun: str, cells: str) -> str:
