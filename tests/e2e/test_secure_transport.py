@@ -7,6 +7,7 @@ through the Fleet proxy, which forwards nothing but `/v1/fleet/*` and `/health`.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import ssl
 import subprocess
@@ -111,6 +112,24 @@ def _register(coordinator: Coordinator, partner: str) -> str:
     return done.stdout
 
 
+@contextlib.contextmanager
+def _running_node(config: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    """`oda-node start` in the background, logging to node.log, once it is ready; stopped by
+    SIGTERM at the end if it is still running."""
+    log = config.parent / "node.log"
+    with log.open("wb") as sink:
+        node = subprocess.Popen(
+            [*NODE, "start", "--config", str(config)], stdout=sink, stderr=subprocess.STDOUT
+        )
+    try:
+        _wait_for_text(log, ": ready", node, 60)
+        yield node, log
+    finally:
+        if node.poll() is None:
+            node.send_signal(signal.SIGTERM)
+            node.wait(20)
+
+
 def _start_node(config: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*NODE, "start", "--config", str(config)], capture_output=True, text=True, timeout=timeout
@@ -139,13 +158,7 @@ def test_registered_node_connects_through_the_proxy_and_releases(coordinator: Co
     check = subprocess.run([*NODE, "check", "--config", str(config)], capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
     assert f"coordinator {coordinator.fleet}: reachable, TLS, trusting" in check.stdout
-    log = config.parent / "node.log"
-    with log.open("wb") as sink:
-        node = subprocess.Popen(
-            [*NODE, "start", "--config", str(config)], stdout=sink, stderr=subprocess.STDOUT
-        )
-    try:
-        _wait_for_text(log, ": ready", node, 60)
+    with _running_node(config) as (_, log):
         listed = subprocess.run(
             [*ODA, "coordinator", "nodes", str(coordinator.folder)], capture_output=True, text=True
         )
@@ -158,9 +171,6 @@ def test_registered_node_connects_through_the_proxy_and_releases(coordinator: Co
         assert [r.partner for r in result.releases] == ["police"]
         assert len(result.tables[0].frame) == 195
         assert "HTTP Request:" not in log.read_text(), "the node logs each poll"
-    finally:
-        node.send_signal(signal.SIGTERM)
-        node.wait(20)
 
 
 def test_unregistered_node_is_refused_with_what_to_do(coordinator: Coordinator) -> None:
@@ -283,19 +293,9 @@ def test_unregistered_key_stops_a_running_node(coordinator: Coordinator) -> None
     out = _register(coordinator, "fire")
     node_id = out.split("as node ")[1].split(";")[0]
     config = coordinator.configs["fire"]
-    log = config.parent / "node.log"
-    with log.open("wb") as sink:
-        node = subprocess.Popen(
-            [*NODE, "start", "--config", str(config)], stdout=sink, stderr=subprocess.STDOUT
-        )
-    try:
-        _wait_for_text(log, ": ready", node, 60)
+    with _running_node(config) as (node, log):
         subprocess.run([*ODA, "coordinator", "unregister-node", str(coordinator.folder), node_id], check=True)
         assert node.wait(30) == ExitCode.FEDERATION
-    finally:
-        if node.poll() is None:
-            node.send_signal(signal.SIGTERM)
-            node.wait(20)
     assert "no longer accepts this node's key" in log.read_text()
 
 
