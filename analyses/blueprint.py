@@ -335,8 +335,8 @@ class Blueprint(_Model):
             specs.append((text, spec))
         return RenderedBlueprint(self, values, tuple(specs))
 
-    def contract_schemas(self, values: Mapping[str, ParamValue]) -> dict[str, dict[str, ColumnType]]:
-        del values  # column types do not depend on parameters
+    def contract_schemas(self) -> dict[str, dict[str, ColumnType]]:
+        """dataset -> column -> type, as the contracts declare them."""
         return {name: contract.column_types() for name, contract in self.datasets.items()}
 
     def keyset_of(self, dataset: str, column: str, values: Mapping[str, ParamValue]) -> str | None:
@@ -380,14 +380,13 @@ class RenderedBlueprint:
         budget (a model's rounds together make up its step's share), so this is its ledger's sum.
         """
         costs: dict[str, Rho] = {}
-        for _, spec in self.analyses:
-            steps = [s for s in spec.steps if spec.dataset_of(s) in held]
-            if spec.law_enforcement_only and not law_enforcement:
-                steps = []
+        for name, per in self.dataset_cost().items():
+            refused = self.spec(name).law_enforcement_only and not law_enforcement
             total = Rho(0.0)
-            for step in steps:
-                total = total + spec.step_budget(step.id)
-            costs[spec.name] = total
+            for dataset, cost in per.items():
+                if dataset in held and not refused:
+                    total = total + cost
+            costs[name] = total
         return costs
 
     def dataset_cost(self) -> dict[str, dict[str, Rho]]:
@@ -449,7 +448,7 @@ def parse_blueprint(data: bytes, source: str) -> LoadedBlueprint:
     except ValidationError as exc:
         raise SpecError(format_validation_error(source, exc)) from exc
     rendered = blueprint.render()
-    schemas = blueprint.contract_schemas(rendered.parameters)
+    schemas = blueprint.contract_schemas()
     problems = []
     names = set()
     for _, spec in rendered.analyses:
@@ -466,9 +465,7 @@ def parse_blueprint(data: bytes, source: str) -> LoadedBlueprint:
                     f"but dataset {dataset!r} is identified by {blueprint.datasets[dataset].identifier!r}"
                 )
         try:
-            check_steps(
-                spec, {d: s for d, s in schemas.items() if d in {spec.dataset_of(x) for x in spec.steps}}
-            )
+            check_steps(spec, schemas)
         except SpecError as exc:
             problems.append(f"analysis {spec.name!r} does not fit the contracts: {exc}")
     for output in blueprint.outputs:

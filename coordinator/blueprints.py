@@ -30,7 +30,7 @@ import pandas as pd
 from analyses.aggregate import ResultTable
 from analyses.blueprint import LoadedBlueprint, OutputSpec, RenderedBlueprint
 from analyses.derived import composite_index, ratio
-from coordinator.geography import area_shapes, boundaries_geojson
+from coordinator.geography import area_names, boundaries_geojson
 from coordinator.orchestrator import AnalysisResult, Transport, run_analysis
 from coordinator.report import (
     Figure,
@@ -251,8 +251,7 @@ def _draw(run: BlueprintRun, output: OutputSpec) -> Figure:
     if output.kind == "index":
         shown = frame.copy()
         if _is_area_column(shown, x):
-            names = dict(zip(*_names(shown[x].tolist()), strict=True))
-            shown.insert(1, "area_name", shown[x].map(names))
+            shown.insert(1, "area_name", area_names(shown[x].astype(str).tolist()))
         words = [
             f"Rank intervals: the area ranked 1 could rank anywhere from {frame['rank_low95'].iloc[0]} to "
             f"{frame['rank_high95'].iloc[0]} (95%); the median width of a rank interval is "
@@ -274,12 +273,7 @@ def _draw(run: BlueprintRun, output: OutputSpec) -> Figure:
         keys = [str(v) for v in frame[x].tolist()]  # one shape per published key, in table order
         by_key = frame.set_index(x)
         vals = [float(by_key[value].get(k, np.nan)) for k in keys]
-        margins = [
-            float(by_key[f"{value}_accuracy95"].get(k, np.nan))
-            if f"{value}_accuracy95" in by_key
-            else math.nan
-            for k in keys
-        ]
+        margins = [float(by_key[acc_col].get(k, np.nan)) if acc_col in by_key else math.nan for k in keys]
         body = choropleth(keys, vals, margins, output.title)
         words = [accuracy_words(acc, noun, "areas")]
         suppressed = int(np.sum(~np.isfinite(np.asarray(vals, dtype=float))))
@@ -298,11 +292,6 @@ def _draw(run: BlueprintRun, output: OutputSpec) -> Figure:
     return Figure(
         output, draw(frame, x, value, output.series, noun), [accuracy_words(acc, noun, cells), *notes]
     )
-
-
-def _names(codes: list[str]) -> tuple[list[str], list[str]]:
-    shapes, _, _ = area_shapes(codes)
-    return [s.code for s in shapes], [s.name for s in shapes]
 
 
 def _model_figure(run: BlueprintRun, output: OutputSpec) -> Figure:
@@ -403,9 +392,8 @@ def _export_frame(run: BlueprintRun, analysis: str, table: ResultTable) -> pd.Da
         if column.endswith("_accuracy95"):
             continue
         out[column] = frame[column]
-        if column in frame and _is_area_column(frame, column):
-            _, names = _names(frame[column].astype(str).tolist())
-            out[f"{column}_name"] = names
+        if _is_area_column(frame, column):
+            out[f"{column}_name"] = area_names(frame[column].astype(str).tolist())
         acc = f"{column}_accuracy95"
         if acc in frame:
             value = pd.to_numeric(frame[column], errors="coerce")

@@ -33,7 +33,7 @@ from analyses.keysets import load_keyset
 from node_agent.keys import write_key_pair
 from privacy.errors import SpecError
 
-__all__ = ["LAW_ENFORCEMENT_PARTNERS", "example_frame", "write_blueprint_federation"]
+__all__ = ["LAW_ENFORCEMENT_PARTNERS", "example_frame", "node_column", "write_blueprint_federation"]
 
 #: Partners of the embedded federation whose policy marks them as law enforcement.
 LAW_ENFORCEMENT_PARTNERS = frozenset({"police"})
@@ -71,9 +71,10 @@ def _draw(
         if keyset is None:
             raise SpecError(f"column {name!r}: gen area needs the column's keyset")
         areas = np.asarray(load_keyset(keyset))
-        weights = np.exp(float(spec.get("deprivation", 0.0)) * _deprivation(keyset, 7))
+        latent = _deprivation(keyset, 7)
+        weights = np.exp(float(spec.get("deprivation", 0.0)) * latent)
         index = rng.choice(len(areas), size=rows, p=weights / weights.sum())
-        deprivation[:] = _deprivation(keyset, 7)[index]
+        deprivation[:] = latent[index]
         return areas[index]
     if gen == "time":
         hours = np.asarray(_PROFILES[str(spec.get("profile", "night"))], dtype=float)
@@ -135,7 +136,8 @@ def example_frame(
     return out
 
 
-def _column_yaml(column: ColumnContract) -> dict[str, Any]:
+def node_column(column: ColumnContract) -> dict[str, Any]:
+    """A contract column as `node.yaml` declares it (type, and the contract's rules)."""
     entry: dict[str, Any] = {"type": column.type, "required": not column.nullable}
     if column.allowed is not None:
         entry["allowed"] = list(column.allowed)
@@ -191,7 +193,7 @@ def write_blueprint_federation(
             declared[dataset] = {
                 "path": f"{dataset}.parquet",
                 "identifier": contract.identifier,
-                "columns": {name: _column_yaml(c) for name, c in contract.columns.items()},
+                "columns": {name: node_column(c) for name, c in contract.columns.items()},
             }
         keys = folder / "keys"
         if not (keys / "node.key").exists():

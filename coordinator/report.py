@@ -80,10 +80,6 @@ class ReportInput:
     files: list[str]
 
 
-def _label(value: object) -> str:
-    return str(value)
-
-
 def _axes(width: int, height: int, left: int, bottom: int, top: float, scale: float, label: str) -> list[str]:
     """An SVG chart's opening tag and its horizontal grid with value ticks."""
     svg = [f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" aria-label="{_e(label)}">']
@@ -152,7 +148,7 @@ def bar_chart(frame: pd.DataFrame, x: str, value: str, series: str | None, noun:
         cx = left + (i + 0.5) * slot
         svg.append(
             f'<text x="{cx:.1f}" y="{height - bottom + 14}" class="tick" text-anchor="end" '
-            f'transform="rotate(-35 {cx:.1f} {height - bottom + 14})">{_e(_label(xv))[:22]}</text>'
+            f'transform="rotate(-35 {cx:.1f} {height - bottom + 14})">{_e(xv)[:22]}</text>'
         )
     if series:
         svg += _legend(groups, left, height)

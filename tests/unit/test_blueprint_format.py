@@ -166,7 +166,7 @@ def test_ratio_has_a_delta_method_margin_and_is_undefined_over_zero() -> None:
 
 
 def test_example_data_fit_their_contracts() -> None:
-    from coordinator.example_data import example_frame
+    from coordinator.example_data import example_frame, node_column
     from node_agent.config import DatasetConfig
     from node_agent.connectors import contract_report
 
@@ -177,16 +177,7 @@ def test_example_data_fit_their_contracts() -> None:
         {
             "path": "x.parquet",
             "identifier": contract.identifier,
-            "columns": {
-                n: {
-                    "type": c.type,
-                    "required": not c.nullable,
-                    "allowed": c.allowed,
-                    "min": c.min,
-                    "max": c.max,
-                }
-                for n, c in contract.columns.items()
-            },
+            "columns": {n: node_column(c) for n, c in contract.columns.items()},
         }
     )
     assert [rule for rule, bad in contract_report(frame, config) if bad] == []
