@@ -15,20 +15,38 @@ import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
 
 from analyses.glm import ModelSpec, auc_from_histograms, score_edges
 from analyses.release import MeasurementRelease, NodeRelease, StepRelease
-from analyses.spec import AnalysisSpec, EvaluateStep, HistogramStep, QuantileStep, ScoreStep, Step
-from privacy.accuracy import pooled_accuracy95, ratio_accuracy95
+from analyses.spec import (
+    AnalysisSpec,
+    EvaluateStep,
+    HistogramStep,
+    MeanStep,
+    QuantileStep,
+    ScoreStep,
+    Step,
+    SumStep,
+)
+from privacy.accuracy import Z95, pooled_accuracy95, ratio_accuracy95
 from privacy.disclosure import round_to, suppress_small
 from privacy.errors import ProtocolError
 
-__all__ = ["PooledVector", "ResultTable", "combine", "evaluation_tables", "key_frame", "pool_vectors"]
-
-_Z95 = 1.959963984540054
+__all__ = [
+    "PooledVector",
+    "QuantileEstimate",
+    "ResultTable",
+    "combine",
+    "evaluation_tables",
+    "key_frame",
+    "monotone_cumulative",
+    "pool_vectors",
+    "quantile_from_histogram",
+]
 
 
 @dataclass(frozen=True)
@@ -102,22 +120,33 @@ def _step_frame(
         return _quantile_frame(step, releases, frame, min_cell)
     names = [m.name for m in releases[0].measurements]
     pooled = {n: pool_vectors([r.measurement(n) for r in releases]) for n in names}
-    if step.kind == "mean":
+    if isinstance(step, SumStep | MeanStep):
+        _check_quantum(step, [r.measurement("sum") for r in releases])
         s, c = pooled["sum"], pooled["count"]
-        frame["count"] = c.values
-        frame["count_accuracy95"] = c.accuracy95
-        with np.errstate(divide="ignore", invalid="ignore"):
-            frame["mean"] = np.where(c.values > 0, s.values / c.values, np.nan)
-        frame["mean_accuracy95"] = [
-            ratio_accuracy95(sv, cv, s.scale, c.scale) for sv, cv in zip(s.values, c.values, strict=True)
-        ]
-        _disclose(frame, "count", ["mean", "count"], spec, min_cell)
-        notes.append("mean = pooled noisy sum / pooled noisy count; accuracy by the delta method")
-    elif step.kind == "sum":
-        p = pooled["sum"]
-        frame["sum"] = p.values
-        frame["sum_accuracy95"] = p.accuracy95
-        notes.append("sums are not suppressed by count: no count is released with them")
+        centre = step.centre()
+        rounding = max(r.measurement("sum").rounding for r in releases)
+        if isinstance(step, MeanStep):
+            frame["count"] = c.values
+            frame["count_accuracy95"] = c.accuracy95
+            with np.errstate(divide="ignore", invalid="ignore"):
+                frame["mean"] = np.where(c.values > 0, centre + s.values / c.values, np.nan)
+            frame["mean_accuracy95"] = [
+                ratio_accuracy95(sv, cv, s.scale, c.scale) + rounding
+                for sv, cv in zip(s.values, c.values, strict=True)
+            ]
+            _disclose(frame, "count", ["mean", "count"], spec, min_cell)
+            notes.append(
+                f"mean = {centre:g} + pooled noisy sum of (value - {centre:g}) / pooled noisy count; "
+                "accuracy by the delta method" + (f", plus {rounding:.3g} for rounding" if rounding else "")
+            )
+        else:
+            frame["sum"] = s.values + centre * c.values
+            noise = Z95 * math.sqrt(s.scale**2 + (centre * c.scale) ** 2)
+            rows = np.maximum(c.values + c.accuracy95, 0.0)
+            frame["sum_accuracy95"] = noise + rows * rounding
+            notes.append("sums are not suppressed by count: no count is published with them")
+            if rounding:
+                notes.append(f"accuracy includes rounding of at most {rounding:.3g} per row")
     else:
         p = pooled["count"]
         frame["count"] = p.values
@@ -126,10 +155,134 @@ def _step_frame(
     return frame, notes
 
 
-def _value_at_rank(cdf: np.ndarray, rank: float, low: float, width: float, bins: int) -> float:
-    """Upper edge of the first bin whose cumulative count reaches `rank`."""
-    j = int(np.searchsorted(cdf, rank, side="left"))
-    return float(low + min(j + 1, bins) * width)
+def _check_quantum(step: SumStep | MeanStep, measurements: Sequence[MeasurementRelease]) -> None:
+    """Raises: ProtocolError when a release's unit is not the one the spec defines."""
+    for m in measurements:
+        if not math.isclose(m.unit_value, step.quantum(), rel_tol=1e-12):
+            raise ProtocolError(
+                f"step {step.id!r}: a release counts in units of {m.unit_value:g}, the spec defines "
+                f"{step.quantum():g}"
+            )
+
+
+def monotone_cumulative(cumulative: np.ndarray) -> np.ndarray:
+    """A non-decreasing stand-in for a noisy cumulative count: the mean of its running maximum
+    from the left and its running minimum from the right (both monotone, so their mean is)."""
+    left = np.maximum.accumulate(cumulative)
+    right = np.minimum.accumulate(cumulative[::-1])[::-1]
+    return np.asarray((left + right) / 2.0)
+
+
+@dataclass(frozen=True)
+class QuantileEstimate:
+    """One quantile read from a noisy histogram, with its 95% interval."""
+
+    value: float
+    low: float
+    high: float
+
+
+#: Simulated noise walks per quantile interval (seeded, so a report is reproducible).
+_WALKS = 400
+
+
+@lru_cache(maxsize=8)
+def _noise_walks(bins: int) -> np.ndarray:
+    """`_WALKS` Gaussian random walks of `bins` unit steps (with the 0 start): the shape of the
+    noise on a cumulative count, whatever the data."""
+    rng = np.random.default_rng(20261202)
+    steps = rng.standard_normal((_WALKS, bins))
+    return np.concatenate([np.zeros((_WALKS, 1)), np.cumsum(steps, axis=1)], axis=1)
+
+
+def _critical_value(smooth: np.ndarray, position: float, q: float, bin_sd: float, sd: np.ndarray) -> float:
+    """The z for which, in 95% of simulated noise draws, no bin edge lands on the wrong side of
+    the quantile by more than z standard deviations: 1.96 for one edge, more when many edges
+    are ambiguous.
+
+    Near the quantile the cumulative count rises at the local density of the data, so an edge's
+    margin (its cumulative count minus q times the total) grows with its distance from the
+    quantile. The calibration uses that straight line, with the density taken at the low end of
+    its own 95% interval: where the data are swamped by noise the slope is near zero, many
+    edges are ambiguous and z grows; where they are clear it stays at 1.96. Only edges whose
+    margin is within 8 standard deviations are simulated (the rest cannot err).
+    """
+    bins = len(smooth) - 1
+    centre = min(max(round(position), 0), bins)
+    reach = max(4, int(np.ceil(np.max(sd) / max(bin_sd, 1e-300))))  # a neighbourhood of the estimate
+    lo, hi = max(0, centre - reach), min(bins, centre + reach)
+    rise = smooth[hi] - smooth[lo] - Z95 * bin_sd * math.sqrt(max(hi - lo, 1))
+    slope = max(rise, 0.0) / max(hi - lo, 1)
+    span = bins if slope <= 0 else min(bins, int(np.ceil(8.0 * np.max(sd) / slope)) + 1)
+    window = np.arange(max(0, centre - span), min(bins, centre + span) + 1)
+    walks = _noise_walks(bins)
+    noise = (walks[:, window] - q * walks[:, -1:]) * bin_sd
+    margin = slope * (window - position)
+    standardised = (margin + noise) / np.maximum(sd[window], 1e-300)
+    needed = np.max(np.where(margin < 0, standardised, -standardised), axis=1)
+    # Only the excess over one edge's test is taken from the simulation (the same draws give
+    # both, so their sampling noise cancels); one edge alone needs exactly 1.96.
+    alone = np.abs(standardised[:, int(np.searchsorted(window, centre))])
+    excess = float(np.quantile(needed, 0.95) - np.quantile(alone, 0.95))
+    return Z95 + max(excess, 0.0)
+
+
+def quantile_from_histogram(
+    histogram: np.ndarray, q: float, bin_sd: float, low: float, high: float
+) -> QuantileEstimate:
+    """The `q` quantile of the values behind a noisy histogram of equal bins over [low, high].
+
+    The noise is left signed (clamping empty bins at 0 would add false mass). The estimate is
+    where a monotone version of the noisy cumulative count crosses `q` times the noisy total,
+    interpolated inside the bin (not the bin's upper edge). The interval inverts a test at every
+    bin edge: the noisy `cumulative - q x total` at an edge with j bins below it (B in all) has
+    standard deviation `bin_sd * sqrt((1-q)^2 j + q^2 (B - j))`; an edge more than z of those
+    below zero lies below the quantile, more than z above lies above, and the interval runs
+    from the highest edge found below to the lowest found above (each end placed inside its bin
+    where the test crosses its threshold). z is calibrated so that all edges together err with
+    probability 5% (`_critical_value`).
+    """
+    bins = len(histogram)
+    width = (high - low) / bins
+    cumulative = np.concatenate([[0.0], np.cumsum(np.asarray(histogram, dtype=np.float64))])
+    target = q * cumulative[-1]
+    smooth = monotone_cumulative(cumulative)
+    j = int(np.searchsorted(smooth, target, side="left"))
+    if j == 0:
+        value = low
+    elif j > bins:
+        value = high
+    else:
+        below, above = smooth[j - 1], smooth[j]
+        frac = 0.5 if above <= below else float(np.clip((target - below) / (above - below), 0.0, 1.0))
+        value = low + (j - 1 + frac) * width
+    edges = np.arange(bins + 1)
+    sd = bin_sd * np.sqrt((1 - q) ** 2 * edges + q**2 * (bins - edges))
+    z = _critical_value(smooth, (value - low) / width, q, bin_sd, sd)
+    gap = cumulative - target
+    rising = gap + z * sd  # below zero: this edge lies below the quantile
+    falling = gap - z * sd  # above zero: this edge lies above it
+    lower_edges = np.flatnonzero(rising < 0)
+    upper_edges = np.flatnonzero(falling > 0)
+    first = _crossing(rising, int(lower_edges[-1])) if len(lower_edges) else 0.0
+    last = _crossing(falling, int(upper_edges[0]) - 1) if len(upper_edges) else float(bins)
+    first, last = min(first, last), max(first, last)  # contradicting edges: keep both sides
+    # Where the estimate's own bin is wider than the interval, the data's place inside that bin
+    # is unknowable from a histogram: the interval keeps the whole bin.
+    home = min(int((value - low) / width), bins - 1) if value < high else bins - 1
+    first, last = min(first, float(home)), max(last, float(home + 1))
+    return QuantileEstimate(value, low + first * width, low + last * width)
+
+
+def _crossing(curve: np.ndarray, j: int) -> float:
+    """Where `curve` crosses zero between edges j and j+1 (linearly inside the bin, as values
+    spread inside a bin), clamped to [j, j+1]."""
+    if j < 0:
+        return 0.0
+    if j + 1 >= len(curve):
+        return float(len(curve) - 1)
+    a, b = curve[j], curve[j + 1]
+    return float(j + (np.clip(-a / (b - a), 0.0, 1.0) if b != a else 0.5))
 
 
 def _quantile_frame(
@@ -138,31 +291,24 @@ def _quantile_frame(
     pooled = pool_vectors([r.measurement("histogram") for r in releases])
     hist = pooled.values.reshape(-1, step.bins)
     low, high = step.bounds
-    width = (high - low) / step.bins
     rows = []
     for g in range(hist.shape[0]):
-        h = np.maximum(hist[g], 0)
-        total = h.sum()
-        cdf = np.cumsum(h)
-        # the noise on a cumulative count over j bins has scale sqrt(j) * per-bin scale
-        slack = _Z95 * pooled.scale * math.sqrt(step.bins)
-        row: dict[str, float] = {"count": float(hist[g].sum())}
+        total = float(hist[g].sum())
+        row: dict[str, float] = {"count": total}
         for q in step.quantiles:
-            target = q * total
             label = f"q{round(q * 100):02d}"
             if total < max(min_cell, 1):
                 row[label] = row[f"{label}_low"] = row[f"{label}_high"] = math.nan
                 continue
-            row[label] = _value_at_rank(cdf, target, low, width, step.bins)
-            row[f"{label}_low"] = _value_at_rank(cdf, max(target - slack, 0), low, width, step.bins) - width
-            row[f"{label}_high"] = _value_at_rank(cdf, min(target + slack, total), low, width, step.bins)
+            found = quantile_from_histogram(hist[g], q, pooled.scale, low, high)
+            row[label], row[f"{label}_low"], row[f"{label}_high"] = found.value, found.low, found.high
         rows.append(row)
     frame = pd.concat([keys.reset_index(drop=True), pd.DataFrame(rows)], axis=1)
     if keys.shape[1] == 0:
         frame = pd.DataFrame(rows)
     notes = [
         f"quantiles read from a pooled noisy histogram of {step.bins} bins over {list(step.bounds)}; "
-        "[low, high] is an approximate 95% interval"
+        "[low, high] is a 95% interval"
     ]
     return frame, notes
 

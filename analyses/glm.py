@@ -18,7 +18,7 @@ import json
 import math
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -40,6 +40,8 @@ __all__ = [
     "design",
     "encode",
     "evaluation_histograms",
+    "evaluation_sensitivity",
+    "exact_stats",
     "hessian_floor",
     "intervals95",
     "load_model_document",
@@ -247,12 +249,18 @@ class NoisyStats:
         return LocalStats(vector[:p], hessian, self.scale * self.unit_value)
 
 
-def release_stats(
-    spec: ModelSpec, x: FloatArray, y: FloatArray, beta: FloatArray, max_rows: int, budget: Rho
-) -> NoisyStats:
-    """Clip each record's contribution to `spec.clip_bound()`, quantise, sum, and release the sum
-    with OpenDP's integer Gaussian at `budget`. `x`, `y` must already be truncated to at most
-    `max_rows` records per person."""
+class ExactStats(NamedTuple):
+    """One node's clipped, quantised gradient and Hessian sums, before noise."""
+
+    vector: npt.NDArray[np.int64]
+    sensitivity: int
+    unit_value: float
+
+
+def exact_stats(spec: ModelSpec, x: FloatArray, y: FloatArray, beta: FloatArray, max_rows: int) -> ExactStats:
+    """Clip each record's contribution to `spec.clip_bound()`, quantise and sum: the exact
+    integer vector `release_stats` noises, with its L2 sensitivity for one person of `max_rows`
+    records and what one integer is worth. `x`, `y` must already be truncated."""
     contributions = _contributions(spec, x, y, beta)
     clip = spec.clip_bound()
     norms = np.linalg.norm(contributions, axis=1)
@@ -265,8 +273,16 @@ def release_stats(
     # coordinate (0.5 each); one person by `max_rows` records.
     per_record = FIXED_POINT_UNITS + 0.5 * math.sqrt(dimension)
     sensitivity = math.ceil(max_rows * per_record)
-    noisy = integer_gaussian(quantised.sum(axis=0), sensitivity, budget)
-    return NoisyStats(noisy.values, unit_value, noisy.scale, noisy.sensitivity, noisy.cost)
+    return ExactStats(quantised.sum(axis=0).astype(np.int64), sensitivity, unit_value)
+
+
+def release_stats(
+    spec: ModelSpec, x: FloatArray, y: FloatArray, beta: FloatArray, max_rows: int, budget: Rho
+) -> NoisyStats:
+    """`exact_stats`, released with OpenDP's integer Gaussian at `budget`."""
+    exact = exact_stats(spec, x, y, beta, max_rows)
+    noisy = integer_gaussian(exact.vector, exact.sensitivity, budget)
+    return NoisyStats(noisy.values, exact.unit_value, noisy.scale, noisy.sensitivity, noisy.cost)
 
 
 def _psd(hessian: FloatArray, floor: float) -> FloatArray:
@@ -404,6 +420,18 @@ def evaluation_histograms(
     return np.concatenate([np.bincount(errors, minlength=bins), np.bincount(values, minlength=bins)]).astype(
         np.int64
     )
+
+
+def evaluation_sensitivity(spec: ModelSpec, max_rows: int) -> int:
+    """L2 sensitivity of `evaluation_histograms` for one person of `max_rows` records.
+
+    A classifier's record lands in one bin of its class's histogram: `max_rows`. A linear or
+    Poisson model's record lands in one bin of the error histogram AND one of the value
+    histogram, so it moves the vector by sqrt(2) per record.
+    """
+    if spec.family == "logistic":
+        return max_rows
+    return math.ceil(max_rows * math.sqrt(2))
 
 
 def mean_response(spec: ModelSpec, x: FloatArray, beta: FloatArray) -> FloatArray:

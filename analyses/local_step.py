@@ -5,16 +5,19 @@ parsed spec go in; `StepRelease`s come out. Contributions are truncated to the p
 first (as a row mask, see `LocalData`), so the sensitivities used below hold by construction:
 
 - a count vector changes by at most `max_rows` in L2 when one person is added or removed;
-- a sum vector of values clamped to [lo, hi], in units of `precision`, by at most
-  `max_rows * max(|lo|, |hi|) / precision` (rounded up).
+- a sum vector of values clamped to [lo, hi], centred on the step's `centre()` and rounded to
+  units of its `quantum()` (each row's units clipped to `units_per_row()`), by at most
+  `max_rows * units_per_row()`; the rounding error, at most half a unit per row, is stated in
+  the release (`rounding`) so the coordinator can add it to the accuracy.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -27,8 +30,9 @@ from analyses.glm import (
     design,
     encode,
     evaluation_histograms,
+    evaluation_sensitivity,
+    exact_stats,
     mean_response,
-    release_stats,
     score_counts,
 )
 from analyses.release import MeasurementRelease, StepRelease
@@ -44,13 +48,22 @@ from analyses.spec import (
     Step,
     SumStep,
 )
-from privacy.accuracy import gaussian_accuracy95
-from privacy.budget import Rho
+from privacy.budget import Rho, exact_total, rho_at_least, shares
 from privacy.errors import SpecError
-from privacy.mechanisms import MECHANISM_INTEGER_GAUSSIAN, NoisyVector, integer_gaussian
+from privacy.mechanisms import NoisyVector, calibrate_scale, integer_gaussian
 from privacy.unit import PrivacyUnit, unit_mask
 
-__all__ = ["LocalData", "exact_aggregates", "measurement_release", "planned_cost", "release_steps"]
+__all__ = [
+    "Exact",
+    "LocalData",
+    "Planned",
+    "dry_run",
+    "exact_aggregates",
+    "measurement_release",
+    "plan_releases",
+    "planned_cost",
+    "release_steps",
+]
 
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
@@ -144,10 +157,19 @@ def _key_codes(column: pd.Series, key: KeySpec) -> IntArray:
     return np.asarray(positions[codes], dtype=np.int64)  # code -1 (missing) picks the appended -1
 
 
-def _quantised(frame: pd.DataFrame, step: SumStep | MeanStep | QuantileStep) -> npt.NDArray[np.float64]:
+def _clamped(frame: pd.DataFrame, step: SumStep | MeanStep | QuantileStep) -> npt.NDArray[np.float64]:
     low, high = step.bounds
-    values = pd.to_numeric(frame[step.column], errors="coerce").to_numpy(dtype=float)
+    values = pd.to_numeric(frame[step.column], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
     return np.asarray(np.clip(values, low, high), dtype=np.float64)
+
+
+def rounding_per_row(step: SumStep | MeanStep, column: pd.Series) -> float:
+    """The most rounding can move one row's value: 0 for whole numbers on a grid that holds them
+    (a power-of-two unit of at most 1), half a unit otherwise. From the declared type only."""
+    quantum = step.quantum()
+    whole = pd.api.types.is_integer_dtype(column.dtype)
+    exact = whole and quantum <= 1 and (1 / quantum).is_integer() and float(step.centre()).is_integer()
+    return 0.0 if exact else quantum / 2
 
 
 def _bincount(cells: IntArray, n: int, weights: npt.NDArray[np.float64] | None = None) -> IntArray:
@@ -162,10 +184,20 @@ def _bincount(cells: IntArray, n: int, weights: npt.NDArray[np.float64] | None =
     return out
 
 
-def exact_aggregates(
-    step: Step, data: LocalData, unit: PrivacyUnit
-) -> dict[str, tuple[IntArray, int, float]]:
-    """The exact vectors a step releases: name -> (vector, L2 sensitivity, unit value).
+class Exact(NamedTuple):
+    """One exact vector a step releases, before noise."""
+
+    vector: IntArray
+    #: L2 distance between the vectors of two datasets that differ in one person.
+    sensitivity: int
+    #: What one integer of the vector is worth (a sum's quantum).
+    unit_value: float = 1.0
+    #: The most rounding moved one row's contribution, in value units.
+    rounding: float = 0.0
+
+
+def exact_aggregates(step: Step, data: LocalData, unit: PrivacyUnit) -> dict[str, Exact]:
+    """The exact vectors a step releases, by measurement name, in `step.measurements()` order.
 
     Only rows that survive truncation to `unit` are counted, so the sensitivities hold.
     """
@@ -173,41 +205,50 @@ def exact_aggregates(
     if isinstance(step, EvaluateStep):
         x, y = design(step.model, data.frame.loc[data.keep(unit)])
         histograms = evaluation_histograms(step.model, x, y, np.asarray(step.coefficients), step.bins)
-        return {"scores": (histograms, max_rows, 1.0)}
+        return {"scores": Exact(histograms, evaluation_sensitivity(step.model, max_rows))}
     if isinstance(step, ScoreStep):
         kept = data.frame.loc[data.keep(unit)]
         scores = mean_response(step.model, encode(step.model, kept), np.asarray(step.coefficients))
-        return {"count": (score_counts(scores, step.bins), max_rows, 1.0)}
+        return {"count": Exact(score_counts(scores, step.bins), max_rows)}
     if isinstance(step, HistogramStep):
         cells = data.cells((step.band(), *step.by), unit)
-        return {"count": (_bincount(cells, step.cells()), max_rows, 1.0)}
+        return {"count": Exact(_bincount(cells, step.cells()), max_rows)}
     cells = data.cells(step.by, unit)
     groups = step.groups()
     if isinstance(step, SumStep | MeanStep):
-        values = _quantised(data.frame, step)
+        values = _clamped(data.frame, step)
         has_value = ~np.isnan(values)
-        units = np.rint(np.where(has_value, values, 0.0) / step.precision)
-        bound = math.ceil(max(abs(step.bounds[0]), abs(step.bounds[1])) / step.precision)
-        out = {"sum": (_bincount(cells, groups, units), max_rows * max(bound, 1), step.precision)}
-        if isinstance(step, MeanStep):
-            out["count"] = (_bincount(np.where(has_value, cells, groups), groups), max_rows, 1.0)
-        return out
+        limit = step.units_per_row()
+        centred = (np.where(has_value, values, step.centre()) - step.centre()) / step.quantum()
+        units = np.clip(np.rint(centred), -limit, limit)
+        rounding = rounding_per_row(step, data.frame[step.column])
+        return {
+            "sum": Exact(_bincount(cells, groups, units), max_rows * limit, step.quantum(), rounding),
+            "count": Exact(_bincount(np.where(has_value, cells, groups), groups), max_rows),
+        }
     if isinstance(step, QuantileStep):
-        values = _quantised(data.frame, step)
+        values = _clamped(data.frame, step)
         low, high = step.bounds
         bin_of = np.floor((values - low) / (high - low) * step.bins)
         bin_of = np.clip(np.nan_to_num(bin_of, nan=-1), -1, step.bins - 1).astype(np.int64)
         valid = (bin_of >= 0) & (cells < groups)
         combined = np.where(valid, cells * step.bins + bin_of, groups * step.bins)
-        return {"histogram": (_bincount(combined, groups * step.bins), max_rows, 1.0)}
-    return {"count": (_bincount(cells, groups), max_rows, 1.0)}
+        return {"histogram": Exact(_bincount(combined, groups * step.bins), max_rows)}
+    return {"count": Exact(_bincount(cells, groups), max_rows)}
 
 
-def _model_release(
-    spec: AnalysisSpec, step: ModelStep, data: LocalData, state: RoundState | None
-) -> StepRelease:
+class Planned(NamedTuple):
+    """One measurement of one step, computed exactly and waiting for its noise."""
+
+    step: Step
+    name: str
+    exact: Exact
+    budget: Rho
+
+
+def _model_plan(spec: AnalysisSpec, step: ModelStep, data: LocalData, state: RoundState | None) -> Planned:
     """One request of a model step: gradient and Hessian sums (fit) or score histograms
-    (evaluate), on the rows that survive truncation, released by OpenDP's integer Gaussian."""
+    (evaluate), on the rows that survive truncation."""
     if state is None:
         raise SpecError(f"model step {step.id!r} runs in rounds: the request carries no round state")
     state.check(step.model)
@@ -216,21 +257,41 @@ def _model_release(
     beta = np.asarray(state.coefficients, dtype=np.float64)
     budget = spec.request_budget(step.id)
     if state.phase == "fit":
-        stats = release_stats(step.model, x, y, beta, unit.max_rows, budget)
-        measurement = MeasurementRelease(
-            name="stats",
-            values=stats.values,
-            mechanism=MECHANISM_INTEGER_GAUSSIAN,
-            scale=stats.scale,
-            sensitivity=stats.sensitivity,
-            rho=stats.cost.value,
-            accuracy95=gaussian_accuracy95(stats.scale),
-            unit_value=stats.unit_value,
-        )
-    else:
-        histograms = evaluation_histograms(step.model, x, y, beta, step.evaluate_bins)
-        measurement = measurement_release("scores", 1.0, integer_gaussian(histograms, unit.max_rows, budget))
-    return StepRelease(step.id, step.kind, "hidden", (measurement,))
+        vector, sensitivity, unit_value = exact_stats(step.model, x, y, beta, unit.max_rows)
+        return Planned(step, "stats", Exact(vector, sensitivity, unit_value), budget)
+    histograms = evaluation_histograms(step.model, x, y, beta, step.evaluate_bins)
+    return Planned(
+        step, "scores", Exact(histograms, evaluation_sensitivity(step.model, unit.max_rows)), budget
+    )
+
+
+def plan_releases(
+    spec: AnalysisSpec, steps: Sequence[Step], data: Mapping[str, LocalData], state: RoundState | None = None
+) -> Iterator[Planned]:
+    """The exact vectors `steps` will release, one step at a time, each with its sensitivity and
+    budget share (a step's budget is shared among its measurements by `measurement_weights`)."""
+    model = next((s for s in steps if isinstance(s, ModelStep)), None)
+    if model is not None:  # a model step is the only step of its analysis
+        yield _model_plan(spec, model, data[spec.dataset_of(model)], state)
+        return
+    for step in steps:
+        exact = exact_aggregates(step, data[spec.dataset_of(step)], spec.unit_of(step).to_unit())
+        budgets = shares(spec.step_budget(step.id), step.measurement_weights())
+        for (name, part), budget in zip(exact.items(), budgets, strict=True):
+            yield Planned(step, name, part, budget)
+
+
+def dry_run(
+    spec: AnalysisSpec, steps: Sequence[Step], empty: Mapping[str, LocalData], state: RoundState | None = None
+) -> None:
+    """Rehearse a release on empty frames of the node's columns: every exact computation, and
+    every noise calibration (scale and sensitivity within their limits), without noise.
+
+    Raises:
+        SpecError: the release would fail (so it fails before any budget is reserved).
+    """
+    for planned in plan_releases(spec, steps, empty, state):
+        calibrate_scale(planned.exact.sensitivity, planned.budget)
 
 
 def release_steps(
@@ -238,41 +299,26 @@ def release_steps(
 ) -> list[StepRelease]:
     """Release `steps` of `spec`, each on the prepared data of its dataset.
 
-    A step's budget share is split evenly over its measurements; each measurement is one
-    OpenDP integer-Gaussian release. Noise for one measurement is drawn on a worker thread
-    while the next exact vector is computed.
+    Each measurement is one OpenDP integer-Gaussian release; noise for one is drawn on a worker
+    thread while the next step's exact vectors are computed.
     """
-    model = next((s for s in steps if isinstance(s, ModelStep)), None)
-    if model is not None:  # a model step is the only step of its analysis
-        return [_model_release(spec, model, data[spec.dataset_of(model)], state)]
-    planned: list[tuple[Step, list[tuple[str, float, Future[NoisyVector]]]]] = []
+    planned: list[Planned] = []
+    noisy: list[Future[NoisyVector]] = []
     with ThreadPoolExecutor(max_workers=NOISE_THREADS, thread_name_prefix="oda-noise") as pool:
-        for step in steps:
-            exact = exact_aggregates(step, data[spec.dataset_of(step)], spec.unit_of(step).to_unit())
-            share = spec.step_budget(step.id).split(len(exact))
-            planned.append(
-                (
-                    step,
-                    [
-                        (name, unit_value, pool.submit(integer_gaussian, vector, sensitivity, share))
-                        for name, (vector, sensitivity, unit_value) in exact.items()
-                    ],
-                )
-            )
-    return [
-        StepRelease(
-            step.id,
-            step.kind,
-            "hidden",
-            tuple(
-                measurement_release(name, unit_value, noisy.result()) for name, unit_value, noisy in futures
-            ),
-        )
-        for step, futures in planned
-    ]
+        for p in plan_releases(spec, steps, data, state):
+            planned.append(p)
+            noisy.append(pool.submit(integer_gaussian, p.exact.vector, p.exact.sensitivity, p.budget))
+    out: dict[str, list[MeasurementRelease]] = {}
+    for p, future in zip(planned, noisy, strict=True):
+        release = measurement_release(p.name, p.exact.unit_value, future.result(), p.exact.rounding)
+        out.setdefault(p.step.id, []).append(release)
+    by_id = {s.id: s for s in steps}
+    return [StepRelease(step_id, by_id[step_id].kind, "hidden", tuple(ms)) for step_id, ms in out.items()]
 
 
-def measurement_release(name: str, unit_value: float, noisy: NoisyVector) -> MeasurementRelease:
+def measurement_release(
+    name: str, unit_value: float, noisy: NoisyVector, rounding: float = 0.0
+) -> MeasurementRelease:
     """The wire form of one OpenDP release."""
     return MeasurementRelease(
         name=name,
@@ -283,12 +329,11 @@ def measurement_release(name: str, unit_value: float, noisy: NoisyVector) -> Mea
         rho=noisy.cost.value,
         accuracy95=noisy.accuracy95,
         unit_value=unit_value,
+        rounding=rounding,
     )
 
 
 def planned_cost(spec: AnalysisSpec, steps: list[Step]) -> Rho:
-    """What running `steps` will debit: the sum of their budget shares (zCDP adds up)."""
-    total = Rho(0.0)
-    for step in steps:
-        total = total + spec.request_budget(step.id)
-    return total
+    """What running `steps` will debit: the sum of their budget shares (zCDP adds up), exactly,
+    as the smallest float not below it."""
+    return rho_at_least(exact_total(spec.request_budget(step.id) for step in steps))

@@ -36,6 +36,7 @@ class MeasurementRelease:
     rho: float
     accuracy95: float
     unit_value: float = 1.0  # each released integer counts this many units (sum precision)
+    rounding: float = 0.0  # the most rounding moved one row's contribution, in value units
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -25,7 +25,9 @@ from privacy.errors import SpecError
 from privacy.mechanisms import NoisyVector, integer_gaussian
 
 __all__ = [
+    "ExactGradient",
     "TrainState",
+    "exact_gradient",
     "gradients",
     "initial_weights",
     "local_update",
@@ -96,12 +98,24 @@ def gradients(w: FloatArray, x: FloatArray, y: FloatArray, hidden: int) -> Float
     return np.hstack([d_first, residual[:, None] * h, residual[:, None]])
 
 
-def release_gradient(
-    w: FloatArray, x: FloatArray, y: FloatArray, hidden: int, clip: float, max_rows: int, budget: Rho
-) -> tuple[NoisyVector, float, NoisyVector]:
-    """(noisy sum of clipped per-record gradients in fixed point, its unit, noisy row count).
+class ExactGradient(NamedTuple):
+    """One round's exact, clipped, fixed-point gradient sum and row count, before noise."""
 
-    Half of `budget` goes to each; `x`, `y` must already be truncated to `max_rows` per person.
+    gradient: npt.NDArray[np.int64]
+    gradient_sensitivity: int
+    unit: float
+    rows: npt.NDArray[np.int64]
+    rows_sensitivity: int
+
+
+def exact_gradient(
+    w: FloatArray, x: FloatArray, y: FloatArray, hidden: int, clip: float, max_rows: int
+) -> ExactGradient:
+    """The sum of per-record gradients clipped to L2 norm `clip`, in fixed point, and the row
+    count, with their sensitivities for one person of `max_rows` records.
+
+    Raises:
+        SpecError: the weights do not fit the network.
     """
     if not w.shape == (n_weights_from(x.shape[1], hidden),):
         raise SpecError(f"{w.size} weights sent; the network has {n_weights_from(x.shape[1], hidden)}")
@@ -111,11 +125,22 @@ def release_gradient(
     unit = clip / FIXED_POINT_UNITS
     quantised = np.rint(clipped / unit).astype(np.int64).sum(axis=0)
     sensitivity = math.ceil(max_rows * (FIXED_POINT_UNITS + 0.5 * math.sqrt(grads.shape[1])))
+    return ExactGradient(quantised, sensitivity, unit, np.array([len(y)], dtype=np.int64), max_rows)
+
+
+def release_gradient(
+    w: FloatArray, x: FloatArray, y: FloatArray, hidden: int, clip: float, max_rows: int, budget: Rho
+) -> tuple[NoisyVector, float, NoisyVector]:
+    """(noisy sum of clipped per-record gradients in fixed point, its unit, noisy row count).
+
+    Half of `budget` goes to each; `x`, `y` must already be truncated to `max_rows` per person.
+    """
+    exact = exact_gradient(w, x, y, hidden, clip, max_rows)
     half = budget.split(2)
     return (
-        integer_gaussian(quantised, sensitivity, half),
-        unit,
-        integer_gaussian(np.array([len(y)], dtype=np.int64), max_rows, half),
+        integer_gaussian(exact.gradient, exact.gradient_sensitivity, half),
+        exact.unit,
+        integer_gaussian(exact.rows, exact.rows_sensitivity, half),
     )
 
 

@@ -60,6 +60,8 @@ def write_outputs(result: AnalysisResult, out_dir: Path) -> Path:
                                 "sensitivity": m.sensitivity,
                                 "rho": m.rho,
                                 "accuracy95": m.accuracy95 * m.unit_value,
+                                "unit": m.unit_value,
+                                "rounding_per_row": m.rounding,
                                 "cells": len(m.values),
                             }
                             for m in s.measurements

@@ -10,8 +10,23 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from privacy.accuracy import gaussian_accuracy95, pooled_accuracy95, ratio_accuracy95
-    from privacy.budget import DISPLAY_DELTA, Rho, rho_from_epsilon_delta
+    from privacy.accuracy import (
+        Z95,
+        discrete_gaussian_variance,
+        gaussian_accuracy95,
+        integer_noise_accuracy95,
+        pooled_accuracy95,
+        ratio_accuracy95,
+    )
+    from privacy.budget import (
+        DISPLAY_DELTA,
+        Rho,
+        exact_total,
+        fits,
+        rho_at_least,
+        rho_from_epsilon_delta,
+        shares,
+    )
     from privacy.disclosure import round_to, suppress_small
     from privacy.errors import (
         BudgetExhausted,
@@ -27,16 +42,32 @@ if TYPE_CHECKING:
         UserError,
     )
     from privacy.mechanisms import (
+        MAX_SCALE,
+        MAX_SENSITIVITY,
         MECHANISM_INTEGER_GAUSSIAN,
         NoisyVector,
         calibrate_scale,
         integer_gaussian,
+        integer_gaussian_samples,
     )
     from privacy.unit import MAX_ROWS_LIMIT, PrivacyUnit, contribution_mask, truncate_contributions
 
 _HOME = {
-    **dict.fromkeys(["gaussian_accuracy95", "pooled_accuracy95", "ratio_accuracy95"], "accuracy"),
-    **dict.fromkeys(["DISPLAY_DELTA", "Rho", "rho_from_epsilon_delta"], "budget"),
+    **dict.fromkeys(
+        [
+            "Z95",
+            "discrete_gaussian_variance",
+            "gaussian_accuracy95",
+            "integer_noise_accuracy95",
+            "pooled_accuracy95",
+            "ratio_accuracy95",
+        ],
+        "accuracy",
+    ),
+    **dict.fromkeys(
+        ["DISPLAY_DELTA", "Rho", "exact_total", "fits", "rho_at_least", "rho_from_epsilon_delta", "shares"],
+        "budget",
+    ),
     **dict.fromkeys(["round_to", "suppress_small"], "disclosure"),
     **dict.fromkeys(
         [
@@ -55,7 +86,16 @@ _HOME = {
         "errors",
     ),
     **dict.fromkeys(
-        ["MECHANISM_INTEGER_GAUSSIAN", "NoisyVector", "calibrate_scale", "integer_gaussian"], "mechanisms"
+        [
+            "MAX_SCALE",
+            "MAX_SENSITIVITY",
+            "MECHANISM_INTEGER_GAUSSIAN",
+            "NoisyVector",
+            "calibrate_scale",
+            "integer_gaussian",
+            "integer_gaussian_samples",
+        ],
+        "mechanisms",
     ),
     **dict.fromkeys(["MAX_ROWS_LIMIT", "PrivacyUnit", "contribution_mask", "truncate_contributions"], "unit"),
 }
@@ -71,7 +111,10 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "DISPLAY_DELTA",
     "MAX_ROWS_LIMIT",
+    "MAX_SCALE",
+    "MAX_SENSITIVITY",
     "MECHANISM_INTEGER_GAUSSIAN",
+    "Z95",
     "BudgetExhausted",
     "ConfigError",
     "DataError",
@@ -88,12 +131,19 @@ __all__ = [
     "UserError",
     "calibrate_scale",
     "contribution_mask",
+    "discrete_gaussian_variance",
+    "exact_total",
+    "fits",
     "gaussian_accuracy95",
     "integer_gaussian",
+    "integer_gaussian_samples",
+    "integer_noise_accuracy95",
     "pooled_accuracy95",
     "ratio_accuracy95",
+    "rho_at_least",
     "rho_from_epsilon_delta",
     "round_to",
+    "shares",
     "suppress_small",
     "truncate_contributions",
 ]

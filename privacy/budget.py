@@ -7,13 +7,23 @@ epsilon, so every budget can also be shown as (epsilon, delta) through OpenDP's 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from functools import lru_cache
 
 from privacy._opendp import dp
 from privacy.errors import SpecError
 
-__all__ = ["DISPLAY_DELTA", "Rho", "rho_from_epsilon_delta"]
+__all__ = [
+    "DISPLAY_DELTA",
+    "Rho",
+    "exact_total",
+    "fits",
+    "rho_at_least",
+    "rho_from_epsilon_delta",
+    "shares",
+]
 
 #: delta used when a budget is shown as (epsilon, delta) and the user named none.
 DISPLAY_DELTA = 1e-6
@@ -36,10 +46,11 @@ class Rho:
         return Rho(max(0.0, self.value - other.value))
 
     def split(self, parts: int) -> Rho:
-        """An equal share of this budget among `parts` releases (zCDP adds up exactly)."""
+        """An equal share of this budget among `parts` releases, rounded down so that `parts`
+        of them never add up to more than the whole (zCDP adds up exactly)."""
         if parts < 1:
             raise SpecError(f"cannot split a budget into {parts} parts")
-        return Rho(self.value / parts)
+        return shares(self, [1.0] * parts)[0]
 
     def epsilon(self, delta: float = DISPLAY_DELTA) -> float:
         """The (epsilon, delta)-DP guarantee implied by this rho, via OpenDP's conversion."""
@@ -48,6 +59,41 @@ class Rho:
     def describe(self, delta: float = DISPLAY_DELTA) -> str:
         """`rho 0.1 (epsilon 2.14 at delta 1e-06)`."""
         return f"rho {self.value:.6g} (epsilon {self.epsilon(delta):.3g} at delta {delta:g})"
+
+
+def exact_total(values: Iterable[Rho | float]) -> Fraction:
+    """The exact sum of budgets (floats are binary fractions, so nothing is rounded)."""
+    return sum((Fraction(v.value if isinstance(v, Rho) else v) for v in values), Fraction(0))
+
+
+def rho_at_least(total: Fraction) -> Rho:
+    """The smallest float budget not below an exact total (what a ledger debits for it)."""
+    value = float(total)
+    if Fraction(value) < total:
+        value = math.nextafter(value, math.inf)
+    return Rho(value)
+
+
+def fits(cost: Rho, spent: Iterable[Rho | float], cap: Rho) -> bool:
+    """Whether `cost` on top of `spent` stays within `cap`, in exact arithmetic: no tolerance, so
+    no number of tiny requests can ever add up to more than the cap."""
+    return exact_total([*spent, cost]) <= Fraction(cap.value)
+
+
+def shares(total: Rho, weights: Sequence[float]) -> tuple[Rho, ...]:
+    """`total` split in proportion to `weights`, each share rounded down as needed so that the
+    shares add up (exactly) to at most `total`.
+
+    Raises:
+        SpecError: no weights, or a weight that is not a finite positive number.
+    """
+    if not weights or not all(math.isfinite(w) and w > 0 for w in weights):
+        raise SpecError(f"budget weights must be finite positive numbers, got {list(weights)}")
+    whole = math.fsum(weights)
+    parts = [total.value * w / whole for w in weights]
+    while exact_total(parts) > Fraction(total.value):
+        parts = [math.nextafter(p, 0.0) for p in parts]  # one ulp down each: ends in a few turns
+    return tuple(Rho(p) for p in parts)
 
 
 @lru_cache(maxsize=1024)

@@ -21,9 +21,23 @@ from privacy.accuracy import gaussian_accuracy95
 from privacy.budget import Rho
 from privacy.errors import InternalError, SpecError
 
-__all__ = ["MECHANISM_INTEGER_GAUSSIAN", "NoisyVector", "integer_gaussian"]
+__all__ = [
+    "MAX_SCALE",
+    "MAX_SENSITIVITY",
+    "MECHANISM_INTEGER_GAUSSIAN",
+    "NoisyVector",
+    "calibrate_scale",
+    "integer_gaussian",
+    "integer_gaussian_samples",
+]
 
 MECHANISM_INTEGER_GAUSSIAN = "integer_gaussian"
+#: Largest L2 sensitivity (in integer units) a release may have: 1,000 rows per person of 2^31
+#: units each, with room to spare. Anything larger is a spec asking for overflow.
+MAX_SENSITIVITY = 2**42
+#: Largest noise scale (in integer units): exact sums stay below 2^62 and noise at 1e15 keeps
+#: every noisy value inside int64. A scale this large releases nothing of use anyway.
+MAX_SCALE = 1e15
 
 # OpenDP's map rounds outward; nudge the scale up until its map fits inside the budget.
 _SCALE_NUDGE = 1.0 + 1e-9
@@ -54,13 +68,25 @@ def calibrate_scale(sensitivity: int, budget: Rho) -> float:
     """The smallest integer-Gaussian scale whose OpenDP cost at `sensitivity` is within budget.
 
     Raises:
-        SpecError: the budget is zero or the sensitivity is not positive.
+        SpecError: the budget is zero, the sensitivity is not positive or too large, or the noise
+            would be larger than `MAX_SCALE` (a budget so small the release would mean nothing).
     """
     if sensitivity < 1:
         raise SpecError(f"sensitivity must be a positive integer, got {sensitivity}")
+    if sensitivity > MAX_SENSITIVITY:
+        raise SpecError(
+            f"sensitivity {sensitivity:,} is over the limit of {MAX_SENSITIVITY:,} units: "
+            "use coarser bounds or precision"
+        )
     if budget.value <= 0:
         raise SpecError("a release needs a budget above zero")
     scale = sensitivity / math.sqrt(2.0 * budget.value)
+    if scale > MAX_SCALE:
+        raise SpecError(
+            f"a budget of rho {budget.value:.3g} for this release gives noise of scale {scale:.3g} units, "
+            f"over the limit of {MAX_SCALE:.0e}: the release would carry no information; raise the "
+            "budget, or use fewer steps or rounds"
+        )
     for _ in range(64):
         if privacy_map(_measurement(scale), sensitivity) <= budget.value:
             return scale
@@ -77,7 +103,7 @@ def integer_gaussian(
     in one privacy unit; the caller derives it from the enforced unit and bounds.
 
     Raises:
-        SpecError: the budget is zero or the sensitivity is not positive.
+        SpecError: as `calibrate_scale`.
     """
     scale = calibrate_scale(sensitivity, budget)
     measurement = _measurement(scale)
@@ -91,3 +117,19 @@ def integer_gaussian(
         cost=cost,
         accuracy95=gaussian_accuracy95(scale),
     )
+
+
+def integer_gaussian_samples(
+    exact: Sequence[int] | npt.NDArray[np.int64], sensitivity: int, budget: Rho, samples: int
+) -> npt.NDArray[np.int64]:
+    """`samples` independent releases of `exact` (one per row) by the very measurement
+    `integer_gaussian` uses, drawn in one OpenDP call: what privacy audits sample from.
+
+    Raises:
+        SpecError: as `calibrate_scale`.
+    """
+    measurement = _measurement(calibrate_scale(sensitivity, budget))
+    vector = np.asarray(exact, dtype=np.int64)
+    tiled = np.tile(vector, samples)
+    noisy = np.asarray(measurement([int(v) for v in tiled]), dtype=np.int64)
+    return noisy.reshape(samples, len(vector))

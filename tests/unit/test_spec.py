@@ -22,7 +22,7 @@ from analyses import (
     parse_document,
 )
 from analyses.catalog import check_steps
-from analyses.spec import KeySpec
+from analyses.spec import KeySpec, MeanStep
 from privacy import SpecError
 from privacy.unit import PrivacyUnit, truncate_contributions
 
@@ -187,11 +187,18 @@ def test_exact_aggregates_match_pandas() -> None:
     truth = truncate_contributions(frame, unit)
     truth = truth[truth.area != "zz"].assign(h=lambda f: f.t.dt.hour, v=lambda f: f.v.clip(0, 10))
     grouped = truth.groupby(["area", "h"]).v.agg(["sum", "size"])
-    sums, counts = out["sum"][0].reshape(3, 24), out["count"][0].reshape(3, 24)
+    step = spec.steps[0]
+    assert isinstance(step, MeanStep)
+    counts = out["count"].vector.reshape(3, 24)
+    # sums travel centred on the bounds' midpoint, in units of the step's quantum
+    sums = out["sum"].vector.reshape(3, 24) * step.quantum() + step.centre() * counts
     for row in grouped.reset_index().to_dict("records"):
         i, hour = "abc".index(str(row["area"])), int(row["h"])
         assert sums[i, hour] == row["sum"] and counts[i, hour] == row["size"]
-    assert out["sum"][1] == 2 * 10 and out["count"][1] == 2
+    # centred, a row moves the sum by half the bounds' width (5), not by their largest end (10)
+    assert out["sum"].sensitivity * step.quantum() == pytest.approx(2 * 5, rel=1e-5)
+    assert out["count"].sensitivity == 2
+    assert out["sum"].rounding == step.quantum() / 2  # a float column: up to half a unit per row
 
 
 @settings(max_examples=30, deadline=None)
@@ -215,8 +222,8 @@ def test_removing_one_person_moves_releases_by_at_most_the_sensitivity(
     unit = PrivacyUnit("pid", 2)
     with_all = exact_aggregates(spec.steps[0], LocalData(frame), unit)
     without = exact_aggregates(spec.steps[0], LocalData(frame[frame.pid != victim]), unit)
-    for name, (vector, sensitivity, _) in with_all.items():
-        assert np.linalg.norm(vector - without[name][0]) <= sensitivity
+    for name, part in with_all.items():
+        assert np.linalg.norm(part.vector - without[name].vector) <= part.sensitivity
 
 
 @settings(max_examples=40, deadline=None)
@@ -261,10 +268,15 @@ def test_local_data_needs_the_identifier_column() -> None:
 
 
 def _release(
-    partner: str, values: dict[str, tuple[int, ...]], scale: float, min_cell: int = 0
+    partner: str,
+    values: dict[str, tuple[int, ...]],
+    scale: float,
+    min_cell: int = 0,
+    units: dict[str, float] | None = None,
 ) -> NodeRelease:
     ms = tuple(
-        MeasurementRelease(n, v, "integer_gaussian", scale, 1, 0.1, 2 * scale) for n, v in values.items()
+        MeasurementRelease(n, v, "integer_gaussian", scale, 1, 0.1, 2 * scale, (units or {}).get(n, 1.0))
+        for n, v in values.items()
     )
     return NodeRelease(
         1,
@@ -291,7 +303,8 @@ def test_pool_sums_cells_and_propagates_scale_exactly() -> None:
     )
     frame = tables[0].frame
     assert list(frame["count"]) == [11, 22, 33]
-    assert frame["count_accuracy95"].iloc[0] == pytest.approx(1.959963984540054 * 5.0 + 2)
+    # sd sqrt(3^2 + 4^2) = 5: the smallest integer covering 95% is ceil(1.96 x 5 - 1/2) = 10
+    assert frame["count_accuracy95"].iloc[0] == 10
 
 
 def test_pool_suppresses_cells_below_the_strictest_min_cell() -> None:
@@ -324,10 +337,14 @@ def test_mean_is_pooled_sum_over_pooled_count() -> None:
         AnalysisSpec,
         source="s",
     )
-    r1 = _release("p", {"sum": (100,), "count": (10,)}, 1.0)
-    r2 = _release("f", {"sum": (300,), "count": (30,)}, 1.0)
+    step = spec.steps[0]
+    assert isinstance(step, MeanStep) and step.centre() == 5.0
+    q = step.quantum()
+    # 10 rows averaging 7 and 30 averaging 9, summed centred on 5 in units of q
+    r1 = _release("p", {"sum": (round(2 * 10 / q),), "count": (10,)}, 1.0, units={"sum": q})
+    r2 = _release("f", {"sum": (round(4 * 30 / q),), "count": (30,)}, 1.0, units={"sum": q})
     frame = combine(spec, [r1, r2])[0].frame
-    assert frame["mean"].iloc[0] == pytest.approx(10.0)
+    assert frame["mean"].iloc[0] == pytest.approx(8.5)
     assert frame["count"].iloc[0] == 40
 
 
