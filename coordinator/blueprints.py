@@ -453,12 +453,12 @@ def write_provenance(run: BlueprintRun, path: Path, planned: dict[str, dict[str,
                     "cost_rho": {},
                     "audit_head": None,
                     "audit_seq": -1,
-                    "data_sha256": {},
+                    "snapshots": {},
                 },
             )
             node["node_versions"].add(release.node_version)
             node["cost_rho"][name] = round(node["cost_rho"].get(name, 0.0) + release.cost_rho, 12)
-            node["data_sha256"].update(release.data_sha256)
+            node["snapshots"].update(release.snapshots)
             if release.audit_seq is not None and release.audit_seq > node["audit_seq"]:
                 node["audit_seq"], node["audit_head"] = release.audit_seq, release.audit_head
     for partner, node in nodes.items():

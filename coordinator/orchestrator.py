@@ -55,7 +55,11 @@ class InProcessTransport:
                     replies.append(NodeReply(i, "release", outcome.to_json()))
             except UserError as exc:
                 body = json.dumps(
-                    {"partner": agent.config.partner, "error": type(exc).__name__, "message": str(exc)}
+                    {
+                        "partner": agent.config.partner,
+                        "error": type(exc).__name__,
+                        "message": agent.public_reason(exc),
+                    }
                 )
                 replies.append(NodeReply(i, "refused", body))
         return replies

@@ -48,6 +48,7 @@ def write_outputs(result: AnalysisResult, out_dir: Path) -> Path:
                 "epsilon": r.epsilon,
                 "delta": r.delta,
                 "ledger_entry": r.ledger_entry,
+                "snapshots": r.snapshots,
                 "steps": [
                     {
                         "step": s.step_id,

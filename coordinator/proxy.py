@@ -28,11 +28,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-__all__ = ["FLEET_PREFIX", "MAX_BODY_BYTES", "build_app", "main"]
+__all__ = ["FLEET_PREFIX", "MAX_BODY_BYTES", "MAX_BUFFERED_BYTES", "BodyBudget", "build_app", "main"]
 
 FLEET_PREFIX = "/v1/fleet/"
-#: Larger than any Fleet message object we send; a bigger body is refused unread.
-MAX_BODY_BYTES = 64 * 1024 * 1024
+#: Larger than any Fleet message object oda sends (a 200,000-cell release is a few MB); a bigger
+#: body is refused as soon as it passes this, declared or chunked.
+MAX_BODY_BYTES = 16 * 1024 * 1024
+#: Most request bytes the proxy holds at once, over all requests: beyond it a request waits for
+#: nobody and is answered 503, so no number of large bodies can exhaust the proxy's memory.
+MAX_BUFFERED_BYTES = 64 * 1024 * 1024
 #: Request headers not forwarded (connection-level, or rewritten by the client).
 _HOP_BY_HOP = frozenset(
     {
@@ -82,6 +86,25 @@ def _registry_routes(registry: Path) -> list[Route]:
     ]
 
 
+class BodyBudget:
+    """The request bytes held by all requests together, and the most ever held."""
+
+    def __init__(self, limit: int = MAX_BUFFERED_BYTES) -> None:
+        self.limit = limit
+        self.held = 0
+        self.peak = 0
+
+    def take(self, size: int) -> bool:
+        if self.held + size > self.limit:
+            return False
+        self.held += size
+        self.peak = max(self.peak, self.held)
+        return True
+
+    def give_back(self, size: int) -> None:
+        self.held -= size
+
+
 def build_app(upstream: str, ca_cert: Path | None, registry: Path | None = None) -> Starlette:
     """The proxy as an ASGI app forwarding to `https://upstream` (plain HTTP when `ca_cert` is None,
     which only tests use), serving the blueprint registry in `registry` when given."""
@@ -94,6 +117,8 @@ def build_app(upstream: str, ca_cert: Path | None, registry: Path | None = None)
         limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
     )
 
+    budget = BodyBudget()
+
     async def forward(request: Request) -> Response:
         path = request.url.path
         if not (
@@ -104,20 +129,25 @@ def build_app(upstream: str, ca_cert: Path | None, registry: Path | None = None)
         declared = request.headers.get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
             return JSONResponse({"error": "request body too large"}, status_code=413)
-        body = b""
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_BODY_BYTES:
-                return JSONResponse({"error": "request body too large"}, status_code=413)
-        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP]
+        body = bytearray()
         try:
-            upstream_response = await client.request(
-                request.method, path, content=body, headers=headers, params=request.query_params
-            )
-        except httpx.HTTPError as exc:
-            return JSONResponse(
-                {"error": f"the SuperLink is unavailable: {type(exc).__name__}"}, status_code=502
-            )
+            async for chunk in request.stream():
+                if len(body) + len(chunk) > MAX_BODY_BYTES:
+                    return JSONResponse({"error": "request body too large"}, status_code=413)
+                if not budget.take(len(chunk)):
+                    return JSONResponse({"error": "the coordinator is busy; try again"}, status_code=503)
+                body += chunk
+            headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP]
+            try:
+                upstream_response = await client.request(
+                    request.method, path, content=bytes(body), headers=headers, params=request.query_params
+                )
+            except httpx.HTTPError as exc:
+                return JSONResponse(
+                    {"error": f"the SuperLink is unavailable: {type(exc).__name__}"}, status_code=502
+                )
+        finally:
+            budget.give_back(len(body))
         reply_headers = {
             k: v
             for k, v in upstream_response.headers.items()
@@ -132,7 +162,9 @@ def build_app(upstream: str, ca_cert: Path | None, registry: Path | None = None)
 
     methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
     routes = _registry_routes(registry) if registry is not None else []
-    return Starlette(routes=[*routes, Route("/{path:path}", forward, methods=methods)], lifespan=lifespan)
+    app = Starlette(routes=[*routes, Route("/{path:path}", forward, methods=methods)], lifespan=lifespan)
+    app.state.body_budget = budget
+    return app
 
 
 def main(argv: list[str] | None = None) -> int:

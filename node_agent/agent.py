@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import re
+import secrets
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from fractions import Fraction
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Literal
@@ -25,19 +29,26 @@ from pydantic import ValidationError
 from analyses.catalog import DatasetSchema, check_steps
 from analyses.documents import format_validation_error, parse_document
 from analyses.glm import RoundState, design, encode, mean_response
-from analyses.local_step import LocalData, measurement_release, planned_cost, release_steps
-from analyses.release import PROTOCOL_VERSIONS, AnalysisRequest, NodeRelease, StepRelease
+from analyses.local_step import LocalData, dry_run, measurement_release, planned_cost, release_steps
+from analyses.release import PROTOCOL_VERSIONS, REQUEST_ID, AnalysisRequest, NodeRelease, StepRelease
 from analyses.sgd import TrainState, local_update, n_weights, release_gradient
 from analyses.spec import AnalysisSpec, EvaluateStep, ModelStep, ScoreStep, SgdStep, Step
 from node_agent.audit import AuditLog
 from node_agent.config import NodeConfig
-from node_agent.connectors import content_hash, load_dataset, write_snapshot
+from node_agent.connectors import LoadedDataset, content_hash, load_dataset, write_snapshot
 from node_agent.inbox import Inbox
 from node_agent.ledger import Ledger
-from privacy.budget import DISPLAY_DELTA, Rho
-from privacy.errors import BudgetExhausted, ConfigError, InternalError, PolicyRefusal, SpecError, UserError
+from privacy.budget import DISPLAY_DELTA, Rho, exact_total, fits, rho_at_least
+from privacy.errors import (
+    BudgetExhausted,
+    ConfigError,
+    InternalError,
+    PolicyRefusal,
+    SpecError,
+    UserError,
+)
 
-__all__ = ["NodeAgent", "Pending", "node_version", "spec_hash_of"]
+__all__ = ["NodeAgent", "Pending", "Snapshot", "audit_id", "node_version", "redact_paths", "spec_hash_of"]
 
 log = logging.getLogger("oda.node")
 
@@ -58,11 +69,55 @@ class Pending:
     cost: Rho
 
 
-def spec_hash_of(text: str) -> str:
+@dataclass(frozen=True)
+class Snapshot:
+    """One loaded copy of a dataset: the id releases carry, and what only the node keeps."""
+
+    #: Random, drawn when the data were loaded: says nothing about the rows, only "the node
+    #: loaded its data again" when it changes.
+    id: str
+    #: sha256 of the content analyses read (kept in the node's audit log, never sent).
+    sha256: str
+    rows: int
+    #: Rows of the source left out because they break the contract.
+    dropped: int
+
+    def record(self) -> dict[str, object]:
+        """What the audit log keeps about the data behind a release."""
+        return {"snapshot": self.id, "sha256": self.sha256, "rows": self.rows}
+
+
+def spec_hash_of(text: object) -> str:
+    """The spec hash to audit a request under; an unparsable spec by the hash of its text."""
+    if not isinstance(text, str):
+        return "none"
     try:
         return parse_document(text, AnalysisSpec, source="request").spec_hash()
     except Exception:  # an unparsable spec is audited by the hash of its text
-        return "text:" + hashlib.sha256(text.encode()).hexdigest()
+        return "text:" + hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()
+
+
+def audit_id(request_id: object) -> str:
+    """The id a request is audited under: its own when well-formed, else a digest of it (an
+    oversized or binary id must never reach the log as it is)."""
+    if isinstance(request_id, str) and REQUEST_ID.fullmatch(request_id):
+        return request_id
+    raw = repr(request_id).encode("utf-8", "replace")
+    return "invalid-id:" + hashlib.sha256(raw).hexdigest()[:16]
+
+
+#: An absolute path (POSIX or Windows) with at least one separator after its start.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.])(?:[A-Za-z]:[\\/]|/)(?:[^\s'\"<>|:,;()]+[\\/])+[^\s'\"<>|:,;()]*")
+
+
+def redact_paths(text: str, places: dict[str, str]) -> str:
+    """`text` without node-local paths: each folder in `places` (path -> what to call it) is
+    named, and any other absolute path becomes `<path>`. Replies say what and how to fix it,
+    not where on the partner's disk."""
+    for path, name in sorted(places.items(), key=lambda item: -len(item[0])):
+        if path and path != os.sep:
+            text = text.replace(path, name)
+    return _ABSOLUTE_PATH.sub("<path>", text)
 
 
 def _round_state(
@@ -139,9 +194,12 @@ class NodeAgent:
         #: (entries, head hash) of the audit log, verified when the agent opened.
         self.verified_audit = self.audit.verify()
         self.inbox = Inbox(state)
-        self._frames: dict[str, pd.DataFrame] = {}
-        self._hashes: dict[str, str] = {}
+        self._data: dict[str, LoadedDataset] = {}
+        self._snapshots: dict[str, Snapshot] = {}
+        #: Serialises the ledger and audit log (one SQLite connection): held only for their
+        #: short writes, never while a release is computed.
         self._lock = threading.Lock()
+        self._load_lock = threading.Lock()
 
     def close(self) -> None:
         self.ledger.close()
@@ -161,23 +219,58 @@ class NodeAgent:
             if name in self.config.policy.allowed_datasets
         }
 
-    def frame(self, dataset: str) -> pd.DataFrame:
-        """The dataset, loaded once and kept warm; a SQL source is kept as a local snapshot."""
-        if dataset not in self._frames:
-            config = self.config.datasets[dataset]
-            frame = load_dataset(Path(self.config.data_dir), dataset, config)
-            if config.sql is not None:
-                path, digest = write_snapshot(Path(self.config.state_dir), dataset, frame)
-                log.info("snapshot of %s: %s (%d rows)", dataset, path, len(frame))
-            else:
-                digest = content_hash(frame)
-            self._frames[dataset], self._hashes[dataset] = frame, digest
-        return self._frames[dataset]
+    def loaded(self, dataset: str) -> LoadedDataset:
+        """The dataset as analyses see it (rows that keep the contract), loaded once and kept
+        warm; a SQL source is kept as a local snapshot.
 
-    def data_hash(self, dataset: str) -> str:
-        """sha256 of the content analyses of `dataset` read (recorded in every release)."""
-        self.frame(dataset)
-        return self._hashes[dataset]
+        Raises:
+            DataError: the source cannot be read (see `load_dataset`).
+        """
+        with self._load_lock:
+            if dataset not in self._data:
+                config = self.config.datasets[dataset]
+                data = load_dataset(Path(self.config.data_dir), dataset, config)
+                if config.sql is not None:
+                    path, digest = write_snapshot(Path(self.config.state_dir), dataset, data.frame)
+                    log.info("snapshot of %s: %s (%d rows)", dataset, path, len(data.frame))
+                else:
+                    digest = content_hash(data.frame)
+                if data.dropped:
+                    broken = ", ".join(f"{rule}: {n:,}" for rule, n in data.rules if n)
+                    log.warning(
+                        "dataset %s: %d of %d rows break the contract and are left out of every "
+                        "analysis (%s); `oda-node check` shows the rules",
+                        dataset,
+                        data.dropped,
+                        data.source_rows,
+                        broken,
+                    )
+                self._data[dataset] = data
+                self._snapshots[dataset] = Snapshot(
+                    secrets.token_hex(8), digest, len(data.frame), data.dropped
+                )
+            return self._data[dataset]
+
+    def frame(self, dataset: str) -> pd.DataFrame:
+        """The rows of `dataset` analyses read."""
+        return self.loaded(dataset).frame
+
+    def snapshot(self, dataset: str) -> Snapshot:
+        """The loaded snapshot of `dataset` (its random id and, for the node only, its hash)."""
+        self.loaded(dataset)
+        return self._snapshots[dataset]
+
+    def public_reason(self, exc: BaseException) -> str:
+        """What a reply may say about a refusal or failure: the message without node-local paths."""
+        text = str(exc) if isinstance(exc, UserError) else f"internal error at the node: {exc}"
+        config_home = str(Path(self.config.state_dir).parent)
+        places = {
+            self.config.state_dir: "the node's state folder",
+            self.config.data_dir: "the node's data folder",
+            config_home: "the node's folder",
+            str(Path.home()): "~",
+        }
+        return redact_paths(text, places)
 
     def warm_up(self) -> None:
         """Load every allowed dataset now, so the first request does not pay for it."""
@@ -190,8 +283,10 @@ class NodeAgent:
         return renewal.period_start(datetime.now(UTC)).timestamp() if renewal else 0.0
 
     def remaining(self, population: str) -> Rho:
-        cap = Rho(self.config.policy.total_rho_cap[population])
-        return cap - self.ledger.spent(population, self.period_start())
+        """What `population` may still spend this period (never below 0)."""
+        cap = Fraction(self.config.policy.total_rho_cap[population])
+        left = cap - self.ledger.spent_exactly(population, self.period_start())
+        return Rho(max(float(left), 0.0))
 
     def handle(self, request: AnalysisRequest, bundle_hash: str = "") -> NodeRelease | Pending:
         """Decide on a request: release, refuse, or (manual approval) file it in the inbox.
@@ -203,6 +298,7 @@ class NodeAgent:
                 each with a message that says what and how to fix it. Nothing is released.
         """
         try:
+            request.check()
             spec, steps, cost = self._admit(request)
             if steps and self.config.policy.approval == "manual":
                 self.inbox.file(
@@ -214,15 +310,16 @@ class NodeAgent:
                     request_json=request.to_json(),
                     bundle_hash=bundle_hash,
                 )
-                self.audit.append(
-                    request_id=request.request_id,
-                    requester=request.requester,
-                    spec_hash=spec.spec_hash(),
-                    bundle_hash=bundle_hash,
-                    decision="pending",
-                    reason="waiting for approval (oda-node approve ID)",
-                    cost_rho=cost.value,
-                )
+                with self._lock:
+                    self.audit.append(
+                        request_id=request.request_id,
+                        requester=request.requester,
+                        spec_hash=spec.spec_hash(),
+                        bundle_hash=bundle_hash,
+                        decision="pending",
+                        reason="waiting for approval (oda-node approve ID)",
+                        cost_rho=cost.value,
+                    )
                 log.info("filed %s (%s) for approval: %s", spec.name, request.request_id, cost.describe())
                 return Pending(request.request_id, spec.name, cost)
             return self._run(request, spec, steps, cost, bundle_hash)
@@ -250,17 +347,43 @@ class NodeAgent:
         self.inbox.settle(request_id, "released")
         return release
 
+    def expire(self, request_id: str, why: str) -> None:
+        """Settle an inbox request whose message is gone (its run ended): nothing is released or
+        spent; the audit log says so."""
+        item = self.inbox.get(request_id)
+        self.inbox.settle(request_id, "expired", why)
+        request = AnalysisRequest.from_json(item.request_json)
+        self.refuse(request, item.bundle_hash, PolicyRefusal(why))
+
+    def undelivered(self, release: NodeRelease, bundle_hash: str, why: str) -> None:
+        """Record that a release was computed and debited but could not be delivered: the ledger
+        and the audit log say "spent, not delivered"."""
+        with self._lock:
+            self.ledger.undelivered(release.request_id)
+            self.audit.append(
+                request_id=audit_id(release.request_id),
+                requester="-",
+                spec_hash=release.spec_hash,
+                bundle_hash=bundle_hash,
+                decision="undelivered",
+                reason=f"spent, not delivered: {why}",
+                cost_rho=release.cost_rho,
+            )
+        log.warning("release %s was spent but not delivered: %s", release.request_id, why)
+
     def refuse(self, request: AnalysisRequest, bundle_hash: str, exc: BaseException) -> None:
         """Audit a refusal (or a failure) of `request`."""
         reason = str(exc) if isinstance(exc, UserError) else f"internal error: {exc}"
-        self.audit.append(
-            request_id=request.request_id,
-            requester=request.requester,
-            spec_hash=spec_hash_of(request.spec_yaml),
-            bundle_hash=bundle_hash,
-            decision="refused",
-            reason=reason,
-        )
+        requester = request.requester if isinstance(request.requester, str) else repr(request.requester)
+        with self._lock:
+            self.audit.append(
+                request_id=audit_id(request.request_id),
+                requester=requester,
+                spec_hash=spec_hash_of(request.spec_yaml),
+                bundle_hash=bundle_hash,
+                decision="refused",
+                reason=reason,
+            )
 
     def _admit(self, request: AnalysisRequest) -> tuple[AnalysisSpec, list[Step], Rho]:
         """Every check short of the budget: protocol, the spec parsed here, policy, catalogue.
@@ -307,13 +430,19 @@ class NodeAgent:
         cost = planned_cost(spec, steps)
         model = spec.model_step() or spec.sgd_step()
         whole = spec.step_budget(model.id) if model is not None and steps else cost
-        if whole.value > policy.max_rho_per_analysis + 1e-12:
+        if not fits(whole, [], Rho(policy.max_rho_per_analysis)):
             raise PolicyRefusal(
                 f"analysis {spec.name!r} asks {whole.describe()} of this node, over its "
                 f"policy.max_rho_per_analysis of rho {policy.max_rho_per_analysis}: lower the "
                 "analysis budget or ask the partner to raise the limit"
             )
         state = _round_state(request, spec, steps)
+        sgd = spec.sgd_step()
+        if isinstance(state, TrainState) and sgd is not None and state.round > sgd.rounds:
+            raise PolicyRefusal(
+                f"round {state.round} is past the {sgd.rounds} rounds of sgd step {sgd.id!r} that this "
+                "node agreed to: nothing was spent"
+            )
         if state is not None and request.request_id != state.request_id():
             raise SpecError(f"a request of model run {state.run} must have id {state.request_id()!r}")
         if state is not None and not state.opens_run():
@@ -326,7 +455,8 @@ class NodeAgent:
         if model is not None and state is not None and state.opens_run():
             population = self.config.population_of(spec.dataset_of(model))
             left = self.remaining(population)
-            if whole.value > left.value + 1e-12:
+            spent = self.ledger.spent_exactly(population, self.period_start())
+            if spent + Fraction(whole.value) > Fraction(policy.total_rho_cap[population]):
                 raise BudgetExhausted(
                     f"{model.kind} {spec.name!r} needs {whole.describe()} over its {model.requests()} "
                     f"releases; population {population!r} has {left.describe()} left: refused before "
@@ -344,17 +474,25 @@ class NodeAgent:
             )
         if not steps:
             release = self._release(request, spec.spec_hash(), (), Rho(0.0), None, "not_held")
-            return self._audited(request, release, bundle_hash)
+            with self._lock:
+                return self._audited(request, release, bundle_hash)
+
+        state = _round_state(request, spec, steps)
+        round_state = state if isinstance(state, RoundState) else None
+        datasets = {spec.dataset_of(s) for s in steps}
+
+        def check() -> None:
+            empty = {name: LocalData(self.frame(name).iloc[0:0]) for name in datasets}
+            dry_run(spec, steps, empty, round_state)
 
         def compute() -> tuple[StepRelease, ...]:
             for step in steps:
                 if isinstance(step, ScoreStep):
                     self.write_scores(spec, step)
-            data = {name: LocalData(self.frame(name)) for name in {spec.dataset_of(s) for s in steps}}
-            state = _round_state(request, spec, steps)
-            return tuple(release_steps(spec, steps, data, state if isinstance(state, RoundState) else None))
+            data = {name: LocalData(self.frame(name)) for name in datasets}
+            return tuple(release_steps(spec, steps, data, round_state))
 
-        audited = self._debited(request, spec, steps, cost, bundle_hash, compute)
+        audited = self._debited(request, spec, steps, cost, bundle_hash, compute, check)
         log.info(
             "released %s (%s) to %s: %s", spec.name, request.request_id, request.requester, cost.describe()
         )
@@ -368,17 +506,25 @@ class NodeAgent:
         cost: Rho,
         bundle_hash: str,
         compute: Callable[[], tuple[StepRelease, ...]],
+        check: Callable[[], None],
     ) -> NodeRelease:
-        """Reserve, release, commit, audit: the only path by which anything leaves."""
-        costs: dict[str, Rho] = {}
+        """Check, reserve, release, audit, commit: the only path by which anything leaves.
+
+        The release is first run on an empty frame of the same columns (`check`), so an error in
+        it refuses before any budget is reserved. The ledger lock is held only for the ledger and
+        audit writes, never while the release is computed.
+        """
+        shares_by_population: dict[str, list[Rho]] = {}
         for step in steps:
             population = self.config.population_of(spec.dataset_of(step))
-            costs[population] = costs.get(population, Rho(0.0)) + spec.request_budget(step.id)
+            shares_by_population.setdefault(population, []).append(spec.request_budget(step.id))
+        costs = {p: rho_at_least(exact_total(parts)) for p, parts in shares_by_population.items()}
         caps = {p: Rho(self.config.policy.total_rho_cap[p]) for p in costs}
         datasets = sorted({spec.dataset_of(s) for s in steps})
+        for dataset in datasets:
+            self.loaded(dataset)  # a data error now refuses before any budget is reserved
+        check()
         with self._lock:
-            for dataset in datasets:
-                self.frame(dataset)  # a data error now refuses before any budget is reserved
             entries = self.ledger.reserve(
                 request_id=request.request_id,
                 costs=costs,
@@ -386,19 +532,23 @@ class NodeAgent:
                 spec_hash=spec.spec_hash(),
                 since=self.period_start(),
             )
-            try:
-                released = compute()
-            except Exception as exc:
+        try:
+            released = compute()
+            release = self._release(request, spec.spec_hash(), released, cost, entries[0], "released")
+            release = replace(release, snapshots={name: self.snapshot(name).id for name in datasets})
+            records = {name: self.snapshot(name).record() for name in datasets}
+            with self._lock:
+                audited = self._audited(request, release, bundle_hash, records)
+                for entry in entries:
+                    self.ledger.commit(entry)
+            return audited
+        except Exception as exc:
+            with self._lock:
                 for entry in entries:
                     self.ledger.fail(entry)
-                raise InternalError(
-                    f"release of {spec.name!r} failed after its budget was reserved: {exc}"
-                ) from exc
-            for entry in entries:
-                self.ledger.commit(entry)
-            release = self._release(request, spec.spec_hash(), released, cost, entries[0], "released")
-            release = replace(release, data_sha256={name: self.data_hash(name) for name in datasets})
-            return self._audited(request, release, bundle_hash)
+            raise InternalError(
+                f"release of {spec.name!r} failed after its budget was reserved: {exc}"
+            ) from exc
 
     def train(
         self, request: AnalysisRequest, weights: npt.NDArray[np.float64], bundle_hash: str = ""
@@ -410,6 +560,7 @@ class NodeAgent:
             SpecError, PolicyRefusal, BudgetExhausted, DataError: refusals; nothing is released.
         """
         try:
+            request.check()
             spec, steps, cost = self._admit(request)
             step = spec.sgd_step()
             state = _round_state(request, spec, steps)
@@ -439,6 +590,10 @@ class NodeAgent:
         unit = spec.unit_of(step).to_unit()
         local_models: list[tuple[npt.NDArray[np.float64], float]] = []
 
+        def check() -> None:
+            empty = LocalData(self.frame(spec.dataset_of(step)).iloc[0:0])
+            design(step.model, empty.frame.loc[empty.keep(unit)])
+
         def compute() -> tuple[StepRelease, ...]:
             local = LocalData(self.frame(spec.dataset_of(step)))
             x, y = design(step.model, local.frame.loc[local.keep(unit)])
@@ -452,7 +607,7 @@ class NodeAgent:
             )
             return (StepRelease(step.id, step.kind, "hidden", measurements),)
 
-        audited = self._debited(request, spec, [step], cost, bundle_hash, compute)
+        audited = self._debited(request, spec, [step], cost, bundle_hash, compute, check)
         log.info(
             "trained %s (%s) for %s: %s", spec.name, request.request_id, request.requester, cost.describe()
         )
@@ -481,7 +636,13 @@ class NodeAgent:
         log.info("wrote %d local scores to %s (not released)", len(frame), path)
         return path
 
-    def _audited(self, request: AnalysisRequest, release: NodeRelease, bundle_hash: str) -> NodeRelease:
+    def _audited(
+        self,
+        request: AnalysisRequest,
+        release: NodeRelease,
+        bundle_hash: str,
+        data: dict[str, dict[str, object]] | None = None,
+    ) -> NodeRelease:
         """Write the release's audit entry, then stamp the release with the new chain head."""
         entry = self.audit.append(
             request_id=request.request_id,
@@ -491,6 +652,7 @@ class NodeAgent:
             decision=release.status,
             cost_rho=release.cost_rho,
             payload=release.to_json().encode(),
+            data=data,
         )
         return replace(release, audit_seq=entry.seq, audit_head=entry.hash)
 

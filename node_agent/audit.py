@@ -7,8 +7,15 @@ it and its own hash over both, so editing, deleting or reordering an entry break
 
 Cutting entries off the end leaves a valid shorter chain, so the head (sequence number and
 hash) is also written to a second file, `audit.head`, and sent in every reply: a log shorter
-than either is truncated. Appends are serialised across processes with an exclusive file lock,
-so `oda-node approve` in a shell and the running node can both write.
+than either is truncated. Appends, reads and verification all take one exclusive file lock,
+so `oda-node approve` or `status` in a shell and the running node never see each other half-way.
+
+Entries are bounded (texts from the coordinator are cut to `MAX_TEXT` characters) and the tail
+is found by reading backwards to the last line break, so no entry, however long, can stop the
+next append.
+
+An entry may also record, for the partner's eyes only, which data a release read: per dataset
+the snapshot id the release carried, the sha256 of its content and its row count.
 """
 
 from __future__ import annotations
@@ -19,19 +26,21 @@ import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
 from privacy.errors import DataError
 
-__all__ = ["GENESIS", "AuditEntry", "AuditLog", "Decision"]
+__all__ = ["GENESIS", "MAX_TEXT", "AuditEntry", "AuditLog", "Decision"]
 
 #: The `prev` of the first entry.
 GENESIS = "0" * 64
+#: Longest text field an entry keeps; longer texts (echoes of what a coordinator sent) are cut.
+MAX_TEXT = 4000
 
-Decision = Literal["released", "refused", "denied", "pending", "approved", "not_held"]
+Decision = Literal["released", "refused", "denied", "pending", "approved", "not_held", "undelivered"]
 
 
 @dataclass(frozen=True)
@@ -50,12 +59,21 @@ class AuditEntry:
     payload_sha256: str
     prev: str
     hash: str
+    #: dataset -> {"snapshot": id sent in the release, "sha256": content hash, "rows": n}; local only.
+    data: dict[str, dict[str, object]] = field(default_factory=dict)
 
     def body(self) -> dict[str, object]:
-        """Everything the hash covers (all but the hash itself)."""
-        data = asdict(self)
-        del data["hash"]
-        return data
+        """Everything the hash covers (all but the hash itself; `data` only when present, so
+        entries written before it existed verify as they were)."""
+        body = asdict(self)
+        del body["hash"]
+        if not self.data:
+            del body["data"]
+        return body
+
+
+def _bounded(text: str) -> str:
+    return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 14] + " ...(truncated)"
 
 
 def _digest(body: dict[str, object]) -> str:
@@ -82,11 +100,15 @@ class AuditLog:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     def entries(self) -> list[AuditEntry]:
-        """Every entry, in file order, parsed but not verified.
+        """Every entry, in file order, parsed but not verified (a consistent snapshot).
 
         Raises:
             DataError: a line is not an audit entry (the message names the file and line).
         """
+        with self._locked():
+            return self._entries()
+
+    def _entries(self) -> list[AuditEntry]:
         if not self.path.exists():
             return []
         out = []
@@ -104,11 +126,18 @@ class AuditLog:
     def verify(self) -> tuple[int, str]:
         """Check the whole chain and the recorded head; return (entries, head hash).
 
+        Runs under the log's lock, so an append by the running node cannot fall between reading
+        the entries and reading the head.
+
         Raises:
             DataError: naming the file, the line and what is wrong (edited, deleted,
                 reordered or truncated entries).
         """
-        entries = self.entries()
+        with self._locked():
+            return self._verify()
+
+    def _verify(self) -> tuple[int, str]:
+        entries = self._entries()
         prev = GENESIS
         for number, entry in enumerate(entries, start=1):
             where = f"audit log {self.path} line {number}"
@@ -162,6 +191,7 @@ class AuditLog:
         reason: str = "",
         cost_rho: float = 0.0,
         payload: bytes = b"",
+        data: dict[str, dict[str, object]] | None = None,
     ) -> AuditEntry:
         """Append one entry (fsynced, then the head file), and return it."""
         with self._locked():
@@ -169,16 +199,18 @@ class AuditLog:
             body: dict[str, object] = {
                 "seq": seq + 1,
                 "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
-                "request_id": request_id,
-                "requester": requester,
-                "spec_hash": spec_hash,
-                "bundle_hash": bundle_hash,
+                "request_id": _bounded(request_id),
+                "requester": _bounded(requester),
+                "spec_hash": _bounded(spec_hash),
+                "bundle_hash": _bounded(bundle_hash),
                 "decision": decision,
-                "reason": reason,
+                "reason": _bounded(reason),
                 "cost_rho": cost_rho,
                 "payload_sha256": hashlib.sha256(payload).hexdigest() if payload else "",
                 "prev": prev,
             }
+            if data:
+                body["data"] = data
             entry = AuditEntry(**body, hash=_digest(body))  # type: ignore[arg-type]
             with self.path.open("a", encoding="utf-8") as f:
                 f.write(json.dumps(asdict(entry), sort_keys=True) + "\n")
@@ -190,14 +222,21 @@ class AuditLog:
             return entry
 
     def _tail(self) -> tuple[int, str]:
-        """The last entry's (seq, hash), read from the end of the file."""
+        """The last entry's (seq, hash), read backwards from the end of the file to the line
+        break before it, however long the entry is."""
         if not self.path.exists() or self.path.stat().st_size == 0:
             return 0, GENESIS
         with self.path.open("rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - 65536))
-            last = f.read().splitlines()[-1]
+            end = f.seek(0, os.SEEK_END)
+            chunk, start = 65536, end
+            tail = b""
+            while start > 0:
+                start = max(0, start - chunk)
+                f.seek(start)
+                tail = f.read(end - start)
+                if b"\n" in tail.rstrip(b"\n"):
+                    break
+            last = tail.rstrip(b"\n").rsplit(b"\n", 1)[-1]
         try:
             data = json.loads(last)
             return int(data["seq"]), str(data["hash"])

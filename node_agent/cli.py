@@ -93,18 +93,22 @@ def _init(config_path: Path, partner: str, coordinator: str | None) -> int:
 def _check(config_path: Path) -> int:
     from node_agent.agent import NodeAgent
     from node_agent.config import load_node_config
-    from node_agent.connectors import contract_report
 
     config = load_node_config(config_path)
     agent = NodeAgent(config)
     failing = 0
     try:
         for name in config.policy.allowed_datasets:
-            frame = agent.frame(name)
-            print(f"dataset {name}: {len(frame):,} rows, columns {', '.join(frame.columns)}")
-            for rule, count in contract_report(frame, config.datasets[name]):
+            data = agent.loaded(name)
+            print(
+                f"dataset {name}: {data.source_rows:,} rows, columns {', '.join(data.frame.columns)}; "
+                f"times in {config.datasets[name].timezone}"
+            )
+            for rule, count in data.rules:
                 print(f"  {'FAIL' if count else 'ok  '} {rule}: {count:,} rows")
                 failing += count > 0
+            if data.dropped:
+                print(f"  {data.dropped:,} rows break the contract: analyses leave them out until fixed")
         for population, cap in sorted(config.policy.total_rho_cap.items()):
             print(
                 f"population {population}: remaining {agent.remaining(population).describe()} of rho {cap:g}"
@@ -118,7 +122,8 @@ def _check(config_path: Path) -> int:
         from privacy.errors import DataError
 
         raise DataError(
-            f"{failing} contract rule(s) fail (row counts above, shown only here); fix the data or the contract"
+            f"{failing} contract rule(s) fail (row counts above, shown only here); the rows that break "
+            "them are left out of every analysis: fix the data or the contract"
         )
     print(f"{config_path}: OK")
     return ExitCode.OK

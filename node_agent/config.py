@@ -11,6 +11,7 @@ import ipaddress
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -27,6 +28,7 @@ __all__ = [
     "RenewalConfig",
     "SqlSource",
     "TransportConfig",
+    "check_zone",
     "is_loopback",
     "load_node_config",
 ]
@@ -45,6 +47,14 @@ class ColumnSpec(_Model):
     min: float | None = Field(default=None, description="contract: smallest valid value")
     max: float | None = Field(default=None, description="contract: largest valid value")
     allowed: tuple[str | int, ...] | None = Field(default=None, description="contract: the valid values")
+    timezone: str | None = Field(
+        default=None,
+        description="datetime: the zone its local times are in (IANA name); default: the dataset's",
+    )
+    format: str | None = Field(
+        default=None,
+        description="datetime: strptime pattern of the text (e.g. '%d/%m/%Y %H:%M'); default: ISO 8601",
+    )
 
     @model_validator(mode="after")
     def _rules_fit(self) -> ColumnSpec:
@@ -52,7 +62,21 @@ class ColumnSpec(_Model):
             raise ValueError(f"min/max apply to int or float columns, not {self.type}")
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(f"min {self.min:g} is above max {self.max:g}")
+        if (self.timezone is not None or self.format is not None) and self.type != "datetime":
+            raise ValueError(f"timezone and format apply to datetime columns, not {self.type}")
+        if self.timezone is not None:
+            check_zone(self.timezone)
         return self
+
+
+def check_zone(name: str) -> ZoneInfo:
+    """Raises: ValueError naming the zone when it is not an IANA time zone."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(
+            f"unknown time zone {name!r}: use an IANA name such as Europe/London or America/Chicago"
+        ) from exc
 
 
 class SqlSource(_Model):
@@ -79,6 +103,11 @@ class DatasetConfig(_Model):
     columns: dict[str, ColumnSpec] = Field(min_length=1)
     identifier: str = Field(min_length=1, description="the logical column identifying a person")
     population: str | None = Field(default=None, description="budget pool; default: dataset name")
+    timezone: str = Field(
+        default="Europe/London",
+        description="the zone of local times without an offset, and the zone hours, weekdays and "
+        "months are derived in (IANA name)",
+    )
 
     @model_validator(mode="after")
     def _identifier_declared(self) -> DatasetConfig:
@@ -86,7 +115,12 @@ class DatasetConfig(_Model):
             raise ValueError("give exactly one source: 'path' (CSV or Parquet) or 'sql'")
         if self.identifier not in self.columns:
             raise ValueError(f"identifier {self.identifier!r} is not one of the declared columns")
+        check_zone(self.timezone)
         return self
+
+    def zone_of(self, column: str) -> ZoneInfo:
+        """The time zone of a datetime column: its own, or the dataset's."""
+        return ZoneInfo(self.columns[column].timezone or self.timezone)
 
     def file_format(self) -> Literal["csv", "parquet"]:
         if self.format is not None:
@@ -115,10 +149,14 @@ class RenewalConfig(_Model):
     start: date = Field(description="first day of the first period (YYYY-MM-DD)")
 
     def period_start(self, now: datetime) -> datetime:
-        """Midnight UTC of the first day of the period containing `now`."""
+        """Midnight UTC of the first day of the period containing `now`.
+
+        Before `start`, all spending since the node began counts (one period from the epoch):
+        a start date in the future must not leave the caps open until it comes.
+        """
         origin = datetime.combine(self.start, datetime.min.time(), tzinfo=UTC)
         if now < origin:
-            return origin
+            return datetime.fromtimestamp(0, UTC)
         periods = (now - origin).days // self.every_days
         return origin + timedelta(days=periods * self.every_days)
 

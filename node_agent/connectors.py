@@ -2,23 +2,49 @@
 
 File paths are confined to the node's `data_dir`: a config cannot make the node read elsewhere.
 A SQL source is read once into a local snapshot (Parquet, under `state_dir/snapshots`) whose
-content hash is recorded in every release that read it. `contract_report` counts the rows that
-break each rule of a dataset's contract; the counts are shown only locally.
+content hash the node keeps in its own audit log.
+
+Times are read in their declared zone (`timezone:` of the column or dataset, Europe/London by
+default): a value with an offset (`2024-03-31T01:30:00-05:00`) is converted to that zone, a
+value without one is taken as local time there, and the column holds local wall-clock times,
+from which hours, weekdays and months are derived.
+
+The contract is enforced, not only reported: a row that breaks any rule of its dataset's
+contract (a value that cannot be read as its declared type, a missing required value, a value
+outside min/max or the allowed list, a missing identifier) is left out of every analysis.
+Leaving rows out, rather than refusing, keeps the node's answers free of any unnoised signal
+about its data; how many rows broke each rule is shown only at the node (`oda-node check`, the
+node's log).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import dataclass
+from datetime import date, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
 
-from node_agent.config import DatasetConfig, SqlSource
+from analyses.spec import MAX_DATASET_ROWS
+from node_agent.config import ColumnSpec, DatasetConfig, SqlSource
 from privacy.errors import DataError
 
-__all__ = ["content_hash", "contract_report", "load_dataset", "resolve_inside", "write_snapshot"]
+__all__ = [
+    "LoadedDataset",
+    "content_hash",
+    "contract_report",
+    "load_dataset",
+    "local_times",
+    "resolve_inside",
+    "write_snapshot",
+]
+
+#: A time of day followed by a UTC offset (or Z) at the end of the text.
+_OFFSET_AT_END = r"[T ]\d{1,2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?\s*(?:Z|[+-]\d{2}(?::?\d{2})?)$"
 
 
 def resolve_inside(data_dir: Path, relative: str) -> Path:
@@ -38,19 +64,47 @@ def resolve_inside(data_dir: Path, relative: str) -> Path:
     return target
 
 
-def _cast(series: pd.Series, ctype: str, name: str) -> pd.Series:
-    out: pd.Series
-    if ctype == "int":
-        out = pd.to_numeric(series, errors="coerce").astype("Int64")
-    elif ctype == "float":
-        out = pd.to_numeric(series, errors="coerce").astype("float64")
-    elif ctype == "datetime":
-        out = pd.to_datetime(series, errors="coerce")
+def local_times(series: pd.Series, zone: ZoneInfo, fmt: str | None = None) -> pd.Series:
+    """Wall-clock times in `zone` (naive datetime64): values with an offset are converted to the
+    zone, values without one are taken as already local; what cannot be read is NaT."""
+    if isinstance(series.dtype, pd.DatetimeTZDtype):
+        converted: pd.Series = series.dt.tz_convert(zone).dt.tz_localize(None)
+        return converted.astype("datetime64[ns]")
+    if pd.api.types.is_datetime64_dtype(series.dtype):
+        return series.astype("datetime64[ns]")
+    if series.dtype == object:  # Python datetimes from a database driver, aware or not
+        series = series.map(lambda v: v.isoformat() if isinstance(v, datetime | date) else v)
+    text = series.astype("string").str.strip()
+    out = pd.Series(pd.NaT, index=series.index, dtype="datetime64[ns]")
+    if fmt is not None:
+        aware = pd.Series("%z" in fmt, index=series.index) & text.notna()
     else:
-        out = series.astype("string")
-    bad = int(out.isna().sum() - series.isna().sum())
-    if bad > 0 and bad == len(series):
-        raise DataError(f"column {name!r}: no value could be read as {ctype}")
+        aware = text.str.contains(_OFFSET_AT_END, regex=True, na=False)
+    naive = text.notna() & ~aware
+    how = fmt or "ISO8601"
+    if aware.any():
+        parsed = pd.to_datetime(text[aware], errors="coerce", utc=True, format=how)
+        out[aware] = parsed.dt.tz_convert(zone).dt.tz_localize(None).astype("datetime64[ns]")
+    if naive.any():
+        out[naive] = pd.to_datetime(text[naive], errors="coerce", format=how).astype("datetime64[ns]")
+    return out
+
+
+def _cast(series: pd.Series, spec: ColumnSpec, zone: ZoneInfo) -> pd.Series:
+    out: pd.Series
+    try:
+        if spec.type == "int":
+            numeric = pd.to_numeric(series, errors="coerce")
+            whole = numeric.notna() & (numeric % 1 == 0)  # 2.5 is not an int: unreadable, not 2
+            out = numeric.where(whole).astype("Int64")
+        elif spec.type == "float":
+            out = pd.to_numeric(series, errors="coerce").astype("float64")
+        elif spec.type == "datetime":
+            out = local_times(series, zone, spec.format)
+        else:
+            out = series.astype("string")
+    except (ValueError, TypeError, OverflowError) as exc:  # pandas' own parse errors, never a traceback
+        raise DataError(f"cannot read values as {spec.type}: {exc}") from exc
     return out
 
 
@@ -106,12 +160,30 @@ def _read_sql(name: str, source: SqlSource, columns: list[str]) -> pd.DataFrame:
     return raw
 
 
-def load_dataset(data_dir: Path, name: str, config: DatasetConfig) -> pd.DataFrame:
-    """Read a dataset and return it with logical column names and declared types.
+@dataclass(frozen=True)
+class LoadedDataset:
+    """A dataset as analyses see it, and what its contract left out."""
+
+    #: The rows that keep the contract: logical names, declared types, local times.
+    frame: pd.DataFrame
+    #: Each contract rule and how many source rows break it (shown only at the node).
+    rules: tuple[tuple[str, int], ...]
+    #: Rows in the source, before the contract.
+    source_rows: int
+
+    @property
+    def dropped(self) -> int:
+        """Rows left out of every analysis because they break the contract."""
+        return self.source_rows - len(self.frame)
+
+
+def load_dataset(data_dir: Path, name: str, config: DatasetConfig) -> LoadedDataset:
+    """Read a dataset, type it, and keep the rows that keep its contract.
 
     Raises:
-        DataError: missing file, unreachable database, unreadable source, or a declared column
-            missing from it.
+        DataError: missing file, unreachable database, unreadable source, a declared column
+            missing from it, a column none of whose values can be read, or more than
+            `MAX_DATASET_ROWS` rows.
     """
     sources = {logical: spec.source or logical for logical, spec in config.columns.items()}
     if config.sql is not None:
@@ -122,18 +194,68 @@ def load_dataset(data_dir: Path, name: str, config: DatasetConfig) -> pd.DataFra
             if config.file_format() == "parquet":
                 raw = pd.read_parquet(path, columns=list(sources.values()))
             else:
-                raw = pd.read_csv(path, usecols=list(sources.values()))
+                raw = pd.read_csv(path, usecols=list(sources.values()), dtype=_csv_types(config, sources))
         except ValueError as exc:
             raise DataError(f"dataset {name!r} ({path.name}): {exc}") from exc
         except OSError as exc:
             raise DataError(f"dataset {name!r}: cannot read {path}: {exc}") from exc
-    frame = pd.DataFrame(
-        {
-            logical: _cast(raw[source], config.columns[logical].type, logical)
-            for logical, source in sources.items()
-        }
-    )
-    return frame
+    if len(raw) > MAX_DATASET_ROWS:
+        raise DataError(
+            f"dataset {name!r} has {len(raw):,} rows, over the limit of {MAX_DATASET_ROWS:,}: "
+            "split it into several datasets"
+        )
+    columns: dict[str, pd.Series] = {}
+    unreadable: dict[str, pd.Series] = {}
+    for logical, source in sources.items():
+        spec = config.columns[logical]
+        try:
+            typed = _cast(raw[source], spec, config.zone_of(logical))
+        except DataError as exc:
+            raise DataError(f"dataset {name!r}, column {logical!r}: {exc}") from exc
+        bad = typed.isna() & raw[source].notna()
+        if len(raw) and bool(bad.all()):
+            raise DataError(
+                f"dataset {name!r}, column {logical!r}: no value could be read as {spec.type}"
+                + (f" in format {spec.format!r}" if spec.format else " (times are read as ISO 8601)")
+            )
+        columns[logical], unreadable[logical] = typed, bad
+    frame = pd.DataFrame(columns)
+    rules, keep = _contract(frame, config, unreadable)
+    return LoadedDataset(frame.loc[keep].reset_index(drop=True), tuple(rules), len(frame))
+
+
+def _csv_types(config: DatasetConfig, sources: dict[str, str]) -> dict[str, str]:
+    """Read text and time columns of a CSV as text (pandas must not guess dates or numbers)."""
+    return {sources[n]: "string" for n, c in config.columns.items() if c.type in ("str", "datetime")}
+
+
+def _contract(
+    frame: pd.DataFrame, config: DatasetConfig, unreadable: dict[str, pd.Series]
+) -> tuple[list[tuple[str, int]], np.ndarray]:
+    """Each rule with the number of rows breaking it, and the rows that break none."""
+    keep = np.ones(len(frame), dtype=bool)
+    rules: list[tuple[str, int]] = []
+
+    def rule(text: str, broken: pd.Series) -> None:
+        mask = broken.fillna(False).to_numpy(dtype=bool)
+        rules.append((text, int(mask.sum())))
+        keep[mask] = False
+
+    rule(f"{config.identifier} present (identifier)", frame[config.identifier].isna())
+    for name, spec in config.columns.items():
+        column = frame[name]
+        if name in unreadable:
+            rule(f"{name} readable as {spec.type}", unreadable[name])
+        if spec.required and name != config.identifier:
+            rule(f"{name} present", column.isna())
+        if spec.min is not None:
+            rule(f"{name} >= {spec.min:g}", column < spec.min)
+        if spec.max is not None:
+            rule(f"{name} <= {spec.max:g}", column > spec.max)
+        if spec.allowed is not None:
+            allowed = {str(v) for v in spec.allowed}
+            rule(f"{name} in {sorted(allowed)}", column.notna() & ~column.astype("string").isin(allowed))
+    return rules, keep
 
 
 def content_hash(frame: pd.DataFrame) -> str:
@@ -160,20 +282,5 @@ def write_snapshot(state_dir: Path, name: str, frame: pd.DataFrame) -> tuple[Pat
 
 
 def contract_report(frame: pd.DataFrame, config: DatasetConfig) -> list[tuple[str, int]]:
-    """Each contract rule and how many rows break it (shown only at the node)."""
-    rules: list[tuple[str, int]] = [
-        (f"{config.identifier} present (identifier)", int(frame[config.identifier].isna().sum()))
-    ]
-    for name, spec in config.columns.items():
-        column = frame[name]
-        if spec.required and name != config.identifier:
-            rules.append((f"{name} present", int(column.isna().sum())))
-        if spec.min is not None:
-            rules.append((f"{name} >= {spec.min:g}", int((column < spec.min).sum())))
-        if spec.max is not None:
-            rules.append((f"{name} <= {spec.max:g}", int((column > spec.max).sum())))
-        if spec.allowed is not None:
-            allowed = {str(v) for v in spec.allowed}
-            outside = column.notna() & ~column.astype("string").isin(allowed)
-            rules.append((f"{name} in {sorted(allowed)}", int(outside.sum())))
-    return rules
+    """Each contract rule and how many rows of an already typed frame break it."""
+    return _contract(frame, config, {})[0]

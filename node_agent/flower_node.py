@@ -13,6 +13,7 @@ bundle's shim points at, so a stock `flower-supernode` would run identical code.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -20,7 +21,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import cache, partial
 from pathlib import Path
 from typing import Any, cast
@@ -44,6 +45,7 @@ from flwr.supercore.inflatable.inflatable_utils import (
     pull_objects,
     push_object_contents_from_iterable,
 )
+from flwr.supercore.run import RunNotRunningException
 from flwr.supernode.fleet_http_client import FleetHttpClient
 from flwr.supernode.fleet_http_connection import http_request_response
 from flwr.supernode.node_auth_http_interceptor import NodeAuthHttpInterceptor
@@ -73,6 +75,8 @@ ERROR_CODE_REFUSED = 400
 ERROR_CODE_INTERNAL = 500
 MESSAGE_TYPE = "query"
 TRAIN_TYPE = "train"
+#: A reply this close (seconds) to its message's expiry is not sent: it would be dropped.
+REPLY_MARGIN = 1.0
 
 
 @cache
@@ -84,14 +88,10 @@ def accepted_bundle_hashes() -> dict[str, int]:
     }
 
 
-def _error_reply(message: Message, partner: str, exc: BaseException) -> Message:
+def _error_reply(message: Message, agent: NodeAgent, exc: BaseException) -> Message:
     internal = not isinstance(exc, UserError)
     reason = json.dumps(
-        {
-            "partner": partner,
-            "error": type(exc).__name__,
-            "message": str(exc) if not internal else f"internal error at the node: {exc}",
-        }
+        {"partner": agent.config.partner, "error": type(exc).__name__, "message": agent.public_reason(exc)}
     )
     code = ERROR_CODE_INTERNAL if internal else ERROR_CODE_REFUSED
     return Message(Error(code=code, reason=reason), reply_to=message)
@@ -106,7 +106,7 @@ def _refusal_reply(agent: NodeAgent, message: Message, exc: BaseException) -> Me
         log.error("internal error while handling a request", exc_info=exc)
     else:
         log.warning("refused: %s", exc)
-    return _error_reply(message, agent.config.partner, exc)
+    return _error_reply(message, agent, exc)
 
 
 def _require_runner(fab_hash: str) -> None:
@@ -130,6 +130,13 @@ def _refused_early(
 def handle_message(agent: NodeAgent, message: Message, fab_hash: str) -> Message | Pending:
     """Answer one message: a release or an error reply naming why; `Pending` when the request
     was filed for manual approval (the reply follows the decision)."""
+    return handle_message_with_release(agent, message, fab_hash)[0]
+
+
+def handle_message_with_release(
+    agent: NodeAgent, message: Message, fab_hash: str
+) -> tuple[Message | Pending, NodeRelease | None]:
+    """`handle_message`, with the release the reply carries (None for refusals)."""
     if message.metadata.message_type == TRAIN_TYPE:
         return _handle_train(agent, message, fab_hash)
     request: AnalysisRequest | None = None
@@ -144,17 +151,18 @@ def handle_message(agent: NodeAgent, message: Message, fab_hash: str) -> Message
         request = AnalysisRequest.from_json(cast(str, record["json"]))
         _require_runner(fab_hash)
     except Exception as exc:
-        return _refused_early(agent, message, request, fab_hash, exc)
+        why = exc if isinstance(exc, UserError) else ProtocolError(f"malformed message: {exc}")
+        return _refused_early(agent, message, request, fab_hash, why), None
     try:
         outcome = agent.handle(request, fab_hash)  # audits its own decisions
     except Exception as exc:  # every failure becomes a reply; the node itself keeps serving
-        return _refusal_reply(agent, message, exc)
+        return _refusal_reply(agent, message, exc), None
     if isinstance(outcome, Pending):
-        return outcome
-    return _release_reply(message, outcome)
+        return outcome, None
+    return _release_reply(message, outcome), outcome
 
 
-def _handle_train(agent: NodeAgent, message: Message, fab_hash: str) -> Message:
+def _handle_train(agent: NodeAgent, message: Message, fab_hash: str) -> tuple[Message, NodeRelease | None]:
     """A FedAvg round from Flower's strategy: weights in `arrays`, our request and Flower's
     `server-round` in `config`; the reply carries the local model, `num-examples` and the release."""
     request: AnalysisRequest | None = None
@@ -173,11 +181,11 @@ def _handle_train(agent: NodeAgent, message: Message, fab_hash: str) -> Message:
         flat = np.asarray(weights[0], dtype=np.float64).ravel()
     except Exception as exc:
         why = exc if isinstance(exc, UserError) else ProtocolError(str(exc))
-        return _refused_early(agent, message, request, fab_hash, why)
+        return _refused_early(agent, message, request, fab_hash, why), None
     try:
         release, updated, rows = agent.train(request, flat, fab_hash)
     except Exception as exc:
-        return _refusal_reply(agent, message, exc)
+        return _refusal_reply(agent, message, exc), None
     content = RecordDict(
         {
             "arrays": ArrayRecord([updated]),
@@ -185,27 +193,46 @@ def _handle_train(agent: NodeAgent, message: Message, fab_hash: str) -> Message:
             "release": ConfigRecord({"json": release.to_json()}),
         }
     )
-    return Message(content, reply_to=message)
+    return Message(content, reply_to=message), release
 
 
-def answer_decided(agent: NodeAgent, held: dict[str, Message]) -> list[Message]:
-    """Replies for held requests that a person approved or denied since the last look."""
-    replies = []
+@dataclass(frozen=True)
+class Decided:
+    """A reply for a held request that a person decided on, and the release it carries."""
+
+    reply: Message
+    release: NodeRelease | None = None
+
+
+def answer_decided(
+    agent: NodeAgent, held: dict[str, Message], closed: Callable[[Message], str | None] = lambda _: None
+) -> list[Decided]:
+    """Replies for held requests that a person approved or denied since the last look.
+
+    An approved request whose run has ended (`closed` says why) is not run: nothing is spent,
+    and the inbox and audit log say it expired.
+    """
+    replies: list[Decided] = []
     for request_id in list(held):
         item = agent.inbox.get(request_id)
         if item.status == "waiting":
             continue
         message = held.pop(request_id)
         if item.status == "approved":
+            ended = closed(message)
+            if ended is not None:
+                agent.expire(request_id, f"approved after {ended}: nothing was released or spent")
+                continue
             try:
-                replies.append(_release_reply(message, agent.run_approved(request_id)))
+                release = agent.run_approved(request_id)
+                replies.append(Decided(_release_reply(message, release), release))
             except Exception as exc:
-                replies.append(_refusal_reply(agent, message, exc))
+                replies.append(Decided(_refusal_reply(agent, message, exc)))
         else:
             why = PolicyRefusal(
                 f"request {request_id} was {item.status} at {agent.config.partner}: {item.reason}"
             )
-            replies.append(_refusal_reply(agent, message, why))
+            replies.append(Decided(_refusal_reply(agent, message, why)))
     return replies
 
 
@@ -322,55 +349,128 @@ def serve(
 
 
 def _serve_loop(agent: NodeAgent, conn: tuple[Any, ...], stop: threading.Event, interval: float) -> None:
+    """Pull, handle, reply, until stopped. Nothing a coordinator does ends this loop: a message
+    that cannot be fetched or handled gets an error reply where possible and is logged; a reply
+    that cannot be delivered (an ended run, an expired message, a lost link) is logged, and a
+    release in it is recorded as spent but not delivered."""
     verified: set[str] = set()  # bundle hashes whose fetched bytes were checked
     held: dict[str, Message] = {}  # request id -> message waiting for a person's decision
     node_id, receive, send, get_run, get_fab, pull_object, push_object, confirm = conn
     log.info("node %s connected as Flower node %s", agent.config.partner, node_id)
     print(f"oda-node {agent.config.partner}: ready (flower node {node_id})", flush=True)
 
-    def reply(answer: Message, started: float) -> None:
-        answer.metadata.__dict__["_message_id"] = answer.object_id
-        objects = get_all_nested_objects(answer)
-        to_push, session = send(answer, get_object_tree(answer), time.perf_counter() - started)
-        push_object_contents_from_iterable(
-            ((oid, objects[oid].deflate()) for oid in to_push),
-            push_object_fn=partial(push_object, answer.metadata.run_id, session),
-        )
+    def reply(answer: Message, started: float, release: NodeRelease | None, fab_hash: str) -> None:
+        try:
+            meta = answer.metadata
+            # The SuperLink drops an expired reply without telling the sender, so the node
+            # applies the same rule (with a second's margin for clock skew) before sending.
+            if meta.ttl <= REPLY_MARGIN or meta.created_at + meta.ttl <= time.time() + REPLY_MARGIN:
+                raise TimeoutError("the request's time to live ran out while it was being answered")
+            answer.metadata.__dict__["_message_id"] = answer.object_id
+            objects = get_all_nested_objects(answer)
+            to_push, session = send(answer, get_object_tree(answer), time.perf_counter() - started)
+            push_object_contents_from_iterable(
+                ((oid, objects[oid].deflate()) for oid in to_push),
+                push_object_fn=partial(push_object, answer.metadata.run_id, session),
+            )
+        except (Exception, RunNotRunningException) as exc:  # Flower's is a BaseException
+            why = f"the coordinator did not take the reply ({type(exc).__name__}: {exc or 'the run is not running'})"
+            log.warning("reply to run %s not delivered: %s", answer.metadata.run_id, why)
+            if release is not None and release.status == "released":
+                agent.undelivered(release, fab_hash, why)
+
+    def closed(message: Message) -> str | None:
+        """Why a held message can no longer be answered, or None while its run is open."""
+        meta = message.metadata
+        if meta.created_at + meta.ttl < time.time():
+            return "its message expired"
+        try:
+            status = get_run(meta.run_id).status.status
+        except RunNotRunningException:  # Flower raises this (a BaseException) for an ended run
+            return "its run ended"
+        except Exception:
+            return "its run is no longer known to the coordinator"
+        return "its run ended" if status == "finished" else None
 
     while not stop.is_set():
-        for answer in answer_decided(agent, held):
-            reply(answer, time.perf_counter())
-        received = receive()
-        if received is None:
+        received: tuple[Message, Any] | None = None
+        try:
+            for decided in answer_decided(agent, held, closed):
+                reply(decided.reply, time.perf_counter(), decided.release, "")
+            received = receive()
+            if received is None:
+                stop.wait(interval)
+                continue
+            outcome, fab_hash, full = _fetch_and_handle(
+                agent, received, verified, get_run, get_fab, pull_object, confirm, interval
+            )
+            if isinstance(outcome, Pending):
+                held[outcome.request_id] = full
+                continue
+            release = outcome.release if isinstance(outcome, _Answer) else None
+            reply(outcome.message, outcome.started, release, fab_hash)
+        except KeyboardInterrupt:
+            raise  # Flower's signal for a revoked key: `serve` tells it apart from Ctrl-C
+        except (Exception, RunNotRunningException) as exc:  # a malformed message or tree, an ended run
+            log.error("a coordinator message could not be handled; the node keeps serving", exc_info=exc)
+            if received is not None:
+                with contextlib.suppress(Exception):
+                    reply(
+                        _refusal_reply(agent, received[0], ProtocolError(str(exc))),
+                        time.perf_counter(),
+                        None,
+                        "",
+                    )
             stop.wait(interval)
-            continue
-        message, tree = received
-        run_id = message.metadata.run_id
-        run = get_run(run_id)
-        # The bundle is identified by its hash. Only a bundle whose hash we accept is
-        # fetched; the bytes are re-hashed so a lying SuperLink cannot substitute one.
-        fab_hash = run.fab_hash
-        if fab_hash in accepted_bundle_hashes() and fab_hash not in verified:
-            fab = get_fab(fab_hash, run_id)
-            if hashlib.sha256(fab.content).hexdigest() == fab_hash:
-                verified.add(fab_hash)  # content-addressed: the same hash is the same bytes
-            else:
-                fab_hash = hashlib.sha256(fab.content).hexdigest()
-        contents = pull_objects(
-            [t.object_id for t in iterate_object_tree(tree)],
-            pull_object_fn=partial(_pull, pull_object, run_id),
-            initial_backoff=min(interval, 0.1),  # Flower's 1 s first backoff dominates a query
-            backoff_cap=1.0,
-        )
-        confirm(run_id, message.metadata.message_id)
-        full = cast(Message, inflate_object_from_contents(message.metadata.message_id, contents))
-        full.metadata.__dict__["_message_id"] = message.metadata.message_id
-        started = time.perf_counter()
-        outcome = handle_message(agent, full, fab_hash)
-        if isinstance(outcome, Pending):
-            held[outcome.request_id] = full
-            continue
-        reply(outcome, started)
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """A reply ready to send: when its work started, and the release it carries (if any)."""
+
+    message: Message
+    started: float
+    release: NodeRelease | None
+
+
+def _fetch_and_handle(
+    agent: NodeAgent,
+    received: tuple[Message, Any],
+    verified: set[str],
+    get_run: Callable[[int], Any],
+    get_fab: Callable[[str, int], Any],
+    pull_object: Callable[[int, str], bytes],
+    confirm: Callable[[int, str], None],
+    interval: float,
+) -> tuple[_Answer | Pending, str, Message]:
+    """Fetch a pulled message's bundle and contents, and handle it."""
+    message, tree = received
+    run_id = message.metadata.run_id
+    run = get_run(run_id)
+    # The bundle is identified by its hash. Only a bundle whose hash we accept is fetched; the
+    # bytes are re-hashed so a lying SuperLink cannot substitute one.
+    fab_hash = run.fab_hash
+    if fab_hash in accepted_bundle_hashes() and fab_hash not in verified:
+        fab = get_fab(fab_hash, run_id)
+        if hashlib.sha256(fab.content).hexdigest() == fab_hash:
+            verified.add(fab_hash)  # content-addressed: the same hash is the same bytes
+        else:
+            fab_hash = hashlib.sha256(fab.content).hexdigest()
+    contents = pull_objects(
+        [t.object_id for t in iterate_object_tree(tree)],
+        pull_object_fn=partial(_pull, pull_object, run_id),
+        initial_backoff=min(interval, 0.1),  # Flower's 1 s first backoff dominates a query
+        backoff_cap=1.0,
+        max_time=30.0,
+    )
+    confirm(run_id, message.metadata.message_id)
+    full = cast(Message, inflate_object_from_contents(message.metadata.message_id, contents))
+    full.metadata.__dict__["_message_id"] = message.metadata.message_id
+    started = time.perf_counter()
+    outcome, release = handle_message_with_release(agent, full, fab_hash)
+    if isinstance(outcome, Pending):
+        return outcome, fab_hash, full
+    return _Answer(outcome, started, release), fab_hash, full
 
 
 # The ClientApp that the runner bundle's shim names, for stock Flower SuperNodes.
@@ -388,7 +488,7 @@ def _query(message: Message, context: Context) -> Message:
         answer = handle_message(agent, message, fab_hash)
         if isinstance(answer, Pending):  # a stock SuperNode cannot hold a message while a person decides
             why = PolicyRefusal("filed for manual approval, which needs the node run by `oda-node start`")
-            return _error_reply(message, agent.config.partner, why)
+            return _error_reply(message, agent, why)
         return answer
     finally:
         agent.close()

@@ -162,3 +162,112 @@ def test_kill_9_at_random_points_never_loses_a_debit(
         AuditLog(tmp_path / "state").verify()  # the chain survives every kill
     killed_mid_release = sum(e.status == "pending" for e in entries.values())
     assert len(released) > 50 and killed_mid_release >= 5, (len(released), killed_mid_release)
+
+
+def _inbox_status(state: Path, request_id: str) -> str:
+    inbox = Inbox(state)
+    try:
+        return inbox.get(request_id).status
+    finally:
+        inbox.close()
+
+
+def _wait_status(state: Path, request_id: str, status: str) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if _inbox_status(state, request_id) == status:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{request_id} never became {status} (is {_inbox_status(state, request_id)})")
+
+
+def test_approvals_after_the_run_ended_or_the_message_expired_spend_nothing(tmp_path: Path) -> None:
+    """A person approves too late: once after the coordinator gave up and ended the run, once
+    after the message's time to live. The node runs neither, spends nothing, says why in its
+    inbox and audit log, and keeps serving (it used to crash with a raw Flower traceback)."""
+    from flwr.app import ConfigRecord, Message, RecordDict
+
+    with EmbeddedFederation(tmp_path, rows=5_000, partners=("police",), manual=frozenset({"police"})) as fed:
+        config = fed.configs["police"]
+        state = config.parent / "state"
+        cli = [sys.executable, "-m", "node_agent.cli"]
+
+        link = fed.link()
+        try:  # the coordinator waits 3 s, then ends the run
+            replies = link.broadcast(AnalysisRequest(1, "ended", "central", SPEC).to_json(), timeout=3)
+            assert [r.outcome for r in replies] == ["timeout"]
+            grid, finish = link._open_run()  # a message that expires after 2 s
+            try:
+                node = next(iter(grid.get_node_ids()))
+                request = AnalysisRequest(1, "expired", "central", SPEC).to_json()
+                content = RecordDict({"request": ConfigRecord({"json": request})})
+                grid.push_messages([Message(content, node, "query", ttl=2.0, group_id="")])
+                _wait_waiting(state, "expired")
+                time.sleep(2.5)
+                for request_id in ("ended", "expired"):
+                    subprocess.run([*cli, "approve", request_id, "--config", str(config)], check=True)
+                _wait_status(state, "ended", "expired")
+                _wait_status(state, "expired", "expired")
+            finally:
+                finish()
+        finally:
+            link.close()
+        fed.processes.check_alive()  # the node process survived both
+        assert Ledger(state / "ledger.sqlite").entries() == []  # nothing spent
+        reasons = [e.reason for e in AuditLog(state).entries() if e.decision == "refused"]
+        assert any("approved after its run ended" in r for r in reasons), reasons
+        assert any("approved after its message expired" in r for r in reasons), reasons
+
+        thread, replies = _broadcast_in_background(fed, "fresh")  # and it still answers
+        _wait_waiting(state, "fresh")
+        subprocess.run([*cli, "approve", "fresh", "--config", str(config)], check=True)
+        thread.join(60)
+        assert [r.outcome for r in replies] == ["release"]
+
+
+BIG = """
+version: 1
+name: slow-release
+dataset: incidents
+privacy: {{rho: 0.05, unit: {{identifier: person_id, max_rows: 5}}}}
+steps:
+  - {{kind: histogram, id: h, column: age, edges: [{}], by: [{{column: area, keyset: coventry_lsoa11}}]}}
+""".format(", ".join(str(e / 10) for e in range(1001)))
+
+
+def test_a_reply_the_coordinator_no_longer_takes_is_recorded_spent_not_delivered(tmp_path: Path) -> None:
+    """The message's time to live runs out while the node computes a large release: the push of
+    the reply fails. The node survives, and its ledger and audit log say "spent, not delivered"
+    (the budget was debited before the release was computed, and stays spent)."""
+    from flwr.app import ConfigRecord, Message, RecordDict
+
+    with EmbeddedFederation(tmp_path, rows=5_000, partners=("police",)) as fed:
+        state = fed.configs["police"].parent / "state"
+        link = fed.link()
+        try:
+            grid, finish = link._open_run()
+            try:
+                node = next(iter(grid.get_node_ids()))
+                request = AnalysisRequest(1, "too-late", "central", BIG).to_json()
+                content = RecordDict({"request": ConfigRecord({"json": request})})
+                grid.push_messages([Message(content, node, "query", ttl=0.5, group_id="")])
+                deadline = time.monotonic() + 120
+                while time.monotonic() < deadline:
+                    entries = Ledger(state / "ledger.sqlite").entries()
+                    if entries and entries[0].status not in ("pending", "committed"):
+                        break
+                    time.sleep(0.1)
+            finally:
+                finish()
+        finally:
+            link.close()
+        fed.processes.check_alive()
+        assert [e.status for e in Ledger(state / "ledger.sqlite").entries()] == ["undelivered"]
+        decisions = [e.decision for e in AuditLog(state).entries()]
+        assert decisions[-2:] == ["released", "undelivered"]
+        link = fed.link()  # and the node still answers
+        try:
+            replies = link.broadcast(AnalysisRequest(1, "next", "central", SPEC).to_json(), timeout=30)
+        finally:
+            link.close()
+        assert [r.outcome for r in replies] == ["release"]

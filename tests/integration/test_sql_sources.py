@@ -99,7 +99,9 @@ def test_release_reads_a_hashed_snapshot_of_the_table(table: tuple[str, str], tm
     try:
         release = agent.handle(AnalysisRequest(1, "q1", "central", SPEC))
         assert isinstance(release, NodeRelease) and release.status == "released"
-        digest = release.data_sha256["incidents"]
+        record = agent.audit.entries()[-1].data["incidents"]  # the hash stays in the node's log
+        assert record["snapshot"] == release.snapshots["incidents"]
+        digest = str(record["sha256"])
         snapshots = list((tmp_path / "state" / "snapshots").glob("incidents-*.parquet"))
         assert [p.name for p in snapshots] == [f"incidents-{digest[:16]}.parquet"]
         frame = agent.frame("incidents")

@@ -92,7 +92,7 @@ def test_connector_maps_and_types_columns(tmp_path: Path) -> None:
     )
     (tmp_path / "node.yaml").write_text(NODE)
     config = load_node_config(tmp_path / "node.yaml")
-    frame = load_dataset(Path(config.data_dir), "incidents", config.datasets["incidents"])
+    frame = load_dataset(Path(config.data_dir), "incidents", config.datasets["incidents"]).frame
     assert list(frame.columns) == ["pid", "area"]
     assert str(frame["pid"].dtype) == "Int64"
 
@@ -166,17 +166,17 @@ def test_concurrent_reservations_cannot_overspend(tmp_path: Path) -> None:
     Ledger(path).close()
     outcomes: list[str] = []
 
-    def attempt() -> None:
+    def attempt(i: int) -> None:
         ledger = Ledger(path)
         try:
-            ledger.reserve(request_id="c", costs={"p": Rho(0.3)}, caps={"p": Rho(1.0)}, spec_hash="h")
+            ledger.reserve(request_id=f"c{i}", costs={"p": Rho(0.3)}, caps={"p": Rho(1.0)}, spec_hash="h")
             outcomes.append("ok")
         except BudgetExhausted:
             outcomes.append("refused")
         finally:
             ledger.close()
 
-    threads = [threading.Thread(target=attempt) for _ in range(8)]
+    threads = [threading.Thread(target=attempt, args=(i,)) for i in range(8)]
     for t in threads:
         t.start()
     for t in threads:

@@ -120,7 +120,9 @@ def test_node_refuses_to_open_with_a_damaged_audit_log(police: Path) -> None:
     assert main(["status", "--config", str(police)]) == ExitCode.DATA
 
 
-def test_release_carries_audit_head_and_data_hash(police: Path) -> None:
+def test_release_carries_audit_head_and_a_snapshot_id_the_hash_stays_local(police: Path) -> None:
+    from node_agent.connectors import content_hash
+
     agent = NodeAgent(load_node_config(police))
     try:
         release = agent.handle(request(), bundle_hash="b" * 64)
@@ -128,7 +130,14 @@ def test_release_carries_audit_head_and_data_hash(police: Path) -> None:
         entry = agent.audit.entries()[-1]
         assert (release.audit_seq, release.audit_head) == (entry.seq, entry.hash)
         assert entry.decision == "released" and entry.bundle_hash == "b" * 64
-        assert len(release.data_sha256["incidents"]) == 64
+        snapshot = release.snapshots["incidents"]
+        digest = content_hash(agent.frame("incidents"))
+        assert len(snapshot) == 16 and digest not in release.to_json()  # nothing of the rows leaves
+        assert entry.data["incidents"] == {
+            "snapshot": snapshot,
+            "sha256": digest,
+            "rows": len(agent.frame("incidents")),
+        }
         # the payload hash covers the release with the audit fields null
         import dataclasses
         import hashlib
