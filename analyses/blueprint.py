@@ -26,12 +26,13 @@ from importlib import resources
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
+from analyses._model import Model
 from analyses.catalog import ColumnType, check_steps
-from analyses.documents import format_validation_error, load_mapping, parse_document
+from analyses.documents import format_validation_error, load_mapping
 from analyses.keysets import available_keysets
-from analyses.spec import AnalysisSpec, DisclosureSpec
+from analyses.spec import AnalysisSpec, DisclosureSpec, LoadedSpec, load_spec
 from privacy.budget import Rho
 from privacy.errors import SpecError
 
@@ -57,11 +58,7 @@ _PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 ParamValue = int | float | str | bool
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Parameter(_Model):
+class Parameter(Model):
     """One typed parameter: its type, default, limits and what it means."""
 
     type: Literal["int", "float", "str", "bool", "keyset", "choice"]
@@ -127,7 +124,7 @@ class Parameter(_Model):
         return out
 
 
-class ColumnContract(_Model):
+class ColumnContract(Model):
     """One column a partner must provide: its type and meaning, and what valid values look like."""
 
     type: ColumnType
@@ -142,7 +139,7 @@ class ColumnContract(_Model):
     )
 
 
-class DatasetContract(_Model):
+class DatasetContract(Model):
     """A logical dataset: what one row is, who is protected, and its columns."""
 
     description: str = Field(min_length=1)
@@ -162,7 +159,7 @@ class DatasetContract(_Model):
         return {name: column.type for name, column in self.columns.items()}
 
 
-class Governance(_Model):
+class Governance(Model):
     """Who answers for the blueprint, and on what basis it processes data."""
 
     purpose: str = Field(min_length=1)
@@ -173,14 +170,14 @@ class Governance(_Model):
     contact: str | None = None
 
 
-class AnalysisTemplate(_Model):
+class AnalysisTemplate(Model):
     """An analysis spec with `${param}` placeholders and its share of the blueprint's budget."""
 
     budget_share: float = Field(gt=0, le=1)
     spec: dict[str, Any]
 
 
-class OutputSpec(_Model):
+class OutputSpec(Model):
     """One element of the report.
 
     `table` names `ANALYSIS.TABLE`. Kinds: `table` (as published), `chart` (bars of `value`
@@ -242,7 +239,7 @@ class OutputSpec(_Model):
         return [n for n in names if n]
 
 
-class Blueprint(_Model):
+class Blueprint(Model):
     """A published, parameterised analysis."""
 
     blueprint: Literal[1]
@@ -317,7 +314,7 @@ class Blueprint(_Model):
         """
         values = self.resolve(given)
         rho = float(values["rho"])
-        specs: list[tuple[str, AnalysisSpec]] = []
+        specs: list[LoadedSpec] = []
         for i, template in enumerate(self.analyses):
             data = _substitute(template.spec, values)
             if not isinstance(data, dict):
@@ -331,8 +328,7 @@ class Blueprint(_Model):
             text = f"# rendered from blueprint {self.name} {self.version}\n" + yaml.safe_dump(
                 data, sort_keys=False
             )
-            spec = parse_document(text, AnalysisSpec, source=f"blueprint {self.name} analyses[{i}]")
-            specs.append((text, spec))
+            specs.append(load_spec(text, f"blueprint {self.name} analyses[{i}]"))
         return RenderedBlueprint(self, values, tuple(specs))
 
     def contract_schemas(self) -> dict[str, dict[str, ColumnType]]:
@@ -350,12 +346,12 @@ class RenderedBlueprint:
 
     blueprint: Blueprint
     parameters: dict[str, ParamValue]
-    analyses: tuple[tuple[str, AnalysisSpec], ...]
+    analyses: tuple[LoadedSpec, ...]
 
     def spec(self, name: str) -> AnalysisSpec:
-        for _, spec in self.analyses:
-            if spec.name == name:
-                return spec
+        for loaded in self.analyses:
+            if loaded.spec.name == name:
+                return loaded.spec
         raise SpecError(f"blueprint {self.blueprint.name!r} has no analysis {name!r}")
 
     def weights(self, output: OutputSpec) -> list[float]:
@@ -392,7 +388,7 @@ class RenderedBlueprint:
     def dataset_cost(self) -> dict[str, dict[str, Rho]]:
         """analysis -> dataset -> the budget its steps on that dataset take at a holder."""
         out: dict[str, dict[str, Rho]] = {}
-        for _, spec in self.analyses:
+        for spec in (loaded.spec for loaded in self.analyses):
             per: dict[str, Rho] = {}
             for step in spec.steps:
                 dataset = spec.dataset_of(step)
@@ -451,7 +447,7 @@ def parse_blueprint(data: bytes, source: str) -> LoadedBlueprint:
     schemas = blueprint.contract_schemas()
     problems = []
     names = set()
-    for _, spec in rendered.analyses:
+    for spec in (loaded.spec for loaded in rendered.analyses):
         names.add(spec.name)
         for step in spec.steps:
             dataset = spec.dataset_of(step)

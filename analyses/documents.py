@@ -80,26 +80,28 @@ _BoundedLoader.add_constructor("tag:yaml.org,2002:int", _BoundedLoader.construct
 M = TypeVar("M", bound=BaseModel)
 
 
-def format_validation_error(source: str, err: ValidationError) -> str:
-    """One line per problem: `source: field.path[2].name: message`."""
+def format_validation_error(source: str, err: ValidationError, tags: tuple[str, ...] = ()) -> str:
+    """One line per problem: `source: field.path[2].name: message`.
+
+    `tags` are the discriminator values of the document's unions (the model's `union_tags`):
+    pydantic puts them in the path after a list index, where people never wrote them.
+    """
     lines = []
     for problem in err.errors():
         path = ""
         for part in problem["loc"]:
             if isinstance(part, int):
                 path += f"[{part}]"
-            elif part in {"count", "sum", "mean", "histogram", "quantile"} and path.endswith("]"):
-                continue  # pydantic adds the union tag to the path; people never wrote it
+            elif part in tags and path.endswith("]"):
+                continue
             else:
                 path += f".{part}" if path else str(part)
         message = problem["msg"].removeprefix("Value error, ")
         if problem["type"] == "extra_forbidden":
             message = "unknown field (check its spelling against the documentation)"
         elif problem["type"] == "union_tag_invalid":
-            message = (
-                f"unknown step kind {problem['input'].get('kind')!r}; "
-                "expected one of count, sum, mean, histogram, quantile"
-            )
+            given = problem["input"].get("kind") if isinstance(problem["input"], dict) else None
+            message = f"unknown step kind {given!r}; expected one of {', '.join(tags)}"
         lines.append(f"{source}: {path or '(document)'}: {message}")
     return "\n".join(lines)
 
@@ -148,7 +150,7 @@ def parse_document(text: str, model: type[M], *, source: str, error: type[UserEr
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise error(format_validation_error(source, exc)) from exc
+        raise error(format_validation_error(source, exc, getattr(model, "union_tags", ()))) from exc
 
 
 def load_document(path: Path, model: type[M], *, error: type[UserError] = SpecError) -> M:

@@ -23,8 +23,10 @@ from typing import Any, Literal, NamedTuple, TypeVar
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from analyses._model import Model
+from analyses.step import RoundLike
 from privacy.budget import Rho
 from privacy.errors import SpecError
 from privacy.mechanisms import integer_gaussian
@@ -63,11 +65,7 @@ M = TypeVar("M")
 FIXED_POINT_UNITS = 1_000_000
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class FeatureSpec(_Model):
+class FeatureSpec(Model):
     """One model input: a numeric column with bounds, or a category with its levels."""
 
     column: str = Field(min_length=1)
@@ -90,7 +88,7 @@ class FeatureSpec(_Model):
         return [f"{self.column}={level}" for level in self.levels]
 
 
-class ModelSpec(_Model):
+class ModelSpec(Model):
     """What a `model` step fits: family, target, features, rounds and the clipping bound."""
 
     family: Family
@@ -130,7 +128,7 @@ class ModelSpec(_Model):
         return math.sqrt(b**2 + (b**2 / 4) ** 2)  # |y - mu| <= 1 and mu(1 - mu) <= 1/4: never binds
 
 
-class RoundState(_Model):
+class RoundState(RoundLike):
     """What the coordinator sends with each request of a model step: the phase, the round, and
     the coefficients to evaluate at. Data only: the node builds everything else from the spec."""
 

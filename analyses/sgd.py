@@ -17,9 +17,10 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from analyses.glm import ModelSpec, encode, load_model_document
+from analyses.step import RoundLike
 from privacy.budget import Rho
 from privacy.errors import SpecError
 from privacy.mechanisms import NoisyVector, integer_gaussian
@@ -40,10 +41,8 @@ FloatArray = npt.NDArray[np.float64]
 FIXED_POINT_UNITS = 1_000_000
 
 
-class TrainState(BaseModel):
+class TrainState(RoundLike):
     """What travels with each FedAvg round besides the weights: the run and the round (from 1)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     run: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     round: int = Field(ge=1, le=1000)

@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 
 from analyses.blueprint import bundled_blueprints, load_bundled
-from coordinator.blueprints import run_blueprint
-from coordinator.example_data import write_blueprint_federation
-from coordinator.federation import EmbeddedFederation
-from coordinator.geography import _features
+from coordinator.blueprints.geography import _features
+from coordinator.blueprints.runner import run_blueprint
+from coordinator.embedded.example_data import write_blueprint_federation
+from coordinator.embedded.federation import EmbeddedFederation
 
 
 def main() -> None:

@@ -12,8 +12,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from coordinator.federation import EmbeddedFederation
-from coordinator.orchestrator import run_analysis
+from coordinator.embedded.federation import EmbeddedFederation
+from coordinator.run.orchestrator import run_analysis
 
 SPEC = """
 version: 1

@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from analyses.documents import parse_document
 from analyses.glm import design, local_stats, newton_rounds
 from analyses.spec import AnalysisSpec
-from coordinator.federation import EmbeddedFederation
-from coordinator.orchestrator import run_analysis
+from coordinator.embedded.federation import EmbeddedFederation
+from coordinator.run.orchestrator import run_analysis
 from tests.model_data import nass, split_train_test, write_partners
 
 SPEC = Path(__file__).resolve().parent.parent / "configs" / "analyses" / "models" / "crash_fatality.yaml"
@@ -38,15 +38,15 @@ class TimedLink:
         self.link = link
         self.times: list[float] = []
 
-    def broadcast(self, request_json: str, timeout: float) -> list[object]:
+    def broadcast(self, request: object, timeout: float) -> list[object]:
         started = time.perf_counter()
-        replies = self.link.broadcast(request_json, timeout)  # type: ignore[attr-defined]
+        replies = self.link.broadcast(request, timeout)  # type: ignore[attr-defined]
         self.times.append(time.perf_counter() - started)
         return replies  # type: ignore[no-any-return]
 
 
 def rounds_to_converge(spec_text: str, train: object) -> int:
-    spec = parse_document(spec_text, AnalysisSpec, source="bench").model_step()
+    spec = parse_document(spec_text, AnalysisSpec, source="bench").rounds_step()
     assert spec is not None
     model = spec.model.model_copy(update={"rounds": 50})
     parts = [design(model, part) for _, part in train.groupby("yearacc")]  # type: ignore[attr-defined]
@@ -63,7 +63,7 @@ def rounds_to_converge(spec_text: str, train: object) -> int:
 def main() -> None:
     train, test = split_train_test(nass())
     spec_text = SPEC.read_text()
-    spec = parse_document(spec_text, AnalysisSpec, source="bench").model_step()
+    spec = parse_document(spec_text, AnalysisSpec, source="bench").rounds_step()
     assert spec is not None
     x, y = design(spec.model, train)
     started = time.perf_counter()
@@ -103,7 +103,7 @@ def main() -> None:
     print(
         f"held-out AUC: pooled {pooled_auc:.4f}, federated DP {federated_auc:.4f} (gap {federated_auc - pooled_auc:+.4f})"
     )
-    step = fedavg.spec.sgd_step()
+    step = fedavg.spec.rounds_step()
     assert step is not None and fedavg.model is not None
     print(
         f"FedAvg network ({step.hidden} hidden units) through Flower's strategy: {fedavg_seconds:.1f} s for "

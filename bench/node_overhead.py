@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 
 from analyses import AnalysisSpec, LocalData, parse_document, release_steps
-from analyses.release import AnalysisRequest
-from coordinator.federation import EmbeddedFederation
-from coordinator.orchestrator import run_analysis
-from coordinator.synthetic import write_federation
+from analyses.request import AnalysisRequest
+from coordinator.embedded.federation import EmbeddedFederation
+from coordinator.embedded.synthetic import write_federation
+from coordinator.run.orchestrator import run_analysis
 from node_agent.agent import NodeAgent
 from node_agent.config import load_node_config
 

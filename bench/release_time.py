@@ -16,8 +16,8 @@ import time
 import numpy as np
 import pandas as pd
 
-from analyses import AnalysisSpec, LocalData, exact_aggregates, parse_document, release_steps
-from coordinator.synthetic import generate_partner
+from analyses import AnalysisSpec, LocalData, parse_document, release_steps
+from coordinator.embedded.synthetic import generate_partner
 from privacy import Rho, integer_gaussian
 
 SPEC = """
@@ -55,7 +55,7 @@ def main() -> None:
         def data_path(frame: pd.DataFrame = frame) -> None:
             data = LocalData(frame)
             for step in spec.steps:
-                exact_aggregates(step, data, spec.unit_of(step).to_unit())
+                step.exact(data, spec.unit_of(step).to_unit(), None)
 
         b, r, d = best(baseline), best(release), best(data_path)
         print(

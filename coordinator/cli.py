@@ -12,13 +12,12 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from node_agent.exit_codes import EXIT_HELP, ExitCode, code_for, no_phone_home
 from privacy.errors import OdaError
+from privacy.exit_codes import EXIT_HELP, ExitCode, code_for, no_phone_home
 
 if TYPE_CHECKING:
-    from pydantic import BaseModel
-
-    from coordinator.flower_server import FlowerLink
+    from coordinator.deploy.flower import FlowerLink
+    from coordinator.run.results import AnalysisResult
 
 __all__ = ["main"]
 
@@ -73,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
         help="an evaluate step instead: AUC etc. on each node's true outcomes",
     )
     _coordinator_parser(sub)
-    from coordinator.blueprint_cli import add_parser
+    from coordinator.blueprints.cli import add_parser
 
     add_parser(sub)
     return parser
@@ -118,10 +117,7 @@ def _coordinator_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     unregister.add_argument("node_id", type=int)
 
 
-def _print_result(result: object) -> None:
-    from coordinator.orchestrator import AnalysisResult
-
-    assert isinstance(result, AnalysisResult)  # noqa: S101  # narrowing only
+def _print_result(result: AnalysisResult) -> None:
     spec = result.spec
     print(f"\n== {spec.name}: {spec.description.strip()}")
     print(f"   budget per partner: {spec.privacy.budget().describe()}; combine: {spec.combine}")
@@ -130,7 +126,7 @@ def _print_result(result: object) -> None:
             f"   {r.partner}: {r.status}, cost rho {r.cost_rho:.4g} (epsilon {r.epsilon:.3g} at delta {r.delta:g})"
         )
     for refusal in result.refusals:
-        print(f"   {refusal['node']}: {refusal['outcome']}: {refusal['message']}")
+        print(f"   {refusal.partner}: {refusal.kind}: {refusal.message}")
     with pd.option_context("display.max_rows", 12, "display.width", 160, "display.max_columns", 12):
         for table in result.tables:
             print(f"\n-- table {table.name} ({len(table.frame)} rows); " + "; ".join(table.notes))
@@ -142,37 +138,22 @@ def _print_result(result: object) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from coordinator.federation import EmbeddedFederation
-    from coordinator.orchestrator import run_analysis
+    from analyses.spec import read_spec
+    from coordinator.embedded.federation import EmbeddedFederation
+    from coordinator.run.orchestrator import run_analysis
 
-    texts = []
-    for path in args.specs:
-        try:
-            texts.append((path, path.read_text("utf-8")))
-        except OSError as exc:
-            from privacy.errors import SpecError
-
-            raise SpecError(f"{path}: cannot read the spec: {exc.strerror}") from exc
-    # Validate every spec before starting anything.
-    from analyses.documents import parse_document
-    from analyses.spec import AnalysisSpec
-
-    for path, text in texts:
-        parse_document(text, AnalysisSpec, source=str(path))
+    specs = [(path, read_spec(path)) for path in args.specs]  # every spec loaded before anything starts
 
     def run_all(link: FlowerLink) -> None:
         try:
-            for path, text in texts:
-                name = path.stem
-                result = run_analysis(
-                    text, link, source=str(path), out_dir=args.out / name, timeout=args.timeout
-                )
+            for path, loaded in specs:
+                result = run_analysis(loaded, link, out_dir=args.out / path.stem, timeout=args.timeout)
                 _print_result(result)
         finally:
             link.close()
 
     if args.coordinator:
-        from coordinator.service import coordinator_link
+        from coordinator.deploy.service import coordinator_link
 
         run_all(coordinator_link(Path(args.coordinator)))
         return ExitCode.OK
@@ -190,11 +171,11 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _coordinator(args: argparse.Namespace) -> int:
-    from coordinator.service import coordinator_link
+    from coordinator.deploy.service import coordinator_link
 
     folder: Path = args.dir
     if args.action == "init":
-        from coordinator.service import init_coordinator
+        from coordinator.deploy.config import init_coordinator
 
         config = init_coordinator(folder, args.name, args.host, args.listen, args.port, args.superlink_port)
         print(
@@ -205,7 +186,7 @@ def _coordinator(args: argparse.Namespace) -> int:
         print(f"then run `oda coordinator start {folder}` and register each partner's node.pub")
         return ExitCode.OK
     if args.action == "issue-cert":
-        from coordinator.pki import issue_server_certificate
+        from coordinator.deploy.pki import issue_server_certificate
 
         pki = issue_server_certificate(folder / "pki", args.host)
         print(
@@ -242,7 +223,7 @@ def _serve_coordinator(folder: Path) -> int:
     import signal
     import threading
 
-    from coordinator.service import CoordinatorService
+    from coordinator.deploy.service import CoordinatorService
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -261,7 +242,7 @@ def _score_spec(args: argparse.Namespace) -> int:
     from analyses.documents import parse_document
     from analyses.glm import GlmModel
     from analyses.spec import AnalysisSpec
-    from coordinator.models import score_spec
+    from coordinator.run.models import score_spec
     from privacy.errors import SpecError
 
     try:
@@ -276,22 +257,9 @@ def _score_spec(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def schema_models() -> list[tuple[str, type[BaseModel]]]:
-    """The documents whose JSON Schemas are published in configs/schema (file name, model)."""
-    from analyses.blueprint import Blueprint
-    from analyses.spec import AnalysisSpec
-    from coordinator.service import CoordinatorConfig
-    from node_agent.config import NodeConfig
-
-    return [
-        ("analysis-spec.v1.json", AnalysisSpec),
-        ("node-config.v1.json", NodeConfig),
-        ("coordinator-config.v1.json", CoordinatorConfig),
-        ("blueprint.v1.json", Blueprint),
-    ]
-
-
 def _schema(out: Path) -> int:
+    from coordinator.embedded.documents import schema_models
+
     out.mkdir(parents=True, exist_ok=True)
     for name, model in schema_models():
         (out / name).write_text(json.dumps(model.model_json_schema(), indent=2, sort_keys=True) + "\n")
@@ -306,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "schema":
             return _schema(args.out)
         if args.command == "synth":
-            from coordinator.synthetic import write_federation
+            from coordinator.embedded.synthetic import write_federation
 
             for partner, path in write_federation(args.out, args.rows, args.seed).items():
                 print(f"{partner}: {path}")
@@ -316,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "score-spec":
             return _score_spec(args)
         if args.command == "blueprint":
-            from coordinator.blueprint_cli import main as blueprint_main
+            from coordinator.blueprints.cli import main as blueprint_main
 
             return blueprint_main(args)
         return _run(args)

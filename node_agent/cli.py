@@ -19,8 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from node_agent.exit_codes import EXIT_HELP, ExitCode, code_for, no_phone_home
 from privacy.errors import ConfigError, OdaError
+from privacy.exit_codes import EXIT_HELP, ExitCode, code_for, no_phone_home
 
 if TYPE_CHECKING:
     from node_agent.config import NodeConfig
@@ -99,7 +99,7 @@ def _check(config_path: Path) -> int:
     failing = 0
     try:
         for name in config.policy.allowed_datasets:
-            data = agent.loaded(name)
+            data = agent.datasets.loaded(name)
             print(
                 f"dataset {name}: {data.source_rows:,} rows, columns {', '.join(data.frame.columns)}; "
                 f"times in {config.datasets[name].timezone}"
@@ -299,7 +299,7 @@ def _start(config_path: Path, coordinator: str | None) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        agent.warm_up()
+        agent.datasets.warm_up()
         serve(agent, settings, stop=stop)
     finally:
         agent.close()

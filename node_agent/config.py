@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from analyses.catalog import ColumnType
 from analyses.documents import load_document
+from analyses.operators import STEP_KINDS
+from analyses.step import ColumnType
 from privacy.errors import ConfigError
 
 __all__ = [
@@ -128,18 +129,8 @@ class DatasetConfig(_Model):
         return "parquet" if (self.path or "").endswith((".parquet", ".pq")) else "csv"
 
 
-StepKind = Literal["count", "sum", "mean", "histogram", "quantile", "model", "score", "evaluate", "sgd"]
-ALL_STEP_KINDS: tuple[StepKind, ...] = (
-    "count",
-    "sum",
-    "mean",
-    "histogram",
-    "quantile",
-    "model",
-    "score",
-    "evaluate",
-    "sgd",
-)
+#: Every step kind the installed release knows (from the registry of step kinds).
+ALL_STEP_KINDS: tuple[str, ...] = STEP_KINDS
 
 
 class RenewalConfig(_Model):
@@ -168,7 +159,12 @@ class PolicyConfig(_Model):
     allowed_analyses: tuple[str, ...] = Field(
         min_length=1, description="analysis names this node answers (shell patterns; '*' for any)"
     )
-    allowed_steps: tuple[StepKind, ...] = Field(default=ALL_STEP_KINDS, min_length=1)
+    allowed_steps: tuple[str, ...] = Field(
+        default=ALL_STEP_KINDS,
+        min_length=1,
+        description="step kinds analyses may use",
+        json_schema_extra={"items": {"enum": list(STEP_KINDS)}},
+    )
     allowed_columns: dict[str, tuple[str, ...]] | None = Field(
         default=None, description="dataset -> columns analyses may read; default: all declared"
     )
@@ -182,6 +178,14 @@ class PolicyConfig(_Model):
         description="this partner processes for law enforcement purposes (a competent authority under "
         "DPA 2018 Part 3); analyses marked law_enforcement_only run only where this is true",
     )
+
+    @field_validator("allowed_steps")
+    @classmethod
+    def _known_steps(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [k for k in value if k not in STEP_KINDS]
+        if unknown:
+            raise ValueError(f"unknown step kind {unknown[0]!r}; known: {', '.join(STEP_KINDS)}")
+        return value
 
     @model_validator(mode="after")
     def _caps_positive(self) -> PolicyConfig:

@@ -29,7 +29,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pandas as pd
 
-from analyses.spec import MAX_DATASET_ROWS
+from analyses.operators.counting import MAX_DATASET_ROWS
 from node_agent.config import ColumnSpec, DatasetConfig, SqlSource
 from privacy.errors import DataError
 

@@ -5,7 +5,8 @@ with a release or an error reply, never silence (a SuperNode that does not reply
 blocked until the message expires). Before anything runs, the run's app bundle must be the
 runner of a protocol version this node speaks; any other bundle is refused.
 
-The messages are handled in this process by `NodeAgent`, which keeps data and OpenDP warm:
+Messages are answered through the node's reply path (`node_agent.reply`), the same code the
+in-process twin calls, in this process by `NodeAgent`, which keeps data and OpenDP warm:
 there is no per-message process, and the idle poll interval is the node's own setting rather
 than Flower's 3 s. `app` is the same handler as a Flower `ClientApp`, which is what the runner
 bundle's shim points at, so a stock `flower-supernode` would run identical code.
@@ -15,19 +16,17 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import cache, partial
 from pathlib import Path
 from typing import Any, cast
 
 import httpx
-import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.cli.build import build_fab_from_files
 from flwr.clientapp import ClientApp
@@ -50,17 +49,30 @@ from flwr.supernode.fleet_http_client import FleetHttpClient
 from flwr.supernode.fleet_http_connection import http_request_response
 from flwr.supernode.node_auth_http_interceptor import NodeAuthHttpInterceptor
 
-from analyses.release import AnalysisRequest, NodeRelease
+from analyses.reply import NodeRelease
+from analyses.request import AnalysisRequest
 from analyses.runner_bundle import RUNNER_BUNDLES
-from analyses.sgd import TrainState
 from node_agent.agent import NodeAgent, Pending
 from node_agent.config import load_node_config
+from node_agent.reply import (
+    Answer,
+    TrainAnswer,
+    answer,
+    answer_approved,
+    answer_denied,
+    answer_pending,
+    answer_train,
+    refusal_answer,
+    refused,
+)
 from node_agent.transport import ConnectionSettings
-from privacy.errors import FederationError, InternalError, PolicyRefusal, ProtocolError, UserError
+from privacy.errors import FederationError, InternalError, ProtocolError, UserError
 
 __all__ = [
     "ERROR_CODE_INTERNAL",
     "ERROR_CODE_REFUSED",
+    "Decided",
+    "Handled",
     "accepted_bundle_hashes",
     "answer_decided",
     "app",
@@ -88,25 +100,20 @@ def accepted_bundle_hashes() -> dict[str, int]:
     }
 
 
-def _error_reply(message: Message, agent: NodeAgent, exc: BaseException) -> Message:
-    internal = not isinstance(exc, UserError)
-    reason = json.dumps(
-        {"partner": agent.config.partner, "error": type(exc).__name__, "message": agent.public_reason(exc)}
-    )
-    code = ERROR_CODE_INTERNAL if internal else ERROR_CODE_REFUSED
-    return Message(Error(code=code, reason=reason), reply_to=message)
-
-
-def _release_reply(message: Message, release: NodeRelease) -> Message:
-    return Message(RecordDict({"release": ConfigRecord({"json": release.to_json()})}), reply_to=message)
-
-
-def _refusal_reply(agent: NodeAgent, message: Message, exc: BaseException) -> Message:
-    if not isinstance(exc, UserError):
-        log.error("internal error while handling a request", exc_info=exc)
-    else:
-        log.warning("refused: %s", exc)
-    return _error_reply(message, agent, exc)
+def _to_message(message: Message, ans: Answer, train: TrainAnswer | None = None) -> Message:
+    """The Flower reply carrying a reply payload: a release in a record with its audit stamp (and
+    for a FedAvg round the local model), a refusal as Flower's error reply, never silence."""
+    if ans.refused:
+        code = ERROR_CODE_INTERNAL if ans.internal else ERROR_CODE_REFUSED
+        return Message(Error(code=code, reason=ans.payload.decode()), reply_to=message)
+    record = ConfigRecord({"json": ans.payload.decode()})
+    if ans.stamp is not None:
+        record["audit_seq"], record["audit_head"] = ans.stamp.seq, ans.stamp.head
+    content = RecordDict({"release": record})
+    if train is not None and train.weights is not None:
+        content["arrays"] = ArrayRecord([train.weights])
+        content["metrics"] = MetricRecord({"num-examples": train.examples})
+    return Message(content, reply_to=message)
 
 
 def _require_runner(fab_hash: str) -> None:
@@ -118,82 +125,62 @@ def _require_runner(fab_hash: str) -> None:
         )
 
 
-def _refused_early(
-    agent: NodeAgent, message: Message, request: AnalysisRequest | None, fab_hash: str, exc: BaseException
-) -> Message:
-    """A message refused before the agent saw it: audit the refusal here, and reply with it."""
-    unknown = AnalysisRequest(0, message.metadata.message_id, "unknown", "")
-    agent.refuse(request or unknown, fab_hash, exc)
-    return _refusal_reply(agent, message, exc)
+@dataclass(frozen=True)
+class Handled:
+    """A message handled: the Flower reply to send (None while a person decides), the release
+    it carries, and the request filed for approval."""
+
+    reply: Message | None
+    release: NodeRelease | None = None
+    pending: Pending | None = None
 
 
-def handle_message(agent: NodeAgent, message: Message, fab_hash: str) -> Message | Pending:
-    """Answer one message: a release or an error reply naming why; `Pending` when the request
-    was filed for manual approval (the reply follows the decision)."""
-    return handle_message_with_release(agent, message, fab_hash)[0]
-
-
-def handle_message_with_release(
-    agent: NodeAgent, message: Message, fab_hash: str
-) -> tuple[Message | Pending, NodeRelease | None]:
-    """`handle_message`, with the release the reply carries (None for refusals)."""
+def handle_message(agent: NodeAgent, message: Message, fab_hash: str) -> Handled:
+    """Answer one message through the node's reply path (`node_agent.reply`): a release or an
+    error reply naming why; nothing yet when the request was filed for manual approval."""
+    message_id = message.metadata.message_id
     if message.metadata.message_type == TRAIN_TYPE:
-        return _handle_train(agent, message, fab_hash)
-    request: AnalysisRequest | None = None
+        config = message.content.config_records.get("config")
+        arrays = message.content.array_records.get("arrays")
+        try:
+            _require_runner(fab_hash)
+            if config is None or arrays is None or not isinstance(config.get("oda-request"), str):
+                raise ProtocolError("a train message needs 'arrays' and a 'config' with 'oda-request'")
+            weights = arrays.to_numpy_ndarrays()
+            if len(weights) != 1:
+                raise ProtocolError(f"a train message carries {len(weights)} arrays; expected 1")
+        except Exception as exc:
+            why = exc if isinstance(exc, UserError) else ProtocolError(f"malformed train message: {exc}")
+            return Handled(_to_message(message, refusal_answer(agent, why, None, fab_hash)))
+        trained = answer_train(
+            agent,
+            cast(str, config["oda-request"]),
+            config.get("server-round"),
+            weights[0],
+            fab_hash,
+            message_id,
+        )
+        return Handled(_to_message(message, trained.answer, trained), trained.answer.release)
+    record = message.content.config_records.get("request")
     try:
         if message.metadata.message_type != MESSAGE_TYPE:
             raise ProtocolError(
                 f"message type {message.metadata.message_type!r} is not handled; expected {MESSAGE_TYPE!r}"
             )
-        record = message.content.config_records.get("request")
         if record is None or not isinstance(record.get("json"), str):
             raise ProtocolError("the message carries no analysis request")
-        request = AnalysisRequest.from_json(cast(str, record["json"]))
         _require_runner(fab_hash)
     except Exception as exc:
+        request = None
+        if record is not None and isinstance(record.get("json"), str):
+            with contextlib.suppress(Exception):
+                request = AnalysisRequest.from_bytes(cast(str, record["json"]))
         why = exc if isinstance(exc, UserError) else ProtocolError(f"malformed message: {exc}")
-        return _refused_early(agent, message, request, fab_hash, why), None
-    try:
-        outcome = agent.handle(request, fab_hash)  # audits its own decisions
-    except Exception as exc:  # every failure becomes a reply; the node itself keeps serving
-        return _refusal_reply(agent, message, exc), None
-    if isinstance(outcome, Pending):
-        return outcome, None
-    return _release_reply(message, outcome), outcome
-
-
-def _handle_train(agent: NodeAgent, message: Message, fab_hash: str) -> tuple[Message, NodeRelease | None]:
-    """A FedAvg round from Flower's strategy: weights in `arrays`, our request and Flower's
-    `server-round` in `config`; the reply carries the local model, `num-examples` and the release."""
-    request: AnalysisRequest | None = None
-    try:
-        _require_runner(fab_hash)
-        config = message.content.config_records.get("config")
-        arrays = message.content.array_records.get("arrays")
-        if config is None or arrays is None or not isinstance(config.get("oda-request"), str):
-            raise ProtocolError("a train message needs 'arrays' and a 'config' with 'oda-request'")
-        base = AnalysisRequest.from_json(cast(str, config["oda-request"]))
-        state = TrainState.model_validate({**(base.state or {}), "round": config.get("server-round")})
-        request = replace(base, request_id=state.request_id(), state=state.model_dump())
-        weights = arrays.to_numpy_ndarrays()
-        if len(weights) != 1:
-            raise ProtocolError(f"a train message carries {len(weights)} arrays; expected 1")
-        flat = np.asarray(weights[0], dtype=np.float64).ravel()
-    except Exception as exc:
-        why = exc if isinstance(exc, UserError) else ProtocolError(str(exc))
-        return _refused_early(agent, message, request, fab_hash, why), None
-    try:
-        release, updated, rows = agent.train(request, flat, fab_hash)
-    except Exception as exc:
-        return _refusal_reply(agent, message, exc), None
-    content = RecordDict(
-        {
-            "arrays": ArrayRecord([updated]),
-            "metrics": MetricRecord({"num-examples": rows}),
-            "release": ConfigRecord({"json": release.to_json()}),
-        }
-    )
-    return Message(content, reply_to=message), release
+        return Handled(_to_message(message, refusal_answer(agent, why, request, fab_hash)))
+    ans = answer(agent, cast(str, record["json"]), fab_hash, message_id)
+    if ans.pending is not None:
+        return Handled(None, pending=ans.pending)
+    return Handled(_to_message(message, ans), ans.release)
 
 
 @dataclass(frozen=True)
@@ -223,16 +210,10 @@ def answer_decided(
             if ended is not None:
                 agent.expire(request_id, f"approved after {ended}: nothing was released or spent")
                 continue
-            try:
-                release = agent.run_approved(request_id)
-                replies.append(Decided(_release_reply(message, release), release))
-            except Exception as exc:
-                replies.append(Decided(_refusal_reply(agent, message, exc)))
+            ans = answer_approved(agent, request_id)
+            replies.append(Decided(_to_message(message, ans), ans.release))
         else:
-            why = PolicyRefusal(
-                f"request {request_id} was {item.status} at {agent.config.partner}: {item.reason}"
-            )
-            replies.append(Decided(_refusal_reply(agent, message, why)))
+            replies.append(Decided(_to_message(message, answer_denied(agent, request_id))))
     return replies
 
 
@@ -401,36 +382,22 @@ def _serve_loop(agent: NodeAgent, conn: tuple[Any, ...], stop: threading.Event, 
             if received is None:
                 stop.wait(interval)
                 continue
-            outcome, fab_hash, full = _fetch_and_handle(
+            handled, fab_hash, full, started = _fetch_and_handle(
                 agent, received, verified, get_run, get_fab, pull_object, confirm, interval
             )
-            if isinstance(outcome, Pending):
-                held[outcome.request_id] = full
-                continue
-            release = outcome.release if isinstance(outcome, _Answer) else None
-            reply(outcome.message, outcome.started, release, fab_hash)
+            if handled.pending is not None:
+                held[handled.pending.request_id] = full
+            elif handled.reply is not None:
+                reply(handled.reply, started, handled.release, fab_hash)
         except KeyboardInterrupt:
             raise  # Flower's signal for a revoked key: `serve` tells it apart from Ctrl-C
         except (Exception, RunNotRunningException) as exc:  # a malformed message or tree, an ended run
             log.error("a coordinator message could not be handled; the node keeps serving", exc_info=exc)
-            if received is not None:
-                with contextlib.suppress(Exception):
-                    reply(
-                        _refusal_reply(agent, received[0], ProtocolError(str(exc))),
-                        time.perf_counter(),
-                        None,
-                        "",
-                    )
+            if received is not None:  # the sender still gets a reply, never silence
+                why = ProtocolError(f"the node could not handle the message: {type(exc).__name__}")
+                with contextlib.suppress(Exception, RunNotRunningException):
+                    reply(_to_message(received[0], refused(agent, why)), time.perf_counter(), None, "")
             stop.wait(interval)
-
-
-@dataclass(frozen=True)
-class _Answer:
-    """A reply ready to send: when its work started, and the release it carries (if any)."""
-
-    message: Message
-    started: float
-    release: NodeRelease | None
 
 
 def _fetch_and_handle(
@@ -442,8 +409,9 @@ def _fetch_and_handle(
     pull_object: Callable[[int, str], bytes],
     confirm: Callable[[int, str], None],
     interval: float,
-) -> tuple[_Answer | Pending, str, Message]:
-    """Fetch a pulled message's bundle and contents, and handle it."""
+) -> tuple[Handled, str, Message, float]:
+    """Fetch a pulled message's bundle and contents, and handle it; also return the bundle hash,
+    the whole message, and when its handling started."""
     message, tree = received
     run_id = message.metadata.run_id
     run = get_run(run_id)
@@ -467,10 +435,7 @@ def _fetch_and_handle(
     full = cast(Message, inflate_object_from_contents(message.metadata.message_id, contents))
     full.metadata.__dict__["_message_id"] = message.metadata.message_id
     started = time.perf_counter()
-    outcome, release = handle_message_with_release(agent, full, fab_hash)
-    if isinstance(outcome, Pending):
-        return outcome, fab_hash, full
-    return _Answer(outcome, started, release), fab_hash, full
+    return handle_message(agent, full, fab_hash), fab_hash, full, started
 
 
 # The ClientApp that the runner bundle's shim names, for stock Flower SuperNodes.
@@ -485,10 +450,9 @@ def _query(message: Message, context: Context) -> Message:
     agent = NodeAgent(load_node_config(Path(config_path)))
     try:
         fab_hash = next(iter(accepted_bundle_hashes()))  # stock SuperNodes verify bundles themselves
-        answer = handle_message(agent, message, fab_hash)
-        if isinstance(answer, Pending):  # a stock SuperNode cannot hold a message while a person decides
-            why = PolicyRefusal("filed for manual approval, which needs the node run by `oda-node start`")
-            return _error_reply(message, agent, why)
-        return answer
+        handled = handle_message(agent, message, fab_hash)
+        if handled.reply is None:  # a stock SuperNode cannot hold a message while a person decides
+            return _to_message(message, answer_pending(agent))
+        return handled.reply
     finally:
         agent.close()

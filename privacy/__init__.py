@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     )
     from privacy.disclosure import round_to, suppress_small
     from privacy.errors import (
+        ApprovalDenied,
+        ApprovalPending,
         BudgetExhausted,
         ConfigError,
         DataError,
@@ -71,6 +73,8 @@ _HOME = {
     **dict.fromkeys(["round_to", "suppress_small"], "disclosure"),
     **dict.fromkeys(
         [
+            "ApprovalDenied",
+            "ApprovalPending",
             "BudgetExhausted",
             "ConfigError",
             "DataError",
@@ -115,6 +119,8 @@ __all__ = [
     "MAX_SENSITIVITY",
     "MECHANISM_INTEGER_GAUSSIAN",
     "Z95",
+    "ApprovalDenied",
+    "ApprovalPending",
     "BudgetExhausted",
     "ConfigError",
     "DataError",

@@ -8,6 +8,8 @@ It lives in the lowest layer so that every package can raise and catch it::
     │   ├── ConfigError           a node or coordinator config is malformed
     │   ├── DataError             a data source is missing, unreadable or off-contract
     │   ├── PolicyRefusal         the node's local policy forbids the request
+    │   │   ├── ApprovalPending   the request waits for a person at the node (approval: manual)
+    │   │   └── ApprovalDenied    a person at the node denied the request
     │   ├── BudgetExhausted       the privacy ledger cannot cover the request
     │   ├── ProtocolError         a peer speaks a version or bundle we do not accept
     │   │   └── SignatureError    a blueprint's hash or signature does not verify
@@ -20,6 +22,8 @@ Nodes turn every `UserError` into an error reply; nothing is released for any of
 from __future__ import annotations
 
 __all__ = [
+    "ApprovalDenied",
+    "ApprovalPending",
     "BudgetExhausted",
     "ConfigError",
     "DataError",
@@ -56,6 +60,14 @@ class DataError(UserError):
 
 class PolicyRefusal(UserError):
     """The node's local policy does not allow this request."""
+
+
+class ApprovalPending(PolicyRefusal):
+    """The request was filed for a person's approval at the node and no answer came in time."""
+
+
+class ApprovalDenied(PolicyRefusal):
+    """A person at the node denied the request (the reason is in the message)."""
 
 
 class BudgetExhausted(UserError):

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.synthetic import write_federation
-from node_agent.agent import NodeAgent
+from analyses.reply import NodeRelease
+from coordinator.embedded.synthetic import write_federation
+from node_agent.agent import NodeAgent, Released
 from node_agent.config import load_node_config
 
 SPECS = Path(__file__).resolve().parent.parent / "configs" / "analyses"
@@ -30,3 +31,9 @@ def agents(federation_data: dict[str, Path], tmp_path: Path) -> Iterator[list[No
     yield made
     for agent in made:
         agent.close()
+
+
+def release_of(outcome: object) -> NodeRelease:
+    """The release a node agent's `handle` or `run_approved` returned (failing the test otherwise)."""
+    assert isinstance(outcome, Released), outcome
+    return outcome.release

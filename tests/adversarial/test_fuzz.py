@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from analyses.documents import parse_document
-from analyses.release import AnalysisRequest
+from analyses.request import AnalysisRequest
 from analyses.spec import AnalysisSpec
 from node_agent.agent import NodeAgent
 from node_agent.config import load_node_config
@@ -91,7 +91,7 @@ def mutated_specs(draw: st.DrawFn) -> dict[str, Any]:
                 node[key] = draw(trees)
                 break
             node = node[key]
-    return spec  # type: ignore[no-any-return]
+    return spec
 
 
 def _loads(text: str) -> None:
@@ -154,7 +154,7 @@ def test_the_request_handler_answers_any_envelope_with_a_release_or_a_typed_refu
         envelope["request_id"] = f"{envelope['request_id']}{next(counter)}"
     before = agent.ledger.spent("incidents").value
     try:
-        request = AnalysisRequest.from_json(json.dumps(envelope, allow_nan=True))
+        request = AnalysisRequest.from_bytes(json.dumps(envelope, allow_nan=True))
         agent.handle(request)
     except UserError:
         assert agent.ledger.spent("incidents").value == before  # a refusal spends nothing

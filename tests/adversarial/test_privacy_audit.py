@@ -19,9 +19,11 @@ import pytest
 
 from analyses.documents import parse_document
 from analyses.glm import RoundState, design
-from analyses.local_step import LocalData, plan_releases
+from analyses.local_data import LocalData
+from analyses.local_step import plan_releases
+from analyses.operators.sgd import SgdStep
 from analyses.sgd import exact_gradient
-from analyses.spec import AnalysisSpec, SgdStep
+from analyses.spec import AnalysisSpec
 from privacy.budget import Rho
 from tests.adversarial.privacy_audit import audit_release
 

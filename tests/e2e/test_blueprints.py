@@ -20,10 +20,10 @@ import pandas as pd
 import pytest
 
 from analyses.blueprint import bundled_blueprints, load_bundled
-from coordinator.blueprint_cli import _example_partners, planned_costs
-from coordinator.blueprints import BlueprintRun, run_blueprint
-from coordinator.example_data import write_blueprint_federation
-from coordinator.federation import EmbeddedFederation
+from coordinator.blueprints.cli import _example_partners, planned_costs
+from coordinator.blueprints.runner import BlueprintRun, run_blueprint
+from coordinator.embedded.example_data import write_blueprint_federation
+from coordinator.embedded.federation import EmbeddedFederation
 from node_agent.ledger import Ledger
 
 pytestmark = pytest.mark.e2e
@@ -131,7 +131,7 @@ def test_international_criminality_runs_only_at_law_enforcement_partners(runs: R
     result = run.results["foreign_national_offending"]
     assert {r.partner for r in result.releases if r.status == "released"} == {"police"}
     (refusal,) = result.refusals
-    assert refusal["node"] == "council" and "law enforcement" in refusal["message"]
+    assert refusal.partner == "council" and refusal.kind == "policy" and "law enforcement" in refusal.message
     assert run.debited().get("council", 0.0) == 0.0
     assert "law enforcement" in (runs.out / "international_criminality" / "report.html").read_text()
 
@@ -145,7 +145,7 @@ def test_road_safety_recovers_the_planted_severity_effects(runs: Runs) -> None:
 
 
 def test_community_risk_index_has_rank_intervals_that_follow_deprivation(runs: Runs) -> None:
-    from coordinator.example_data import _deprivation
+    from coordinator.embedded.example_data import _deprivation
 
     run = runs.get("community_risk_index")
     index = run.derived["risk_index"].frame
@@ -263,13 +263,13 @@ def test_a_tampered_blueprint_is_refused_on_pull(
 
 
 def test_a_wrong_signature_is_refused_on_pull(runs: Runs, published: dict[str, Path], tmp_path: Path) -> None:
-    from coordinator.registry import write_publisher_key
+    from coordinator.blueprints.registry import write_publisher_key
 
     signature_path = published["registry"] / "road_safety" / "1.0.0" / "signature.json"
     original = signature_path.read_text()
     # a forger signs with their own key but claims the trusted publisher's public key
     forger, _ = write_publisher_key(tmp_path / "forger", "forger")
-    from coordinator.registry import sign
+    from coordinator.blueprints.registry import sign
 
     forged = sign(published["source"].read_bytes(), forger, "West Midlands ODA")
     claimed = json.loads(original)

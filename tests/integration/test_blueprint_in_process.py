@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from analyses.blueprint import load_bundled, parse_blueprint
-from coordinator.blueprints import run_blueprint
-from coordinator.example_data import write_blueprint_federation
-from coordinator.orchestrator import InProcessTransport
+from coordinator.blueprints.runner import run_blueprint
+from coordinator.embedded.example_data import write_blueprint_federation
+from coordinator.embedded.twin import InProcessTransport
 from node_agent.agent import NodeAgent
 from node_agent.config import load_node_config
 

@@ -7,18 +7,22 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from analyses.documents import parse_document
 from analyses.glm import GlmModel, design
-from analyses.release import AnalysisRequest
+from analyses.operators.glm import ModelStep
+from analyses.operators.sgd import SgdStep
+from analyses.request import AnalysisRequest
 from analyses.spec import AnalysisSpec
-from coordinator.orchestrator import InProcessTransport, run_analysis
+from coordinator.embedded.twin import InProcessTransport
+from coordinator.run.orchestrator import run_analysis
 from node_agent.agent import NodeAgent
 from node_agent.config import load_node_config
-from privacy.errors import FederationError, PolicyRefusal
+from privacy.errors import BudgetExhausted, PolicyRefusal
 from tests.conftest import SPECS
 from tests.model_data import nass, split_train_test, write_partners
 
@@ -33,7 +37,7 @@ def _agents(configs: dict[str, Path]) -> list[NodeAgent]:
 
 
 @pytest.fixture
-def partners(tmp_path: Path) -> Iterator[tuple[list[NodeAgent], object]]:
+def partners(tmp_path: Path) -> Iterator[tuple[list[NodeAgent], Any]]:
     frame = nass()
     train, test = split_train_test(frame)
     agents = _agents(write_partners(tmp_path, train, caps={2002: 0.5}))
@@ -49,19 +53,22 @@ def _auc(scores: np.ndarray, labels: np.ndarray) -> float:
 
 
 def test_dp_model_through_the_nodes_matches_pooled_auc_and_debits_every_round(
-    partners: tuple[list[NodeAgent], tuple[object, object]], tmp_path: Path
+    partners: tuple[list[NodeAgent], Any], tmp_path: Path
 ) -> None:
     agents, (train, test) = partners
     spec = parse_document(SPEC_TEXT, AnalysisSpec, source="crash_fatality")
-    step = spec.model_step()
+    step = spec.rounds_step()
     assert step is not None
     result = run_analysis(SPEC_TEXT, InProcessTransport(agents), out_dir=tmp_path / "out")
 
     # y2002's cap (rho 0.5) cannot cover the model (rho 0.7): refused before the first round.
-    refused = [r for r in result.refusals if r["node"] == "y2002"]
-    assert len(refused) == step.requests() and refused[0]["request"].endswith("-fit0")
-    assert "refused before the first round, nothing was spent" in refused[0]["message"]
-    assert all("takes no part in the run's later requests" in r["message"] for r in refused[1:])
+    refused = [r for r in result.refusals if r.partner == "y2002"]
+    assert len(refused) == step.requests() and refused[0].request_id.endswith("-fit0")
+    assert (
+        refused[0].kind == "budget"
+        and "refused before the first round, nothing was spent" in refused[0].message
+    )
+    assert all("takes no part in the run's later requests" in r.message for r in refused[1:])
     poor = next(a for a in agents if a.config.partner == "y2002")
     assert poor.ledger.entries() == []
 
@@ -73,7 +80,7 @@ def test_dp_model_through_the_nodes_matches_pooled_auc_and_debits_every_round(
         assert len(entries) == step.requests() and all(e.status == "committed" for e in entries)
         assert sum(e.rho for e in entries) == pytest.approx(spec.privacy.budget().value)
 
-    assert result.model is not None
+    assert result.model is not None and isinstance(step, ModelStep)
     x_test, y_test = design(step.model, test)
     kept = train[train.yearacc != 2002]
     x_train, y_train = design(step.model, kept)
@@ -111,7 +118,7 @@ def _fit_request(request_id: str, round_: int, coefficients: list[float]) -> Ana
 
 
 def test_a_model_request_without_round_state_is_refused(
-    partners: tuple[list[NodeAgent], object],
+    partners: tuple[list[NodeAgent], Any],
 ) -> None:
     from privacy.errors import SpecError
 
@@ -137,7 +144,7 @@ def test_model_refused_everywhere_says_why(tmp_path: Path) -> None:
     train, _ = split_train_test(nass())
     agents = _agents(write_partners(tmp_path, train[train.yearacc == 1997], caps={1997: 0.1}))
     try:
-        with pytest.raises(FederationError, match="refused before the first round"):
+        with pytest.raises(BudgetExhausted, match="refused before the first round"):
             run_analysis(SPEC_TEXT, InProcessTransport(agents))
     finally:
         for agent in agents:
@@ -145,22 +152,20 @@ def test_model_refused_everywhere_says_why(tmp_path: Path) -> None:
 
 
 def test_scores_stay_at_the_nodes_and_only_a_dp_histogram_leaves(
-    partners: tuple[list[NodeAgent], tuple[object, object]], tmp_path: Path
+    partners: tuple[list[NodeAgent], Any], tmp_path: Path
 ) -> None:
-    import subprocess
-    import sys
-
     import pandas as pd
 
-    from analyses.spec import ScoreStep
+    from analyses.operators.glm import ScoreStep
+    from coordinator.cli import main
 
     agents, _ = partners
     fitted = run_analysis(SPEC_TEXT, InProcessTransport(agents), out_dir=tmp_path / "fit")
     assert fitted.model is not None
     spec_path = tmp_path / "score.yaml"
     options = ["--dataset", "crashes", "--identifier", "person_id", "--rho", "0.05", "--out", str(spec_path)]
-    oda = [sys.executable, "-m", "coordinator.cli", "score-spec", str(tmp_path / "fit" / "model.json")]
-    subprocess.run([*oda, *options], check=True, capture_output=True)
+    oda = ["score-spec", str(tmp_path / "fit" / "model.json")]
+    assert main([*oda, *options]) == 0
     result = run_analysis(spec_path.read_text(), InProcessTransport(agents))
     spec = result.spec
     step = spec.steps[0]
@@ -181,13 +186,14 @@ def test_scores_stay_at_the_nodes_and_only_a_dp_histogram_leaves(
     assert all(a.ledger.entries()[-1].rho == pytest.approx(0.05) for a in agents)
 
     # An evaluate step: the same model against each node's true outcomes, DP.
-    subprocess.run([*oda, *options, "--evaluate"], check=True, capture_output=True)
+    assert main([*oda, *options, "--evaluate"]) == 0
     evaluated = run_analysis(spec_path.read_text(), InProcessTransport(agents))
     names = [t.name for t in evaluated.tables]
     assert names == ["holdout_evaluation", "holdout_calibration", "holdout_thresholds"]
     auc = evaluated.tables[0].frame.set_index("partner")
     for agent in agents:
         frame = agent.frame("crashes")
+        assert isinstance(fitted.model, GlmModel)
         _, y = design(fitted.model.spec, frame)
         exact = _auc(fitted.model.predict(frame[frame.dead.notna()]), y)
         # One partner (about 160 deaths), 80 noisy bins at rho 0.05: simulating this release 4,000
@@ -196,16 +202,40 @@ def test_scores_stay_at_the_nodes_and_only_a_dp_histogram_leaves(
         assert abs(auc.loc[agent.config.partner, "auc"] - exact) < 0.13, agent.config.partner
 
 
-def test_sgd_needs_flower_and_its_first_round_checks_the_whole_budget(
-    partners: tuple[list[NodeAgent], object],
+def test_the_twin_trains_sgd_through_the_nodes_reply_path(
+    partners: tuple[list[NodeAgent], Any],
 ) -> None:
-    from analyses.release import AnalysisRequest
-    from privacy.errors import BudgetExhausted, SpecError
+    """FedAvg in process: each round every node answers through the reply path a Flower node
+    uses, is debited once per round, and the poor partner is refused before the first round."""
+    from sklearn.metrics import roc_auc_score
+
+    from analyses.glm import design
+    from analyses.sgd import SgdModel
+
+    agents, (_, test) = partners
+    text = (SPECS / "models" / "crash_fatality_fedavg.yaml").read_text().replace("rounds: 30", "rounds: 6")
+    result = run_analysis(text, InProcessTransport(agents))
+    step = result.spec.rounds_step()
+    assert step is not None and isinstance(result.model, SgdModel)
+    rich = [a for a in agents if a.config.partner != "y2002"]
+    assert len(result.releases) == len(rich) * step.requests()
+    assert {r.kind for r in result.refusals} == {"budget", "policy"}  # y2002: round 1, then the rest
+    for agent in rich:
+        assert [e.request_id.rsplit("-", 1)[1] for e in agent.ledger.entries()] == [
+            f"train{i}" for i in range(1, 7)
+        ]
+    _, y_test = design(step.model, test)  # type: ignore[attr-defined]
+    assert roc_auc_score(y_test, result.model.predict(test)) > 0.75
+
+
+def test_sgd_queries_are_refused_and_its_first_round_checks_the_whole_budget(
+    partners: tuple[list[NodeAgent], Any],
+) -> None:
+    from analyses.request import AnalysisRequest
+    from privacy.errors import SpecError
 
     agents, _ = partners
     text = (SPECS / "models" / "crash_fatality_fedavg.yaml").read_text()
-    with pytest.raises(SpecError, match="trains through Flower's FedAvg: run it on a federation"):
-        run_analysis(text, InProcessTransport(agents))
     with pytest.raises(SpecError, match="runs in FedAvg rounds: the request carries no round state"):
         agents[0].handle(AnalysisRequest(1, "q", "t", text))
     poor = next(a for a in agents if a.config.partner == "y2002")  # cap 0.5 < the step's 0.7
@@ -220,6 +250,6 @@ def test_sgd_needs_flower_and_its_first_round_checks_the_whole_budget(
 def n_weights_for(text: str) -> int:
     from analyses.sgd import n_weights
 
-    step = parse_document(text, AnalysisSpec, source="x").sgd_step()
-    assert step is not None
+    step = parse_document(text, AnalysisSpec, source="x").rounds_step()
+    assert isinstance(step, SgdStep)
     return n_weights(step.model, step.hidden)

@@ -9,9 +9,10 @@ import pandas as pd
 import pytest
 
 from analyses import load_keyset
-from coordinator.orchestrator import InProcessTransport, run_analysis
+from coordinator.embedded.twin import InProcessTransport
+from coordinator.run.orchestrator import run_analysis
 from node_agent.agent import NodeAgent
-from privacy import FederationError, SpecError
+from privacy import BudgetExhausted, FederationError, PolicyRefusal, SpecError
 from tests.conftest import SPECS
 
 POOLED_HOUR_AREA = """
@@ -85,14 +86,14 @@ def test_over_budget_request_is_refused_and_nothing_is_released(agents: list[Nod
     spec = POOLED_HOUR_AREA.replace("rho: 0.5", "rho: 0.9")
     for _ in range(5):  # 5 x 0.9 = 4.5 of each node's cap of 5.0
         run_analysis(spec, InProcessTransport(agents))
-    with pytest.raises(FederationError, match=r"requested rho 0.9 .*remaining rho 0.5 .*short by rho 0.4"):
+    with pytest.raises(BudgetExhausted, match=r"requested rho 0.9 .*remaining rho 0.5 .*short by rho 0.4"):
         run_analysis(spec, InProcessTransport(agents))
     for agent in agents:
         assert agent.ledger.spent("incidents").value == pytest.approx(4.5)
 
 
 def test_policy_cap_per_analysis_refuses(agents: list[NodeAgent]) -> None:
-    with pytest.raises(FederationError, match=r"over its policy\.max_rho_per_analysis"):
+    with pytest.raises(PolicyRefusal, match=r"over its policy\.max_rho_per_analysis"):
         run_analysis(POOLED_HOUR_AREA.replace("rho: 0.5", "rho: 2.0"), InProcessTransport(agents))
     assert all(a.ledger.spent("incidents").value == 0 for a in agents)
 
@@ -109,7 +110,7 @@ def test_unknown_column_is_refused_before_any_budget_is_spent(agents: list[NodeA
     bad = POOLED_HOUR_AREA.replace(
         "{column: occurred_at, derive: hour}", "{column: shoe_size, values: [1, 2]}"
     )
-    with pytest.raises(FederationError, match="unknown column 'shoe_size'"):
+    with pytest.raises(SpecError, match="unknown column 'shoe_size'"):
         run_analysis(bad, InProcessTransport(agents))
     assert all(a.ledger.spent("incidents").value == 0 for a in agents)
 

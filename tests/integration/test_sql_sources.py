@@ -14,13 +14,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from analyses.release import AnalysisRequest, NodeRelease
+from analyses.reply import NodeRelease
+from analyses.request import AnalysisRequest
 from node_agent.agent import NodeAgent
 from node_agent.cli import main
 from node_agent.config import load_node_config
 from node_agent.connectors import content_hash
-from node_agent.exit_codes import ExitCode
 from privacy import DataError
+from privacy.exit_codes import ExitCode
+from tests.conftest import release_of
 
 SERVERS = {
     "postgresql": ("127.0.0.1", 5432, "postgresql+psycopg://postgres@127.0.0.1:5432/test"),
@@ -97,7 +99,7 @@ def test_release_reads_a_hashed_snapshot_of_the_table(table: tuple[str, str], tm
     url, name = table
     agent = NodeAgent(load_node_config(_config(tmp_path, f"{{url: '{url}', table: {name}}}")))
     try:
-        release = agent.handle(AnalysisRequest(1, "q1", "central", SPEC))
+        release = release_of(agent.handle(AnalysisRequest(1, "q1", "central", SPEC)))
         assert isinstance(release, NodeRelease) and release.status == "released"
         record = agent.audit.entries()[-1].data["incidents"]  # the hash stays in the node's log
         assert record["snapshot"] == release.snapshots["incidents"]
@@ -137,7 +139,7 @@ def test_source_failures_are_data_errors_naming_the_database(
     table: tuple[str, str], tmp_path: Path, mangle: object, message: str
 ) -> None:
     url, name = table
-    bad_url, bad_name = mangle(url, name)  # type: ignore[operator]
+    bad_url, bad_name = mangle(url, name)
     agent = NodeAgent(load_node_config(_config(tmp_path, f"{{url: '{bad_url}', table: {bad_name}}}")))
     try:
         with pytest.raises(DataError, match=message):

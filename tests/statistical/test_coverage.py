@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from coordinator.orchestrator import InProcessTransport, run_analysis
+from coordinator.embedded.twin import InProcessTransport
+from coordinator.run.orchestrator import run_analysis
 from node_agent.agent import NodeAgent
 from node_agent.config import load_node_config
 from tests.statistical.partners import AREAS, MAX_ROWS, analysed, write_partners
@@ -90,6 +91,7 @@ def _covered(table: pd.DataFrame, truth: pd.DataFrame, value: str, accuracy: str
     return list(np.abs(merged[value] - merged["truth"]) <= merged[accuracy])
 
 
+@pytest.mark.slow
 def test_stated_accuracy_covers_the_truth_95_percent_of_the_time(
     agents: list[NodeAgent], partners: dict[str, tuple[Path, pd.DataFrame]]
 ) -> None:

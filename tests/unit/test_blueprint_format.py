@@ -15,8 +15,9 @@ import yaml
 
 from analyses.blueprint import bundled_blueprints, load_bundled, parse_blueprint
 from analyses.derived import composite_index, ratio
-from analyses.local_step import LocalData
-from analyses.spec import KeySpec
+from analyses.keys import KeySpec
+from analyses.local_data import LocalData
+from analyses.operators.glm import ModelStep
 from privacy.errors import ConfigError, SignatureError, SpecError
 
 ROAD = (resources.files("analyses") / "blueprints" / "road_safety.yaml").read_bytes()
@@ -58,7 +59,7 @@ def test_each_catalogue_blueprint_is_addressed_by_its_bytes_and_renders(name: st
     data = (resources.files("analyses") / "blueprints" / f"{name}.yaml").read_bytes()
     assert loaded.sha256 == hashlib.sha256(data).hexdigest()
     rendered = loaded.blueprint.render()
-    total = sum(s.privacy.budget().value for _, s in rendered.analyses)
+    total = sum(a.spec.privacy.budget().value for a in rendered.analyses)
     assert total == pytest.approx(
         float(rendered.parameters["rho"]) * sum(a.budget_share for a in loaded.blueprint.analyses)
     )
@@ -70,7 +71,8 @@ def test_parameters_are_typed_and_checked() -> None:
     bp = load_bundled("road_safety").blueprint
     rendered = bp.render({"rho": "0.3", "model_rounds": "4"})
     assert rendered.spec("road_safety_severity").privacy.budget().value == pytest.approx(0.15)
-    assert rendered.spec("road_safety_severity").steps[0].model.rounds == 4  # type: ignore[union-attr]
+    step = rendered.spec("road_safety_severity").steps[0]
+    assert isinstance(step, ModelStep) and step.model.rounds == 4
     with pytest.raises(SpecError, match="has no parameter 'speed'"):
         bp.render({"speed": 1})
     with pytest.raises(SpecError, match=re.escape("'model_rounds' must be int, got '4.5'")):
@@ -166,7 +168,7 @@ def test_ratio_has_a_delta_method_margin_and_is_undefined_over_zero() -> None:
 
 
 def test_example_data_fit_their_contracts() -> None:
-    from coordinator.example_data import example_frame, node_column
+    from coordinator.embedded.example_data import example_frame, node_column
     from node_agent.config import DatasetConfig
     from node_agent.connectors import contract_report
 
@@ -193,13 +195,13 @@ def test_example_data_fit_their_contracts() -> None:
 
 
 def _publisher(tmp_path: Path, name: str = "ODA") -> tuple[Path, Path]:
-    from coordinator.registry import write_publisher_key
+    from coordinator.blueprints.registry import write_publisher_key
 
     return write_publisher_key(tmp_path / name, name)
 
 
 def test_signed_blueprints_verify_and_one_changed_byte_does_not(tmp_path: Path) -> None:
-    from coordinator.registry import load_public_key, sign, verify
+    from coordinator.blueprints.registry import load_public_key, sign, verify
 
     key, pub = _publisher(tmp_path)
     signature = sign(ROAD, key, "ODA")
@@ -224,7 +226,7 @@ def test_signed_blueprints_verify_and_one_changed_byte_does_not(tmp_path: Path) 
 
 
 def test_a_registry_keeps_versions_immutable_and_verifies_on_read(tmp_path: Path) -> None:
-    from coordinator.registry import LocalRegistry
+    from coordinator.blueprints.registry import LocalRegistry
 
     key, _ = _publisher(tmp_path)
     registry = LocalRegistry(tmp_path / "reg")
@@ -249,7 +251,7 @@ def test_a_registry_keeps_versions_immutable_and_verifies_on_read(tmp_path: Path
 
 
 def test_key_files_are_checked(tmp_path: Path) -> None:
-    from coordinator.registry import load_public_key, sign, write_publisher_key
+    from coordinator.blueprints.registry import load_public_key, sign, write_publisher_key
 
     key, _ = _publisher(tmp_path)
     assert oct(key.stat().st_mode & 0o777) == "0o600"
@@ -285,8 +287,8 @@ def test_blueprint_command_errors_say_what_to_fix(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    from coordinator.blueprints.registry import write_publisher_key
     from coordinator.cli import main
-    from coordinator.registry import write_publisher_key
 
     monkeypatch.chdir(tmp_path)
     _, public = write_publisher_key(tmp_path / "keys", "x")

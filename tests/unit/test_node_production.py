@@ -7,13 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from analyses.release import AnalysisRequest, NodeRelease
-from node_agent.agent import NodeAgent, Pending
+from analyses.reply import NodeRelease, decode_reply, encode_release
+from analyses.request import AnalysisRequest
+from node_agent.agent import NodeAgent, Pending, Released
 from node_agent.audit import AuditLog
 from node_agent.cli import main
 from node_agent.config import load_node_config
-from node_agent.exit_codes import ExitCode
 from privacy import DataError, PolicyRefusal, Rho, SpecError
+from privacy.exit_codes import ExitCode
+from tests.conftest import release_of
 
 SPEC = """
 version: 1
@@ -125,25 +127,27 @@ def test_release_carries_audit_head_and_a_snapshot_id_the_hash_stays_local(polic
 
     agent = NodeAgent(load_node_config(police))
     try:
-        release = agent.handle(request(), bundle_hash="b" * 64)
-        assert isinstance(release, NodeRelease)
+        outcome = agent.handle(request(), bundle_hash="b" * 64)
+        release = release_of(outcome)
         entry = agent.audit.entries()[-1]
         assert (release.audit_seq, release.audit_head) == (entry.seq, entry.hash)
         assert entry.decision == "released" and entry.bundle_hash == "b" * 64
         snapshot = release.snapshots["incidents"]
         digest = content_hash(agent.frame("incidents"))
-        assert len(snapshot) == 16 and digest not in release.to_json()  # nothing of the rows leaves
+        assert len(snapshot) == 16 and digest.encode() not in encode_release(
+            release
+        )  # nothing of the rows leaves
         assert entry.data["incidents"] == {
             "snapshot": snapshot,
             "sha256": digest,
             "rows": len(agent.frame("incidents")),
         }
-        # the payload hash covers the release with the audit fields null
-        import dataclasses
+        # the audit entry's payload hash covers exactly the bytes the node sends (made once)
         import hashlib
 
-        bare = dataclasses.replace(release, audit_seq=None, audit_head=None).to_json().encode()
-        assert entry.payload_sha256 == hashlib.sha256(bare).hexdigest()
+        assert isinstance(outcome, Released) and outcome.payload == encode_release(release)
+        assert entry.payload_sha256 == hashlib.sha256(outcome.payload).hexdigest()
+        assert decode_reply(outcome.payload, stamp=release.stamp()) == release
     finally:
         agent.close()
 
@@ -205,7 +209,7 @@ def test_caps_renew_with_the_period(police: Path) -> None:
         )
         agent.ledger._db.execute("UPDATE entries SET created = 0")  # spent long ago, in an earlier period
         assert agent.remaining("incidents").value == pytest.approx(5.0)
-        assert isinstance(agent.handle(request()), NodeRelease)
+        assert isinstance(release_of(agent.handle(request())), NodeRelease)
     finally:
         agent.close()
 
@@ -226,7 +230,7 @@ def test_manual_approval_releases_nothing_until_approved(
         assert "wait-1  road-safety  from central" in shown and "sum of harm in [0, 100]" in shown
         assert "cost rho 0.1" in shown and "incidents: rho" in shown
         assert main(["approve", "wait-1", "--config", str(police)]) == 0
-        release = agent.run_approved("wait-1")
+        release = release_of(agent.run_approved("wait-1"))
         assert release.status == "released" and len(agent.ledger.entries()) == 1
         decisions = [e.decision for e in agent.audit.entries()]
         assert decisions == ["pending", "approved", "released"]

@@ -17,12 +17,12 @@ from analyses import (
     NodeRelease,
     StepRelease,
     combine,
-    exact_aggregates,
-    key_frame,
     parse_document,
 )
 from analyses.catalog import check_steps
-from analyses.spec import KeySpec, MeanStep
+from analyses.keys import KeySpec
+from analyses.operators.counting import MeanStep
+from analyses.reply import decode_reply, encode_release
 from privacy import SpecError
 from privacy.unit import PrivacyUnit, truncate_contributions
 
@@ -161,7 +161,7 @@ def test_key_frame_is_row_major_product() -> None:
         AnalysisSpec,
         source="s",
     )
-    frame = key_frame(spec.steps[0])
+    frame = spec.steps[0].key_frame()
     assert list(zip(frame["a"], frame["b"], strict=True))[:4] == [("x", 1), ("x", 2), ("x", 3), ("y", 1)]
 
 
@@ -183,7 +183,7 @@ def test_exact_aggregates_match_pandas() -> None:
         }
     )
     unit = PrivacyUnit("pid", 2)
-    out = exact_aggregates(spec.steps[0], LocalData(frame), unit)
+    out = spec.steps[0].exact(LocalData(frame), unit, None)
     truth = truncate_contributions(frame, unit)
     truth = truth[truth.area != "zz"].assign(h=lambda f: f.t.dt.hour, v=lambda f: f.v.clip(0, 10))
     grouped = truth.groupby(["area", "h"]).v.agg(["sum", "size"])
@@ -220,8 +220,8 @@ def test_removing_one_person_moves_releases_by_at_most_the_sensitivity(
     )
     frame = pd.DataFrame(rows, columns=["pid", "area", "v"]).astype({"v": float})
     unit = PrivacyUnit("pid", 2)
-    with_all = exact_aggregates(spec.steps[0], LocalData(frame), unit)
-    without = exact_aggregates(spec.steps[0], LocalData(frame[frame.pid != victim]), unit)
+    with_all = spec.steps[0].exact(LocalData(frame), unit, None)
+    without = spec.steps[0].exact(LocalData(frame[frame.pid != victim]), unit, None)
     for name, part in with_all.items():
         assert np.linalg.norm(part.vector - without[name].vector) <= part.sensitivity
 
@@ -360,8 +360,8 @@ def test_release_json_round_trip_and_version_refusal() -> None:
     from privacy import ProtocolError
 
     r = _release("p", {"count": (1, 2, 3)}, 1.0)
-    assert NodeRelease.from_json(r.to_json()) == r
+    assert decode_reply(encode_release(r)) == r
     with pytest.raises(
         ProtocolError, match=r"release protocol 9 is not supported; this coordinator speaks \[1\]"
     ):
-        NodeRelease.from_json(r.to_json().replace('"protocol": 1', '"protocol": 9'))
+        decode_reply(encode_release(r).replace(b'"protocol": 1', b'"protocol": 9'))

@@ -6,22 +6,21 @@ from __future__ import annotations
 import asyncio
 import ssl
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 from cryptography import x509
 
-from coordinator.pki import Pki, create_ca, issue_server_certificate
-from coordinator.proxy import MAX_BODY_BYTES, build_app
-from coordinator.service import free_port, init_coordinator, load_coordinator
+from coordinator.deploy.config import init_coordinator, load_coordinator
+from coordinator.deploy.pki import Pki, create_ca, issue_server_certificate
+from coordinator.deploy.proxy import MAX_BODY_BYTES, build_app
+from coordinator.deploy.service import free_port
 from node_agent.config import NodeConfig, is_loopback, load_node_config
-from node_agent.exit_codes import ExitCode
 from node_agent.keys import write_key_pair
 from node_agent.transport import connection_settings, probe
 from privacy.errors import ConfigError, FederationError
+from privacy.exit_codes import ExitCode
 
 NODE_YAML = """\
 version: 1
@@ -190,20 +189,20 @@ def test_coordinator_init_writes_a_loadable_config(tmp_path: Path) -> None:
         load_coordinator(tmp_path / "c")
 
 
-def test_register_node_without_a_running_coordinator_says_so(tmp_path: Path) -> None:
-    oda = [sys.executable, "-m", "coordinator.cli", "coordinator"]
+def test_register_node_without_a_running_coordinator_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from coordinator.cli import main
+
     port = free_port()
-    subprocess.run(
-        [*oda, "init", str(tmp_path), "--host", "127.0.0.1", "--superlink-port", str(port)], check=True
+    assert (
+        main(["coordinator", "init", str(tmp_path), "--host", "127.0.0.1", "--superlink-port", str(port)])
+        == 0
     )
     public = write_key_pair(tmp_path / "keys")
-    done = subprocess.run(
-        [*oda, "register-node", str(tmp_path), str(public), "--name", "police"],
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == ExitCode.FEDERATION
-    assert "is the coordinator running?" in done.stderr
+    code = main(["coordinator", "register-node", str(tmp_path), str(public), "--name", "police"])
+    assert code == ExitCode.FEDERATION
+    assert "is the coordinator running?" in capsys.readouterr().err
 
 
 def test_probe_reports_a_tls_server_to_a_plain_http_node(tmp_path: Path) -> None:

@@ -11,17 +11,21 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analyses.aggregate import quantile_from_histogram
 from analyses.documents import parse_document
 from analyses.glm import ModelSpec, evaluation_histograms, evaluation_sensitivity
-from analyses.local_step import LocalData, exact_aggregates
-from analyses.release import AnalysisRequest, NodeRelease
-from analyses.spec import AnalysisSpec, KeySpec, MeanStep, SumStep
+from analyses.keys import KeySpec
+from analyses.local_data import LocalData
+from analyses.operators.counting import MeanStep, SumStep
+from analyses.operators.quantile import quantile_from_histogram
+from analyses.reply import NodeRelease
+from analyses.request import AnalysisRequest
+from analyses.spec import AnalysisSpec
 from node_agent.agent import NodeAgent
 from node_agent.cli import main
 from node_agent.config import load_node_config
-from node_agent.exit_codes import ExitCode
 from privacy import PrivacyUnit, SpecError
+from privacy.exit_codes import ExitCode
+from tests.conftest import release_of
 
 SPEC = """
 version: 1
@@ -49,7 +53,7 @@ def test_default_precision_keeps_fractional_values() -> None:
     rng = np.random.default_rng(1)
     values = rng.beta(2, 6, 5000)
     frame = pd.DataFrame({"pid": np.arange(5000), "v": values})
-    out = exact_aggregates(step, LocalData(frame), PrivacyUnit("pid", 1))
+    out = step.exact(LocalData(frame), PrivacyUnit("pid", 1), None)
     total = out["sum"].vector[0] * step.quantum() + step.centre() * out["count"].vector[0]
     assert abs(total - values.sum()) <= 5000 * out["sum"].rounding  # rounding stated, and honoured
     assert out["sum"].rounding <= 1e-6  # ... and negligible: about a millionth of the bounds' width
@@ -233,7 +237,7 @@ def test_offsets_do_not_break_check_or_analyses_of_other_columns(
         spec = SPEC.format(step="{kind: count, id: c, by: [{column: area, values: [a]}]}").replace(
             "dataset: d", "dataset: d"
         )
-        release = agent.handle(AnalysisRequest(1, "r1", "central", spec))
+        release = release_of(agent.handle(AnalysisRequest(1, "r1", "central", spec)))
         assert isinstance(release, NodeRelease) and release.status == "released"
     finally:
         agent.close()
@@ -272,7 +276,7 @@ def test_rows_breaking_the_contract_are_left_out_and_counted(
     agent = NodeAgent(load_node_config(_node(tmp_path, rows)))
     try:
         with caplog.at_level(logging.WARNING, logger="oda.node"):
-            data = agent.loaded("d")
+            data = agent.datasets.loaded("d")
         assert list(data.frame["pid"]) == [1, 5]  # 130 > max, unreadable time, "twelve", 2.5 not an int
         rules = dict(data.rules)
         assert rules["age <= 120"] == 1 and rules["at readable as datetime"] == 1

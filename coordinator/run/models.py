@@ -14,12 +14,10 @@ import math
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from analyses.aggregate import ResultTable, evaluation_tables
 from analyses.glm import (
     GlmModel,
     LocalStats,
@@ -28,14 +26,18 @@ from analyses.glm import (
     newton_rounds,
     noise_limited,
 )
-from analyses.release import PROTOCOL_VERSIONS, AnalysisRequest, NodeRelease
+from analyses.operators.glm import ModelStep, evaluation_tables
+from analyses.operators.sgd import SgdStep
+from analyses.reply import NodeRelease, Refusal
+from analyses.request import PROTOCOL_VERSIONS, AnalysisRequest
 from analyses.sgd import SgdModel, initial_weights
-from analyses.spec import AnalysisSpec, ModelStep
+from analyses.spec import AnalysisSpec, LoadedSpec
+from analyses.tables import ResultTable
+from coordinator.run.replies import collect, require_holders
+from coordinator.run.results import AnalysisResult
+from coordinator.run.transport import Transport
 from privacy.budget import DISPLAY_DELTA, Rho
-from privacy.errors import FederationError, SpecError
-
-if TYPE_CHECKING:
-    from coordinator.orchestrator import AnalysisResult, Transport
+from privacy.errors import FederationError, InternalError
 
 __all__ = ["run_model", "run_sgd", "score_spec"]
 
@@ -47,27 +49,27 @@ def _stats(step: ModelStep, release: NodeRelease) -> LocalStats:
     )
 
 
-def run_model(
-    spec: AnalysisSpec, spec_text: str, transport: Transport, *, requester: str, timeout: float
-) -> AnalysisResult:
-    """Raises: FederationError when no partner takes part, or every partner drops out."""
-    from coordinator.orchestrator import AnalysisResult, collect, require_holders
+def run_model(loaded: LoadedSpec, transport: Transport, *, requester: str, timeout: float) -> AnalysisResult:
+    """Fit a model step: its Newton rounds, then the evaluation, each request to every node.
 
-    step = spec.model_step()
-    assert step is not None  # noqa: S101  # run_analysis checked
+    Raises:
+        UserError: no partner takes part (typed by the refusals), or every partner drops out.
+    """
+    spec = loaded.spec
+    step = spec.rounds_step()
+    if not isinstance(step, ModelStep):
+        raise InternalError("run_model needs an analysis whose step is a model")
     run_id = uuid.uuid4().hex
     every_release: list[NodeRelease] = []
-    refusals: list[dict[str, str]] = []
+    refusals: list[Refusal] = []
 
     def ask(request_id: str, state: dict[str, object]) -> list[NodeRelease]:
-        request = AnalysisRequest(PROTOCOL_VERSIONS[-1], request_id, requester, spec_text, state)
-        replies = transport.broadcast(request.to_json(), timeout)
-        releases, refused = collect(spec, replies)
-        for r in refused:
-            r["request"] = request_id
-        refusals.extend(refused)
-        every_release.extend(releases)
-        return require_holders(spec, releases, refused, len(replies))
+        request = AnalysisRequest(PROTOCOL_VERSIONS[-1], request_id, requester, loaded.text, state)
+        replies = transport.broadcast(request, timeout)
+        collected = collect(spec, replies, request_id)
+        refusals.extend(collected.refusals)
+        every_release.extend(collected.releases)
+        return require_holders(spec, collected, len(replies))
 
     rounds = newton_rounds(step.model)
     beta = next(rounds)
@@ -120,33 +122,28 @@ def run_model(
             "fitted_at": datetime.now(UTC).isoformat(timespec="seconds"),
         },
     )
-    result = AnalysisResult(spec, run_id, tables, every_release, refusals, model=model)
+    result = AnalysisResult(loaded, run_id, tables, every_release, refusals, model=model)
     result.model_card = model_card(spec, step, model, tables, spent)
     return result
 
 
-def run_sgd(
-    spec: AnalysisSpec, spec_text: str, transport: Transport, *, requester: str, timeout: float
-) -> AnalysisResult:
-    """Train an sgd step by Flower's FedAvg strategy (needs the Flower federation).
+def run_sgd(loaded: LoadedSpec, transport: Transport, *, requester: str, timeout: float) -> AnalysisResult:
+    """Train an sgd step by FedAvg through the transport (Flower's strategy over Flower).
 
     Raises:
-        SpecError: the transport cannot run Flower strategies (e.g. in process).
-        FederationError: no partner trained.
+        UserError: no partner trained (typed by the refusals).
     """
-    from coordinator.orchestrator import AnalysisResult, collect, require_holders
-
-    step = spec.sgd_step()
-    assert step is not None  # noqa: S101  # run_analysis checked
-    fedavg = getattr(transport, "fedavg", None)
-    if fedavg is None:
-        raise SpecError(f"sgd step {step.id!r} trains through Flower's FedAvg: run it on a federation")
+    spec = loaded.spec
+    step = spec.rounds_step()
+    if not isinstance(step, SgdStep):
+        raise InternalError("run_sgd needs an analysis whose step is an sgd step")
     run_id = uuid.uuid4().hex
-    request = AnalysisRequest(PROTOCOL_VERSIONS[-1], run_id, requester, spec_text, {"run": run_id})
+    request = AnalysisRequest(PROTOCOL_VERSIONS[-1], run_id, requester, loaded.text, {"run": run_id})
     initial = initial_weights(step.model, step.hidden, step.seed)
-    weights, replies = fedavg(request.to_json(), initial, step.rounds, timeout)
-    releases, refusals = collect(spec, replies)
-    require_holders(spec, releases, refusals, len(replies))
+    trained = transport.fedavg(request, initial, step.rounds, timeout)
+    collected = collect(spec, trained.replies)
+    require_holders(spec, collected, len(trained.replies))
+    weights, releases, refusals = trained.weights, collected.releases, collected.refusals
     spent = _spent(releases)
     per_round: dict[str, int] = {}
     for release in releases:
@@ -171,7 +168,7 @@ def run_sgd(
             "rounds": step.rounds,
         },
     )
-    result = AnalysisResult(spec, run_id, [table], releases, refusals, model=model)
+    result = AnalysisResult(loaded, run_id, [table], releases, refusals, model=model)
     result.model_card = (
         f"# Model card: {spec.name}\n\nA {'logistic regression' if step.hidden == 0 else f'network with {step.hidden} hidden units'} "
         f"for `{step.model.target}` = {step.model.positive!r}, trained by FedAvg (Flower) over {step.rounds} rounds; "

@@ -12,10 +12,11 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from coordinator.flower_server import FlowerLink
-from coordinator.pki import create_ca, issue_server_certificate
-from coordinator.service import CONFIG_NAME, CoordinatorService, ProcessGroup, Supervised, free_port
-from coordinator.synthetic import PARTNERS, write_federation
+from coordinator.deploy.config import CONFIG_NAME
+from coordinator.deploy.flower import FlowerLink
+from coordinator.deploy.pki import create_ca, issue_server_certificate
+from coordinator.deploy.service import CoordinatorService, ProcessGroup, Supervised, free_port
+from coordinator.embedded.synthetic import PARTNERS, write_federation
 
 __all__ = ["EmbeddedFederation", "free_port"]
 

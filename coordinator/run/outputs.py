@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from coordinator.orchestrator import AnalysisResult
+from coordinator.run.results import AnalysisResult
 
 __all__ = ["write_outputs"]
 
@@ -33,7 +32,7 @@ def write_outputs(result: AnalysisResult, out_dir: Path) -> Path:
     spec = result.spec
     manifest = {
         "analysis": spec.name,
-        "spec_hash": spec.spec_hash(),
+        "spec_hash": spec.hash,
         "request_id": result.request_id,
         "combine": spec.combine,
         "budget_per_node": {"rho": spec.privacy.budget().value, "describe": spec.privacy.budget().describe()},
@@ -73,7 +72,7 @@ def write_outputs(result: AnalysisResult, out_dir: Path) -> Path:
             }
             for r in result.releases
         ],
-        "refused_or_timed_out": result.refusals,
+        "refused_or_timed_out": [asdict(r) for r in result.refusals],
         "tables": files,
         "seconds": round(result.seconds, 3),
     }

@@ -62,7 +62,7 @@ def _not_exposed(request: Request) -> Response:
 
 
 def _registry_routes(registry: Path) -> list[Route]:
-    from coordinator.registry import BLUEPRINT_FILE, SIGNATURE_FILE, LocalRegistry, registry_index
+    from coordinator.blueprints.registry import BLUEPRINT_FILE, SIGNATURE_FILE, LocalRegistry, registry_index
     from privacy.errors import SpecError
 
     async def index(_: Request) -> Response:

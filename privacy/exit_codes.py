@@ -1,9 +1,24 @@
 """Exit codes of `oda-node` and `oda`, each with the help text partner IT reads, and the
-environment both commands set before Flower is imported."""
+environment both commands set before Flower is imported.
+
+Both commands map the one error hierarchy (`privacy.errors`) to these codes, so they live
+below both sides.
+"""
 
 from __future__ import annotations
 
+import os
 from enum import IntEnum
+
+from privacy.errors import (
+    BudgetExhausted,
+    ConfigError,
+    DataError,
+    FederationError,
+    PolicyRefusal,
+    ProtocolError,
+    SpecError,
+)
 
 __all__ = ["EXIT_HELP", "NO_PHONE_HOME", "ExitCode", "code_for", "no_phone_home"]
 
@@ -14,8 +29,6 @@ NO_PHONE_HOME = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"
 
 def no_phone_home() -> None:
     """Switch Flower's telemetry and update check off in this process (unless set explicitly)."""
-    import os
-
     for name, value in NO_PHONE_HOME.items():
         os.environ.setdefault(name, value)
 
@@ -51,16 +64,6 @@ EXIT_HELP: dict[ExitCode, str] = {
 
 def code_for(exc: BaseException) -> ExitCode:
     """The exit code for an error raised by oda-federated."""
-    from privacy.errors import (
-        BudgetExhausted,
-        ConfigError,
-        DataError,
-        FederationError,
-        PolicyRefusal,
-        ProtocolError,
-        SpecError,
-    )
-
     table: list[tuple[type[BaseException], ExitCode]] = [
         (ConfigError, ExitCode.CONFIG),
         (SpecError, ExitCode.SPEC),

@@ -65,7 +65,7 @@ def write_publisher_key(folder: Path, publisher: str) -> tuple[Path, Path]:
     Raises:
         ConfigError: a key already exists there (keys are never overwritten).
     """
-    from node_agent.keys import write_private_key
+    from privacy.keyfiles import write_private_key
 
     return write_private_key(folder, "publisher", Ed25519PrivateKey.generate(), "a publisher key", publisher)
 

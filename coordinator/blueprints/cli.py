@@ -15,9 +15,9 @@ from analyses.blueprint import (
     load_bundled,
     parse_blueprint,
 )
-from node_agent.exit_codes import ExitCode
 from privacy.budget import DISPLAY_DELTA, Rho
 from privacy.errors import SpecError
+from privacy.exit_codes import ExitCode
 
 __all__ = ["add_parser", "main"]
 
@@ -116,7 +116,7 @@ def resolve(ref: str, registry: Path | None) -> tuple[LoadedBlueprint, str | Non
         return parse_blueprint(data, str(path)), None
     name, _, version = ref.partition("@")
     if registry is not None:
-        from coordinator.registry import LocalRegistry
+        from coordinator.blueprints.registry import LocalRegistry
 
         reg = LocalRegistry(registry)
         if reg.versions(name):
@@ -129,7 +129,7 @@ def resolve(ref: str, registry: Path | None) -> tuple[LoadedBlueprint, str | Non
 
 
 def _example_partners(rendered: RenderedBlueprint) -> dict[str, tuple[set[str], bool]]:
-    from coordinator.example_data import LAW_ENFORCEMENT_PARTNERS
+    from coordinator.embedded.example_data import LAW_ENFORCEMENT_PARTNERS
 
     partners: dict[str, tuple[set[str], bool]] = {}
     for dataset, contract in rendered.blueprint.datasets.items():
@@ -137,17 +137,6 @@ def _example_partners(rendered: RenderedBlueprint) -> dict[str, tuple[set[str], 
             held, _ = partners.setdefault(partner, (set(), partner in LAW_ENFORCEMENT_PARTNERS))
             held.add(dataset)
     return partners
-
-
-def _node_partners(paths: list[Path]) -> dict[str, tuple[set[str], bool]]:
-    from node_agent.config import load_node_config
-
-    out = {}
-    for path in paths:
-        config = load_node_config(path)
-        held = set(config.datasets) & set(config.policy.allowed_datasets)
-        out[config.partner] = (held, config.policy.law_enforcement)
-    return out
 
 
 def planned_costs(
@@ -177,7 +166,7 @@ def _print_cost(
         detail = ", ".join(f"{a} {c.value:.6g}" for a, c in costs.items() if c.value > 0) or "nothing"
         refused = [
             name
-            for _, spec in rendered.analyses
+            for spec in (loaded.spec for loaded in rendered.analyses)
             if (name := spec.name)
             and spec.law_enforcement_only
             and not law_enforcement
@@ -221,7 +210,7 @@ def _show(loaded: LoadedBlueprint, signer: str | None, rendered: RenderedBluepri
 def main(args: argparse.Namespace) -> int:
     action = args.action
     if action == "keygen":
-        from coordinator.registry import key_id, load_public_key, write_publisher_key
+        from coordinator.blueprints.registry import key_id, load_public_key, write_publisher_key
 
         private, public = write_publisher_key(args.dir, args.publisher)
         print(
@@ -234,7 +223,7 @@ def main(args: argparse.Namespace) -> int:
             loaded = load_bundled(name)
             print(f"  {name:<32} {loaded.blueprint.version:<8} catalogue  {loaded.blueprint.title}")
         if args.registry is not None:
-            from coordinator.registry import LocalRegistry
+            from coordinator.blueprints.registry import LocalRegistry
 
             for e in LocalRegistry(args.registry).entries():
                 print(
@@ -242,7 +231,7 @@ def main(args: argparse.Namespace) -> int:
                 )
         return ExitCode.OK
     if action == "publish":
-        from coordinator.registry import LocalRegistry
+        from coordinator.blueprints.registry import LocalRegistry
 
         try:
             data = args.file.read_bytes()
@@ -255,7 +244,7 @@ def main(args: argparse.Namespace) -> int:
         )
         return ExitCode.OK
     if action == "pull":
-        from coordinator.registry import LocalRegistry, load_public_key, pull
+        from coordinator.blueprints.registry import LocalRegistry, load_public_key, pull
 
         name, _, version = args.blueprint.partition("@")
         trusted = [load_public_key(p) for p in args.trust]
@@ -281,7 +270,9 @@ def main(args: argparse.Namespace) -> int:
         )
         return ExitCode.OK
     if action == "cost":
-        partners = _node_partners(args.nodes) if args.nodes else _example_partners(rendered)
+        from coordinator.embedded.documents import node_partners
+
+        partners = node_partners(args.nodes) if args.nodes else _example_partners(rendered)
         planned = planned_costs(rendered, partners)
         if args.json:
             print(
@@ -299,8 +290,8 @@ def main(args: argparse.Namespace) -> int:
 def _run(
     args: argparse.Namespace, loaded: LoadedBlueprint, signer: str | None, rendered: RenderedBlueprint
 ) -> int:
-    from coordinator.blueprints import run_blueprint
-    from coordinator.orchestrator import Transport
+    from coordinator.blueprints.runner import run_blueprint
+    from coordinator.run.transport import Transport
 
     out = args.out / loaded.blueprint.name
     params = _params(args.param)
@@ -320,7 +311,7 @@ def _run(
             print(f"  {name}: FAILED: {why}")
         for name, result in run.results.items():
             for r in result.refusals:
-                print(f"  {name}: {r['node']} {r['outcome']}: {r['message']}")
+                print(f"  {name}: {r.partner} {r.kind}: {r.message}")
         print(
             f"report: {out / 'report.html'}\nexports: {out / 'exports'}/\nprovenance: {out / 'provenance.json'}"
         )
@@ -332,7 +323,7 @@ def _run(
         return ExitCode.OK if not run.failures else ExitCode.FEDERATION
 
     if args.coordinator:
-        from coordinator.service import coordinator_link
+        from coordinator.deploy.service import coordinator_link
 
         print("planned cost per dataset held:")
         for analysis, per in rendered.dataset_cost().items():
@@ -342,8 +333,8 @@ def _run(
             return go(link, None)
         finally:
             link.close()
-    from coordinator.example_data import write_blueprint_federation
-    from coordinator.federation import EmbeddedFederation
+    from coordinator.embedded.example_data import write_blueprint_federation
+    from coordinator.embedded.federation import EmbeddedFederation
 
     example = _example_partners(rendered)
     planned = planned_costs(rendered, example)

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from analyses.blueprint import OutputSpec
-from coordinator.geography import area_shapes
+from coordinator.blueprints.geography import area_shapes
 
 __all__ = ["Figure", "ReportInput", "accuracy_words", "render_report"]
 

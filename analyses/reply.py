@@ -1,0 +1,247 @@
+"""What a node answers, and its only serialisation (node -> coordinator).
+
+A reply is a release (noisy vectors with mechanism, scale, sensitivity, cost and 95% accuracy
+of each measurement, no rows) or a typed refusal (why nothing was released: policy, budget,
+approval, protocol, spec, data, or an internal error). The release's bytes are produced once:
+the node audits exactly those bytes, and its audit stamp (chain position and head) travels
+beside them, so the coordinator can hold each release against the node's audit entry.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from typing import Literal, get_args
+
+from analyses.request import PROTOCOL_VERSIONS
+from privacy.errors import (
+    ApprovalDenied,
+    ApprovalPending,
+    BudgetExhausted,
+    ConfigError,
+    DataError,
+    FederationError,
+    PolicyRefusal,
+    ProtocolError,
+    SpecError,
+    UserError,
+)
+
+__all__ = [
+    "MAX_REPLY_BYTES",
+    "REFUSAL_KINDS",
+    "AuditStamp",
+    "MeasurementRelease",
+    "NodeRelease",
+    "Refusal",
+    "RefusalKind",
+    "Reply",
+    "StepRelease",
+    "decode_reply",
+    "encode_release",
+    "refusal_of",
+]
+
+#: Largest reply a coordinator reads (a 200,000-cell release is a few MB).
+MAX_REPLY_BYTES = 64_000_000
+
+RefusalKind = Literal[
+    "policy",
+    "budget",
+    "approval_pending",
+    "approval_denied",
+    "protocol",
+    "spec",
+    "data",
+    "config",
+    "internal",
+    "timeout",
+]
+REFUSAL_KINDS: tuple[str, ...] = get_args(RefusalKind)
+
+
+@dataclass(frozen=True)
+class MeasurementRelease:
+    """One noisy vector: a measurement of one step in canonical cell order."""
+
+    name: str
+    values: tuple[int, ...]
+    mechanism: str
+    scale: float
+    sensitivity: int
+    rho: float
+    accuracy95: float
+    unit_value: float = 1.0  # each released integer counts this many units (sum precision)
+    rounding: float = 0.0  # the most rounding moved one row's contribution, in value units
+
+
+@dataclass(frozen=True)
+class StepRelease:
+    """The measurements of one step at one node."""
+
+    step_id: str
+    kind: str
+    rows_used: Literal["hidden"]
+    measurements: tuple[MeasurementRelease, ...]
+
+    def measurement(self, name: str) -> MeasurementRelease:
+        return next(m for m in self.measurements if m.name == name)
+
+
+@dataclass(frozen=True)
+class AuditStamp:
+    """Where a release stands in its node's audit chain: entry number and chain head."""
+
+    seq: int
+    head: str
+
+
+@dataclass(frozen=True)
+class NodeRelease:
+    """Everything one node released for one analysis request."""
+
+    protocol: int
+    partner: str
+    node_version: str
+    request_id: str
+    spec_hash: str
+    status: Literal["released", "not_held"]
+    steps: tuple[StepRelease, ...]
+    cost_rho: float
+    epsilon: float
+    delta: float
+    min_cell: int
+    ledger_entry: int | None
+    #: The node's audit chain head after this release was logged (sequence number and hash).
+    #: Not part of the release's bytes: the audit entry's payload hash covers those bytes.
+    audit_seq: int | None = None
+    audit_head: str | None = None
+    #: Per dataset the release read, an id of the node's loaded snapshot of it: random, chosen
+    #: when the node loaded the data, so it says nothing about the rows (the node's own audit
+    #: log keeps each snapshot's content hash).
+    snapshots: dict[str, str] = field(default_factory=dict)
+
+    def stamped(self, stamp: AuditStamp | None) -> NodeRelease:
+        """This release with its audit stamp filled in."""
+        if stamp is None:
+            return self
+        return replace(self, audit_seq=stamp.seq, audit_head=stamp.head)
+
+    def stamp(self) -> AuditStamp | None:
+        if self.audit_seq is None or self.audit_head is None:
+            return None
+        return AuditStamp(self.audit_seq, self.audit_head)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a node released nothing for a request, typed by what a person can do about it."""
+
+    partner: str
+    kind: RefusalKind
+    #: The node's error type, for people reading it (`BudgetExhausted`).
+    error: str
+    message: str
+    #: The request refused (the coordinator fills it in for the rounds of a model run).
+    request_id: str = ""
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+    def exception(self) -> UserError:
+        """The error this refusal is on the coordinator's side (its exit code follows the kind)."""
+        text = f"{self.partner}: {self.message}"
+        kinds: dict[str, type[UserError]] = {
+            "policy": PolicyRefusal,
+            "budget": BudgetExhausted,
+            "approval_pending": ApprovalPending,
+            "approval_denied": ApprovalDenied,
+            "protocol": ProtocolError,
+            "spec": SpecError,
+            "data": DataError,
+            "config": ConfigError,
+        }
+        return kinds.get(self.kind, FederationError)(text)
+
+
+Reply = NodeRelease | Refusal
+
+
+def refusal_of(exc: BaseException, partner: str, message: str) -> Refusal:
+    """The typed refusal for an error a node raised (`message` is what the reply may say)."""
+    order: list[tuple[type[BaseException], RefusalKind]] = [
+        (ApprovalPending, "approval_pending"),
+        (ApprovalDenied, "approval_denied"),
+        (BudgetExhausted, "budget"),
+        (PolicyRefusal, "policy"),
+        (ProtocolError, "protocol"),
+        (SpecError, "spec"),
+        (DataError, "data"),
+        (ConfigError, "config"),
+    ]
+    kind: RefusalKind = next((k for t, k in order if isinstance(exc, t)), "internal")
+    return Refusal(partner, kind, type(exc).__name__, message)
+
+
+def encode_release(release: NodeRelease) -> bytes:
+    """A release's bytes (canonical JSON, the audit stamp left out): made once, audited, sent."""
+    body = asdict(release)
+    del body["audit_seq"], body["audit_head"]
+    return json.dumps(body, sort_keys=True).encode()
+
+
+def decode_reply(payload: bytes | str, *, refused: bool = False, stamp: AuditStamp | None = None) -> Reply:
+    """A node's reply: its release (with `stamp`), or its refusal when `refused` (the transport
+    says which: Flower delivers refusals as error replies).
+
+    Raises:
+        ProtocolError: malformed, too large, or of a protocol version this side does not speak.
+    """
+    if len(payload) > MAX_REPLY_BYTES:
+        raise ProtocolError(f"a reply is over {MAX_REPLY_BYTES:,} bytes")
+    try:
+        data = json.loads(payload)
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError(f"malformed reply: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ProtocolError("malformed reply: not an object")
+    if refused:
+        return _refusal(data)
+    try:
+        if data.get("protocol") not in PROTOCOL_VERSIONS:
+            raise ProtocolError(
+                f"release protocol {data.get('protocol')!r} is not supported; "
+                f"this coordinator speaks {list(PROTOCOL_VERSIONS)}"
+            )
+        steps = tuple(
+            StepRelease(
+                step_id=s["step_id"],
+                kind=s["kind"],
+                rows_used="hidden",
+                measurements=tuple(
+                    MeasurementRelease(**{**m, "values": tuple(m["values"])}) for m in s["measurements"]
+                ),
+            )
+            for s in data["steps"]
+        )
+        return NodeRelease(**{**data, "steps": steps}).stamped(stamp)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ProtocolError(f"malformed release: {exc}") from exc
+
+
+def _refusal(data: dict[str, object]) -> Refusal:
+    """A refusal; one from a node that predates refusal kinds is typed by its error name."""
+    error = str(data.get("error", ""))
+    given = data.get("kind")
+    by_name: dict[str, RefusalKind] = {
+        "BudgetExhausted": "budget",
+        "PolicyRefusal": "policy",
+        "ProtocolError": "protocol",
+        "SignatureError": "protocol",
+        "SpecError": "spec",
+        "DataError": "data",
+        "ConfigError": "config",
+    }
+    kinds: tuple[RefusalKind, ...] = get_args(RefusalKind)
+    kind = next((k for k in kinds if k == given), by_name.get(error, "internal"))
+    return Refusal(str(data.get("partner", "")), kind, error, str(data.get("message", "")))

@@ -1,0 +1,93 @@
+"""`coordinator.yaml`: where the coordinator listens, and its creation with the PKI.
+
+`oda coordinator init DIR` writes `DIR/coordinator.yaml`, the CA and the server certificate.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from analyses.documents import load_document
+from coordinator.deploy.pki import create_ca, issue_server_certificate
+from privacy.errors import ConfigError
+
+__all__ = ["CONFIG_NAME", "CoordinatorConfig", "init_coordinator", "load_coordinator"]
+
+CONFIG_NAME = "coordinator.yaml"
+
+
+class CoordinatorConfig(BaseModel):
+    """`coordinator.yaml`: where the coordinator listens. The SuperLink is always on loopback."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: Literal[1] = 1
+    name: str = Field(min_length=1, max_length=120, description="the federation's name (the CA's name)")
+    fleet_listen: str = Field(
+        default="0.0.0.0:9092",  # the public face is meant to be reachable
+        pattern=r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$",
+        description="HOST:PORT the public Fleet proxy listens on",
+    )
+    fleet_address: str = Field(
+        pattern=r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$",
+        description="HOST:PORT partners put in node.yaml as `coordinator:`",
+    )
+    superlink_port: int = Field(default=9091, ge=1, le=65535, description="the SuperLink's port on 127.0.0.1")
+    database: str | None = Field(
+        default="superlink.db",
+        description="the SuperLink's state (registered node keys, runs), relative to this folder; "
+        "null keeps it in memory, so node keys must be registered again after every start",
+    )
+    blueprints: str = Field(
+        default="blueprints",
+        description="the blueprint registry folder this coordinator publishes (read-only over HTTPS at "
+        "/v1/blueprints), relative to this folder",
+    )
+
+
+def load_coordinator(folder: Path) -> CoordinatorConfig:
+    """Raises: ConfigError when `folder/coordinator.yaml` is missing or invalid."""
+    path = folder / CONFIG_NAME
+    if not path.is_file():
+        raise ConfigError(f"{path} does not exist: run `oda coordinator init {folder}` first")
+    return load_document(path, CoordinatorConfig, error=ConfigError)
+
+
+def init_coordinator(
+    folder: Path, name: str, hosts: list[str], fleet_listen: str, fleet_port: int, superlink_port: int
+) -> CoordinatorConfig:
+    """Create the CA, the server certificate for `hosts` and `coordinator.yaml` in `folder`.
+
+    Raises:
+        ConfigError: `folder` already holds a coordinator, or a host is not a valid name.
+    """
+    if (folder / CONFIG_NAME).exists():
+        raise ConfigError(f"{folder / CONFIG_NAME} already exists; init never overwrites a coordinator")
+    if not hosts:
+        raise ConfigError(
+            "give at least one --host: the name or address partners use to reach the coordinator"
+        )
+    config = CoordinatorConfig(
+        name=name,
+        fleet_listen=f"{fleet_listen}:{fleet_port}",
+        fleet_address=f"{hosts[0]}:{fleet_port}",
+        superlink_port=superlink_port,
+    )
+    pki_dir = folder / "pki"
+    create_ca(pki_dir, f"{name} CA")
+    issue_server_certificate(pki_dir, hosts)
+    lines = [
+        "# coordinator.yaml: written by `oda coordinator init`. Start with `oda coordinator start DIR`.",
+        f"version: {config.version}",
+        f"name: {name!r}",
+        f"fleet_listen: {config.fleet_listen}      # the public Fleet proxy (TLS); the only open port",
+        f"fleet_address: {config.fleet_address}    # what partners write as `coordinator:`",
+        f"superlink_port: {superlink_port}         # the SuperLink, on 127.0.0.1 only",
+        "database: superlink.db          # registered node keys and runs: back it up",
+        "blueprints: blueprints          # published blueprints, served read-only at /v1/blueprints",
+    ]
+    (folder / CONFIG_NAME).write_text("\n".join(lines) + "\n")
+    return config

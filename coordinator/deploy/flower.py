@@ -1,0 +1,397 @@
+"""The coordinator side's one module that speaks Flower.
+
+`FlowerLink` talks to a SuperLink on loopback: it starts a run with the runner bundle through
+the Control API, then acts as that run's ServerApp itself (acquiring the task through the
+Runtime API, as Flower's own executor would), so no `flwr-serverapp` process is started per
+analysis. Replies are collected with a short poll loop instead of `send_and_receive`'s 3 s
+sleep. It implements `coordinator.run.transport.Transport`: requests go in typed, replies leave
+this module decoded by `analyses.reply` (`NodeReply`: a release or a typed refusal).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import cast
+
+import httpx
+import numpy as np
+import numpy.typing as npt
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.cli.build import build_fab_from_files
+from flwr.common.constant import SubStatus
+from flwr.common.serde import (
+    context_from_proto,
+    context_to_proto,
+    fab_to_proto,
+    run_from_proto,
+    user_config_to_proto,
+)
+from flwr.proto.control_pb2 import (
+    ListNodesRequest,
+    RegisterNodeRequest,
+    StartRunRequest,
+    UnregisterNodeRequest,
+)
+from flwr.proto.message_pb2 import ConfirmMessageReceivedRequest
+from flwr.proto.runtime_pb2 import (
+    AcquireTaskRequest,
+    PullAppMessagesRequest,
+    PullTaskInputRequest,
+    PushTaskOutputRequest,
+)
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg
+from flwr.supercore.constant import TaskType
+from flwr.supercore.control import ControlHttpClient
+from flwr.supercore.fab import Fab
+from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
+from flwr.supercore.inflatable.inflatable_object import iterate_object_tree
+from flwr.supercore.inflatable.inflatable_protobuf_utils import make_pull_object_fn_protobuf
+from flwr.supercore.inflatable.inflatable_utils import (
+    ObjectPullError,
+    inflate_object_from_contents,
+    pull_objects,
+)
+from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
+from flwr.supercore.primitives.asymmetric import public_key_to_bytes
+from flwr.supercore.retry import make_simple_http_retry_invoker
+from flwr.supercore.runtime import RuntimeHttpClient
+from flwr.supercore.task_identity import TaskIdentity
+from flwr.superlink.grid import HttpGrid
+
+from analyses.reply import AuditStamp, Refusal, decode_reply
+from analyses.request import AnalysisRequest
+from analyses.runner_bundle import RUNNER_BUNDLES
+from coordinator.run.transport import FedAvgResult, NodeReply, timed_out
+from privacy.errors import ConfigError, FederationError, ProtocolError
+
+__all__ = ["FlowerLink", "RegisteredNode", "app", "exchange", "runner_fab"]
+
+MESSAGE_TYPE = "query"
+POLL_INTERVAL = 0.02
+#: How long a registered reply may take to upload its objects before it counts as lost.
+REPLY_UPLOAD_TIMEOUT = 30.0
+
+
+def runner_fab(protocol: int = 1) -> tuple[str, bytes]:
+    """(sha256, bytes) of the runner bundle of `protocol`."""
+    content = build_fab_from_files(RUNNER_BUNDLES[protocol])[0]
+    return hashlib.sha256(content).hexdigest(), content
+
+
+def decode(node: int, reply: Message | str) -> NodeReply:
+    """A node's Flower reply as a typed reply: its release (with the audit stamp beside it), or
+    its refusal (Flower's error reply); a reply that cannot be read is a protocol refusal."""
+    name = str(node)
+    try:
+        if isinstance(reply, str):
+            raise ProtocolError(reply)
+        if reply.has_error():
+            return NodeReply(name, decode_reply(reply.error.reason or "{}", refused=True))
+        record = reply.content.config_records["release"]
+        seq, head = record.get("audit_seq"), record.get("audit_head")
+        stamp = AuditStamp(seq, head) if isinstance(seq, int) and isinstance(head, str) else None
+        return NodeReply(name, decode_reply(str(record["json"]), stamp=stamp))
+    except (ProtocolError, KeyError, TypeError) as exc:
+        return NodeReply(name, Refusal(name, "protocol", "ProtocolError", f"unreadable reply: {exc}"))
+
+
+def exchange(grid: Grid, request: AnalysisRequest, timeout: float) -> list[NodeReply]:
+    """Send a request to every node of the federation and collect one reply each."""
+    node_ids = list(grid.get_node_ids())
+    content = RecordDict({"request": ConfigRecord({"json": request.to_json()})})
+    messages = [Message(content, n, MESSAGE_TYPE, ttl=max(timeout * 2, 60.0), group_id="") for n in node_ids]
+    ids = list(grid.push_messages(messages))
+    pending = {mid: n for mid, n in zip(ids, node_ids, strict=True) if mid}
+    replies: list[NodeReply] = []
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        for reply_to, reply in _pull_replies(grid, list(pending)):
+            node = pending.pop(reply_to, None)
+            if node is not None:
+                replies.append(decode(node, reply))
+        if pending:
+            time.sleep(POLL_INTERVAL)
+    replies += [timed_out(str(node), timeout) for node in pending.values()]
+    return replies
+
+
+def _pull_replies(grid: Grid, message_ids: list[str]) -> list[tuple[str, Message | str]]:
+    """The replies available now, as (id of the message replied to, reply or why it is lost).
+
+    A node registers its reply before uploading the reply's objects, and `HttpGrid.pull_messages`
+    waits for missing objects with a backoff starting at 1 s (then 2, 4, ...), although they
+    arrive milliseconds later. This pulls them every `POLL_INTERVAL` instead.
+    """
+    if not isinstance(grid, HttpGrid):  # a grid Flower gave us (stock `flwr run`): its own pull
+        return [(m.metadata.reply_to_message_id, m) for m in grid.pull_messages(message_ids)]
+    client, run_id = grid._runtime_client, grid.run.run_id  # noqa: SLF001  # flwr==1.42.0 is pinned
+    response = client.PullMessages(PullAppMessagesRequest(message_ids=message_ids))
+    out: list[tuple[str, Message | str]] = []
+    for proto, tree in zip(response.messages_list, response.message_object_trees, strict=True):
+        reply_to, object_id = proto.metadata.reply_to_message_id, proto.metadata.message_id
+        try:
+            contents = pull_objects(
+                [t.object_id for t in iterate_object_tree(tree)],
+                pull_object_fn=make_pull_object_fn_protobuf(
+                    pull_object_protobuf=client.PullObject, node=grid.node, run_id=run_id
+                ),
+                max_time=REPLY_UPLOAD_TIMEOUT,
+                initial_backoff=POLL_INTERVAL,
+                backoff_cap=0.25,
+            )
+        except ObjectPullError as exc:
+            out.append((reply_to, f"the node's reply never finished uploading: {exc}"))
+            continue
+        client.ConfirmMessageReceived(
+            ConfirmMessageReceivedRequest(node=grid.node, run_id=run_id, message_object_id=object_id)
+        )
+        message = cast(Message, inflate_object_from_contents(object_id, contents))
+        message.metadata.__dict__["_message_id"] = object_id
+        out.append((reply_to, message))
+    return out
+
+
+@dataclass(frozen=True)
+class RegisteredNode:
+    node_id: int
+    name: str
+    status: str
+    public_key_pem: bytes
+
+
+class FlowerLink:
+    """A connection to a SuperLink's Control and Runtime APIs over TLS on loopback.
+
+    Those APIs have no authentication in open-source Flower, which is why the SuperLink binds
+    to loopback and only the Fleet API is exposed (through `coordinator.proxy`).
+    """
+
+    def __init__(self, address: str, ca_cert: bytes) -> None:
+        self.address = address
+        self._ca_cert = ca_cert
+        version = RuntimeVersionHttpInterceptor(component_name="flwr CLI")
+        self._control = ControlHttpClient.from_server_address(
+            server_address=address, insecure=False, root_certificates=ca_cert, interceptors=[version]
+        )
+        self._runtime = RuntimeHttpClient.from_server_address(
+            server_address=address,
+            insecure=False,
+            root_certificates=ca_cert,
+            interceptors=[RuntimeVersionHttpInterceptor(component_name="SuperExec")],
+            retry_invoker=make_simple_http_retry_invoker(),
+        )
+        self._fab_hash, self._fab = runner_fab()
+
+    def register_node(self, public_key_openssh: bytes, name: str) -> int:
+        """Register a node's public key (OpenSSH form, NIST P-384); return its Flower node id.
+        Registering a key that is already registered returns the existing id.
+
+        Raises:
+            ConfigError: the key is not an EC P-384 public key in OpenSSH form.
+            FederationError: the SuperLink cannot be reached or refuses.
+        """
+        try:
+            key = serialization.load_ssh_public_key(public_key_openssh.strip())
+        except (ValueError, UnsupportedAlgorithm) as exc:
+            raise ConfigError(f"not an OpenSSH public key ({exc}); send the node's keys/node.pub") from exc
+        if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP384R1):
+            raise ConfigError("the node key must be ECDSA on NIST P-384 (what `oda-node init` makes)")
+        pem = public_key_to_bytes(key)
+        for node in self.list_nodes():
+            if node.public_key_pem == pem and node.status != "unregistered":
+                return node.node_id
+        try:
+            response = self._control.RegisterNode(RegisterNodeRequest(public_key=pem, name=name))
+        except httpx.HTTPError as exc:
+            raise FederationError(f"the SuperLink at {self.address} did not register the key: {exc}") from exc
+        return int(response.node_id)
+
+    def unregister_node(self, node_id: int) -> None:
+        """Raises: FederationError when the SuperLink refuses (e.g. an unknown node id)."""
+        try:
+            self._control.UnregisterNode(UnregisterNodeRequest(node_id=node_id))
+        except httpx.HTTPError as exc:
+            raise FederationError(
+                f"the SuperLink at {self.address} did not unregister node {node_id}: {exc}"
+            ) from exc
+
+    def list_nodes(self) -> list[RegisteredNode]:
+        try:
+            response = self._control.ListNodes(ListNodesRequest())
+        except httpx.HTTPError as exc:
+            raise FederationError(
+                f"cannot reach the SuperLink at {self.address} ({exc}); is the coordinator running?"
+            ) from exc
+        return [
+            RegisteredNode(int(n.node_id), n.name, n.status, bytes(n.public_key)) for n in response.nodes_info
+        ]
+
+    def close(self) -> None:
+        self._control.close()
+        self._runtime.close()
+
+    def node_count(self) -> int:
+        """How many nodes are connected now (starts and ends a short run)."""
+        grid, finish = self._open_run()
+        try:
+            return len(list(grid.get_node_ids()))
+        finally:
+            finish()
+
+    def broadcast(self, request: AnalysisRequest, timeout: float) -> list[NodeReply]:
+        """Start a run, send `request` to every node, and return their replies.
+
+        Raises:
+            FederationError: the SuperLink cannot be reached or refuses the run.
+        """
+        grid, finish = self._open_run()
+        try:
+            return exchange(grid, request, timeout)
+        except httpx.HTTPError as exc:
+            raise FederationError(f"lost the SuperLink at {self.address}: {exc}") from exc
+        finally:
+            finish()
+
+    def fedavg(
+        self, request: AnalysisRequest, initial: npt.NDArray[np.float64], rounds: int, timeout: float
+    ) -> FedAvgResult:
+        """Train by Flower's FedAvg strategy: each round every node gets the weights and the
+        request (the round number is Flower's `server-round`) and answers with its local model,
+        its noisy row count as `num-examples`, and its release. Returns the final weights and
+        every node reply (releases and refusals) of every round.
+
+        Raises:
+            FederationError: the SuperLink cannot be reached, or no node trained in some round.
+        """
+        grid, finish = self._open_run()
+        recording = _RecordingGrid(grid, timeout)
+        try:
+            strategy = FedAvg(fraction_evaluate=0.0, min_train_nodes=1, min_available_nodes=1)
+            result = strategy.start(
+                grid=recording,  # type: ignore[arg-type]  # duck-typed: the Grid calls FedAvg makes
+                initial_arrays=ArrayRecord([initial]),
+                num_rounds=rounds,
+                timeout=timeout,
+                train_config=ConfigRecord({"oda-request": request.to_json()}),
+            )
+        except httpx.HTTPError as exc:
+            raise FederationError(f"lost the SuperLink at {self.address}: {exc}") from exc
+        finally:
+            finish()
+        arrays = result.arrays.to_numpy_ndarrays()
+        return FedAvgResult(np.asarray(arrays[0], dtype=np.float64), recording.replies)
+
+    def _open_run(self) -> tuple[HttpGrid, Callable[[], None]]:
+        try:
+            started = self._control.StartRun(
+                StartRunRequest(
+                    fab=fab_to_proto(Fab(self._fab_hash, self._fab, {})),
+                    override_config=user_config_to_proto({}),
+                    federation="",
+                )
+            )
+            token = ""
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                acquired = self._runtime.AcquireTask(
+                    AcquireTaskRequest(supported_task_types=[TaskType.SERVER_APP.value])
+                )
+                if acquired.HasField("task") and acquired.token and acquired.task.run_id == started.run_id:
+                    token = acquired.token
+                    break
+                time.sleep(POLL_INTERVAL)
+            if not token:
+                raise FederationError(
+                    f"the SuperLink at {self.address} did not hand over run {started.run_id}"
+                )
+            grid = HttpGrid(
+                runtime_api_address=self.address, insecure=False, root_certificates=self._ca_cert, token=token
+            )
+            task = grid._runtime_client.PullTaskInput(PullTaskInputRequest())  # noqa: SLF001  # Flower's executor does the same
+            # Flower's executor keeps the task alive with heartbeats; without them the SuperLink
+            # revokes the token after 60 s and Flower interrupts this process on the 401.
+            heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(grid._runtime_client))  # noqa: SLF001
+            heartbeat.start()
+        except httpx.HTTPError as exc:
+            raise FederationError(
+                f"cannot reach the SuperLink at {self.address} ({exc}); is the federation running?"
+            ) from exc
+        run = run_from_proto(task.run)
+        grid.set_run(run)
+        TaskIdentity.task_id = task.task_id
+        TaskIdentity.run_id = run.run_id
+        TaskIdentity.node_id = task.context.node_id
+        context = context_from_proto(task.context)
+
+        def finish() -> None:
+            if heartbeat.is_running:
+                heartbeat.stop()
+            # If this fails the run ends by expiry instead; nothing is lost.
+            with contextlib.suppress(httpx.HTTPError):
+                grid._runtime_client.PushTaskOutput(  # noqa: SLF001
+                    PushTaskOutputRequest(
+                        context=context_to_proto(context), sub_status=SubStatus.COMPLETED, details=""
+                    )
+                )
+            grid.close()
+
+        return grid, finish
+
+
+class _RecordingGrid:
+    """The Grid calls Flower's strategies make, with replies pulled every `POLL_INTERVAL` (not
+    `send_and_receive`'s 3 s) and every reply kept, so the releases reach the manifest."""
+
+    def __init__(self, grid: HttpGrid, timeout: float) -> None:
+        self._grid = grid
+        self._timeout = timeout
+        self.replies: list[NodeReply] = []
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._grid, name)
+
+    def send_and_receive(self, messages: list[Message], *, timeout: float | None = None) -> list[Message]:
+        ids = list(self._grid.push_messages(messages))
+        pending = {mid: m.metadata.dst_node_id for mid, m in zip(ids, messages, strict=True) if mid}
+        got: list[Message] = []
+        deadline = time.monotonic() + (timeout or self._timeout)
+        while pending and time.monotonic() < deadline:
+            for reply_to, reply in _pull_replies(self._grid, list(pending)):
+                node = pending.pop(reply_to, None)
+                if node is None:
+                    continue
+                self.replies.append(decode(node, reply))
+                if not isinstance(reply, str):
+                    got.append(reply)
+            if pending:
+                time.sleep(POLL_INTERVAL)
+        self.replies += [timed_out(str(node), timeout or self._timeout) for node in pending.values()]
+        return got
+
+
+# The ServerApp that the runner bundle's shim names, for stock `flwr run` deployments:
+# it sends the request in run config key "oda-request" and logs the replies.
+app = ServerApp()
+
+
+@app.main()
+def _main(grid: Grid, context: Context) -> None:
+    request_json = str(context.run_config.get("oda-request", ""))
+    if not request_json:
+        raise FederationError("run config 'oda-request' is empty: use `oda run`, which fills it")
+    for reply in exchange(grid, AnalysisRequest.from_bytes(request_json), timeout=60):
+        outcome = (
+            "release"
+            if reply.release is not None
+            else f"refused ({reply.refusal.kind if reply.refusal else '?'})"
+        )
+        print(json.dumps({"node": reply.node, "outcome": outcome}))

@@ -1,0 +1,66 @@
+"""Running one analysis across the federation: send, collect, combine, write.
+
+Transport-agnostic: anything that implements `Transport` will do (the Flower link, or the
+in-process twin). A spec is loaded once (`LoadedSpec`) and travels as it is; how it runs follows
+from its steps: one request (`once`), Newton rounds (`rounds`, `coordinator.run.models`), or
+Flower's FedAvg (`fedavg`). When no partner released anything, the error raised is typed by
+what the nodes said (a budget refusal is a `BudgetExhausted`, so the CLI exits with the budget
+code).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+
+from analyses.aggregate import combine
+from analyses.request import PROTOCOL_VERSIONS, AnalysisRequest
+from analyses.spec import LoadedSpec, load_spec
+from coordinator.run.models import run_model, run_sgd
+from coordinator.run.outputs import write_outputs
+from coordinator.run.replies import collect, require_holders
+from coordinator.run.results import AnalysisResult
+from coordinator.run.transport import Transport
+
+__all__ = ["run_analysis"]
+
+
+def run_analysis(
+    spec: LoadedSpec | str,
+    transport: Transport,
+    *,
+    source: str = "spec",
+    out_dir: Path | None = None,
+    requester: str = "oda",
+    timeout: float = 60.0,
+) -> AnalysisResult:
+    """Send a spec to the federation, combine the releases, write the outputs.
+
+    `spec` is a loaded spec, or its text (loaded here, as `source`).
+
+    Raises:
+        SpecError: the spec is invalid (nothing is sent).
+        UserError: no node released anything, typed by the nodes' refusals (every refusal is in
+            the message); FederationError when they refused for different reasons.
+    """
+    started = time.perf_counter()
+    loaded = load_spec(spec, source) if isinstance(spec, str) else spec
+    flow = step.flow if (step := loaded.spec.rounds_step()) is not None else "once"
+    if flow == "rounds":
+        result = run_model(loaded, transport, requester=requester, timeout=timeout)
+    elif flow == "fedavg":
+        result = run_sgd(loaded, transport, requester=requester, timeout=timeout)
+    else:
+        request = AnalysisRequest(PROTOCOL_VERSIONS[-1], uuid.uuid4().hex, requester, loaded.text)
+        replies = transport.broadcast(request, timeout)
+        collected = collect(loaded.spec, replies)
+        holders = require_holders(loaded.spec, collected, len(replies))
+        result = AnalysisResult(
+            loaded, request.request_id, combine(loaded.spec, holders), collected.releases, collected.refusals
+        )
+    result.seconds = time.perf_counter() - started
+    if out_dir is not None:
+        write_outputs(result, out_dir)
+        result.out_dir = out_dir
+    return result

@@ -1,0 +1,33 @@
+"""What one run of an analysis produced: tables, the releases behind them, who refused why."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from analyses.glm import GlmModel
+from analyses.reply import NodeRelease, Refusal
+from analyses.sgd import SgdModel
+from analyses.spec import AnalysisSpec, LoadedSpec
+from analyses.tables import ResultTable
+
+__all__ = ["AnalysisResult"]
+
+
+@dataclass
+class AnalysisResult:
+    """The outcome of one run: tables, the releases behind them, and who refused why."""
+
+    loaded: LoadedSpec
+    request_id: str
+    tables: list[ResultTable]
+    releases: list[NodeRelease]
+    refusals: list[Refusal] = field(default_factory=list)
+    out_dir: Path | None = None
+    seconds: float = 0.0
+    model: GlmModel | SgdModel | None = None
+    model_card: str = ""
+
+    @property
+    def spec(self) -> AnalysisSpec:
+        return self.loaded.spec
