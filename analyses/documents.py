@@ -86,8 +86,12 @@ def format_validation_error(source: str, err: ValidationError, tags: tuple[str, 
     `tags` are the discriminator values of the document's unions (the model's `union_tags`):
     pydantic puts them in the path after a list index, where people never wrote them.
     """
+    problems = err.errors()
+    inner = {p["loc"][:i] for p in problems for i in range(len(p["loc"]))}
     lines = []
-    for problem in err.errors():
+    for problem in problems:
+        if problem["type"] == "too_short" and problem["loc"] in inner:
+            continue  # a list whose items failed is "too short" only because they did
         path = ""
         for part in problem["loc"]:
             if isinstance(part, int):

@@ -21,6 +21,7 @@ from analyses import (
 )
 from analyses.catalog import check_steps
 from analyses.keys import KeySpec
+from analyses.operators import STEP_KINDS
 from analyses.operators.counting import MeanStep
 from analyses.reply import decode_reply, encode_release
 from privacy import SpecError
@@ -128,6 +129,13 @@ def test_every_problem_is_reported_at_once_with_file_and_path() -> None:
     lines = str(info.value).splitlines()
     assert lines[0].startswith("spec.yaml: steps[0].bounds:")
     assert any(line.startswith("spec.yaml: steps[1]") for line in lines)
+
+
+def test_an_unknown_kind_is_one_line_naming_every_kind() -> None:
+    with pytest.raises(SpecError) as info:
+        parse_document(spec_with("- {kind: regress, id: s}"), AnalysisSpec, source="spec.yaml")
+    kinds = ", ".join(STEP_KINDS)
+    assert str(info.value) == f"spec.yaml: steps[0]: unknown step kind 'regress'; expected one of {kinds}"
 
 
 def test_good_spec_hash_is_stable_and_content_sensitive() -> None:
