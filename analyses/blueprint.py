@@ -23,7 +23,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import yaml
 from pydantic import Field, ValidationError, model_validator
@@ -47,6 +47,7 @@ __all__ = [
     "OutputSpec",
     "Parameter",
     "RenderedBlueprint",
+    "SignedBlueprint",
     "bundled_blueprints",
     "content_hash",
     "load_bundled",
@@ -423,6 +424,13 @@ class LoadedBlueprint:
     sha256: str
     source: str
     text: str
+
+
+class SignedBlueprint(NamedTuple):
+    """A blueprint and who signed it (`None` for the shipped catalogue and for plain files)."""
+
+    blueprint: LoadedBlueprint
+    signer: str | None
 
 
 def parse_blueprint(data: bytes, source: str) -> LoadedBlueprint:

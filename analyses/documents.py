@@ -14,7 +14,7 @@ naming the limit, never a crash or a hang.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -110,7 +110,7 @@ def format_validation_error(source: str, err: ValidationError, tags: tuple[str, 
     return "\n".join(lines)
 
 
-def load_mapping(text: str, *, source: str, error: type[UserError] = SpecError) -> dict[str, Any]:
+def load_mapping(text: str, *, source: str, error: type[UserError] = SpecError) -> dict[str, object]:
     """Parse YAML `text` that must be a mapping (size-limited, plain YAML only).
 
     Raises:

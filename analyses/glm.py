@@ -32,6 +32,7 @@ from privacy.errors import SpecError
 from privacy.mechanisms import integer_gaussian
 
 __all__ = [
+    "Design",
     "FeatureSpec",
     "GlmModel",
     "LocalStats",
@@ -180,7 +181,14 @@ def encode(spec: ModelSpec, frame: pd.DataFrame) -> FloatArray:
     return np.column_stack(columns)
 
 
-def design(spec: ModelSpec, frame: pd.DataFrame) -> tuple[FloatArray, FloatArray]:
+class Design(NamedTuple):
+    """A model's design matrix and target."""
+
+    x: FloatArray
+    y: FloatArray
+
+
+def design(spec: ModelSpec, frame: pd.DataFrame) -> Design:
     """(X, y) encoded from the declared contract; rows with a missing target are dropped."""
     frame = frame.loc[frame[spec.target].notna().to_numpy()]
     y_raw = frame[spec.target]
@@ -189,7 +197,7 @@ def design(spec: ModelSpec, frame: pd.DataFrame) -> tuple[FloatArray, FloatArray
     else:
         low, high = spec.target_bounds or (0.0, 0.0)
         y = np.clip(pd.to_numeric(y_raw, errors="coerce").to_numpy(dtype=np.float64), low, high)
-    return encode(spec, frame), y
+    return Design(encode(spec, frame), y)
 
 
 def _mean_and_weight(family: Family, eta: FloatArray) -> tuple[FloatArray, FloatArray]:

@@ -27,6 +27,8 @@ from privacy.mechanisms import NoisyVector, integer_gaussian
 
 __all__ = [
     "ExactGradient",
+    "GradientRelease",
+    "LocalUpdate",
     "TrainState",
     "exact_gradient",
     "gradients",
@@ -127,16 +129,31 @@ def exact_gradient(
     return ExactGradient(quantised, sensitivity, unit, np.array([len(y)], dtype=np.int64), max_rows)
 
 
+class GradientRelease(NamedTuple):
+    """A noisy sum of clipped gradients in fixed point, its unit, and the noisy row count."""
+
+    gradient: NoisyVector
+    unit: float
+    rows: NoisyVector
+
+
+class LocalUpdate(NamedTuple):
+    """A node's model after one local step, and its FedAvg weight (its noisy row count)."""
+
+    weights: FloatArray
+    rows: float
+
+
 def release_gradient(
     w: FloatArray, x: FloatArray, y: FloatArray, hidden: int, clip: float, max_rows: int, budget: Rho
-) -> tuple[NoisyVector, float, NoisyVector]:
+) -> GradientRelease:
     """(noisy sum of clipped per-record gradients in fixed point, its unit, noisy row count).
 
     Half of `budget` goes to each; `x`, `y` must already be truncated to `max_rows` per person.
     """
     exact = exact_gradient(w, x, y, hidden, clip, max_rows)
     half = budget.split(2)
-    return (
+    return GradientRelease(
         integer_gaussian(exact.gradient, exact.gradient_sensitivity, half),
         exact.unit,
         integer_gaussian(exact.rows, exact.rows_sensitivity, half),
@@ -149,11 +166,11 @@ def n_weights_from(p: int, hidden: int) -> int:
 
 def local_update(
     w: FloatArray, gradient: NoisyVector, unit: float, count: NoisyVector, learning_rate: float
-) -> tuple[FloatArray, float]:
+) -> LocalUpdate:
     """The node's local model after one step on the noisy mean gradient, and its FedAvg weight."""
     rows = max(float(count.values[0]), 1.0)
     mean = np.asarray(gradient.values, dtype=np.float64) * unit / rows
-    return w - learning_rate * mean, rows
+    return LocalUpdate(w - learning_rate * mean, rows)
 
 
 @dataclass(frozen=True)

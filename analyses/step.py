@@ -32,7 +32,7 @@ from analyses._model import Model
 from analyses.keys import KeySpec
 from analyses.local_data import Exact, LocalData
 from analyses.reply import StepRelease
-from analyses.tables import Publication, ResultTable
+from analyses.tables import Publication, Published, ResultTable
 from privacy.errors import InternalError, ProtocolError, SpecError
 from privacy.unit import MAX_ROWS_LIMIT, PrivacyUnit
 
@@ -202,9 +202,7 @@ class StepBase(Model):
 
     # -- aggregate step -----------------------------------------------------------------------
 
-    def publish(
-        self, releases: Sequence[StepRelease], publication: Publication
-    ) -> tuple[pd.DataFrame, list[str]]:
+    def publish(self, releases: Sequence[StepRelease], publication: Publication) -> Published:
         """The step's table from the pooled releases of some partners, and its notes."""
         raise InternalError(f"{self.kind} steps are not published as one table")
 

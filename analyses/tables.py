@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -18,7 +19,7 @@ from privacy.accuracy import pooled_accuracy95
 from privacy.disclosure import round_to, suppress_small
 from privacy.errors import ProtocolError
 
-__all__ = ["PooledVector", "Publication", "ResultTable", "disclose", "pool_vectors"]
+__all__ = ["PooledVector", "Publication", "Published", "ResultTable", "disclose", "pool_vectors"]
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,13 @@ class ResultTable:
     name: str
     frame: pd.DataFrame
     notes: tuple[str, ...]
+
+
+class Published(NamedTuple):
+    """A step's table from pooled releases, and the notes a reader needs with it."""
+
+    frame: pd.DataFrame
+    notes: list[str]
 
 
 @dataclass(frozen=True)

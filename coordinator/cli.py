@@ -21,8 +21,6 @@ if TYPE_CHECKING:
 
 __all__ = ["main"]
 
-DEFAULT_SPEC = Path("configs/analyses/incidents_by_area.yaml")
-
 
 def _parser() -> argparse.ArgumentParser:
     codes = "\n".join(f"  {int(c):>3}  {EXIT_HELP[c]}" for c in ExitCode)

@@ -29,11 +29,11 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from privacy.errors import DataError
 
-__all__ = ["GENESIS", "MAX_TEXT", "AuditEntry", "AuditLog", "Decision"]
+__all__ = ["GENESIS", "MAX_TEXT", "AuditEntry", "AuditLog", "Decision", "Verified"]
 
 #: The `prev` of the first entry.
 GENESIS = "0" * 64
@@ -81,6 +81,13 @@ def _digest(body: dict[str, object]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+class Verified(NamedTuple):
+    """A verified chain: how many entries it holds and the hash of the last one."""
+
+    entries: int
+    head: str
+
+
 class AuditLog:
     """`state_dir/audit.jsonl` and its head file."""
 
@@ -123,8 +130,8 @@ class AuditLog:
                     ) from exc
         return out
 
-    def verify(self) -> tuple[int, str]:
-        """Check the whole chain and the recorded head; return (entries, head hash).
+    def verify(self) -> Verified:
+        """Check the whole chain and the recorded head; return how many entries it holds and its head hash.
 
         Runs under the log's lock, so an append by the running node cannot fall between reading
         the entries and reading the head.
@@ -136,7 +143,7 @@ class AuditLog:
         with self._locked():
             return self._verify()
 
-    def _verify(self) -> tuple[int, str]:
+    def _verify(self) -> Verified:
         entries = self._entries()
         prev = GENESIS
         for number, entry in enumerate(entries, start=1):
@@ -167,7 +174,7 @@ class AuditLog:
                 f"audit log {self.path} has {len(entries)} entries but {self.head_path} is missing: "
                 "restore both from backup"
             )
-        return len(entries), prev
+        return Verified(len(entries), prev)
 
     def _recorded_head(self) -> tuple[int, str] | None:
         if not self.head_path.exists():

@@ -24,6 +24,7 @@ import os
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
+from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -35,6 +36,7 @@ from privacy.errors import DataError
 
 __all__ = [
     "LoadedDataset",
+    "SnapshotFile",
     "content_hash",
     "contract_report",
     "load_dataset",
@@ -268,7 +270,14 @@ def content_hash(frame: pd.DataFrame) -> str:
     return digest.hexdigest()
 
 
-def write_snapshot(state_dir: Path, name: str, frame: pd.DataFrame) -> tuple[Path, str]:
+class SnapshotFile(NamedTuple):
+    """A kept snapshot: its file and its content hash."""
+
+    path: Path
+    sha256: str
+
+
+def write_snapshot(state_dir: Path, name: str, frame: pd.DataFrame) -> SnapshotFile:
     """Keep the frame analyses read as `state_dir/snapshots/NAME-HASH.parquet`; return it and the hash."""
     digest = content_hash(frame)
     folder = state_dir / "snapshots"
@@ -278,7 +287,7 @@ def write_snapshot(state_dir: Path, name: str, frame: pd.DataFrame) -> tuple[Pat
         tmp = path.with_suffix(".tmp")
         frame.to_parquet(tmp, index=False)
         os.replace(tmp, path)
-    return path, digest
+    return SnapshotFile(path, digest)
 
 
 def contract_report(frame: pd.DataFrame, config: DatasetConfig) -> list[tuple[str, int]]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -15,12 +16,19 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from privacy.errors import ConfigError
 
-__all__ = ["write_private_key"]
+__all__ = ["KeyFiles", "write_private_key"]
+
+
+class KeyFiles(NamedTuple):
+    """Where a key pair was written."""
+
+    private: Path
+    public: Path
 
 
 def write_private_key(
     folder: Path, stem: str, key: ec.EllipticCurvePrivateKey | Ed25519PrivateKey, what: str, comment: str = ""
-) -> tuple[Path, Path]:
+) -> KeyFiles:
     """Write `key` as `folder/STEM.key` (PEM, created 0600, never overwritten) and its public half
     as `folder/STEM.pub` (OpenSSH, with `comment`); return both paths.
 
@@ -39,4 +47,4 @@ def write_private_key(
         f.write(pem)
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     public_path.write_bytes(public + (f" {comment}" if comment else "").encode() + b"\n")
-    return private_path, public_path
+    return KeyFiles(private_path, public_path)

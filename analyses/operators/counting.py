@@ -28,7 +28,7 @@ from analyses.local_data import Exact, LocalData, bincount, clamped, rounding_pe
 from analyses.operators._bounded import BoundedStep
 from analyses.reply import StepRelease
 from analyses.step import RoundLike, StepBase
-from analyses.tables import PooledVector, Publication, disclose, pool_vectors
+from analyses.tables import PooledVector, Publication, Published, disclose, pool_vectors
 from privacy.accuracy import Z95, ratio_accuracy95
 from privacy.errors import ProtocolError
 from privacy.unit import PrivacyUnit
@@ -75,10 +75,8 @@ class CountStep(StepBase):
         cells = data.cells(self.by, unit)
         return {"count": Exact(bincount(cells, self.groups()), unit.max_rows)}
 
-    def publish(
-        self, releases: Sequence[StepRelease], publication: Publication
-    ) -> tuple[pd.DataFrame, list[str]]:
-        return _count_table(self, releases, publication), []
+    def publish(self, releases: Sequence[StepRelease], publication: Publication) -> Published:
+        return Published(_count_table(self, releases, publication), [])
 
 
 class _SumLike(BoundedStep):
@@ -174,9 +172,7 @@ class SumStep(_SumLike):
         spread = self.units_per_row() * self.quantum()
         return (spread, max(abs(self.centre()), spread / 8))
 
-    def publish(
-        self, releases: Sequence[StepRelease], publication: Publication
-    ) -> tuple[pd.DataFrame, list[str]]:
+    def publish(self, releases: Sequence[StepRelease], publication: Publication) -> Published:
         frame, s, c, rounding = self._pooled(releases)
         frame["sum"] = s.values + self.centre() * c.values
         noise = Z95 * math.sqrt(s.scale**2 + (self.centre() * c.scale) ** 2)
@@ -185,7 +181,7 @@ class SumStep(_SumLike):
         notes = ["sums are not suppressed by count: no count is published with them"]
         if rounding:
             notes.append(f"accuracy includes rounding of at most {rounding:.3g} per row")
-        return frame, notes
+        return Published(frame, notes)
 
 
 class MeanStep(_SumLike):
@@ -193,9 +189,7 @@ class MeanStep(_SumLike):
 
     kind: Literal["mean"]
 
-    def publish(
-        self, releases: Sequence[StepRelease], publication: Publication
-    ) -> tuple[pd.DataFrame, list[str]]:
+    def publish(self, releases: Sequence[StepRelease], publication: Publication) -> Published:
         frame, s, c, rounding = self._pooled(releases)
         centre = self.centre()
         frame["count"] = c.values
@@ -211,7 +205,7 @@ class MeanStep(_SumLike):
             f"mean = {centre:g} + pooled noisy sum of (value - {centre:g}) / pooled noisy count; "
             "accuracy by the delta method" + (f", plus {rounding:.3g} for rounding" if rounding else "")
         )
-        return frame, [note]
+        return Published(frame, [note])
 
 
 class HistogramStep(StepBase):
@@ -252,10 +246,8 @@ class HistogramStep(StepBase):
         cells = data.cells((self.band(), *self.by), unit)
         return {"count": Exact(bincount(cells, self.cells()), unit.max_rows)}
 
-    def publish(
-        self, releases: Sequence[StepRelease], publication: Publication
-    ) -> tuple[pd.DataFrame, list[str]]:
-        return _count_table(self, releases, publication), []
+    def publish(self, releases: Sequence[StepRelease], publication: Publication) -> Published:
+        return Published(_count_table(self, releases, publication), [])
 
     def summary(self) -> str:
         keys = ", ".join(self.key_columns())

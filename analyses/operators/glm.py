@@ -38,7 +38,7 @@ from analyses.glm import (
 from analyses.local_data import Exact, FloatArray, LocalData
 from analyses.reply import MeasurementRelease, StepRelease
 from analyses.step import PartnerRelease, RoundLike, StepBase
-from analyses.tables import Publication, ResultTable
+from analyses.tables import Publication, Published, ResultTable
 from privacy.errors import InternalError, SpecError
 from privacy.unit import PrivacyUnit
 
@@ -177,12 +177,10 @@ class ScoreStep(_FittedModelStep):
         scores = self.scores(data.frame.loc[data.keep(unit)])
         return {"count": Exact(score_counts(scores, self.bins), unit.max_rows)}
 
-    def publish(
-        self, releases: Sequence[StepRelease], publication: Publication
-    ) -> tuple[pd.DataFrame, list[str]]:
+    def publish(self, releases: Sequence[StepRelease], publication: Publication) -> Published:
         from analyses.operators.counting import _count_table
 
-        return _count_table(self, releases, publication), []
+        return Published(_count_table(self, releases, publication), [])
 
     def summary(self) -> str:
         return (

@@ -24,7 +24,7 @@ from analyses.local_data import Exact, LocalData, bincount, clamped
 from analyses.operators._bounded import BoundedStep
 from analyses.reply import StepRelease
 from analyses.step import RoundLike
-from analyses.tables import Publication, pool_vectors
+from analyses.tables import Publication, Published, pool_vectors
 from privacy.accuracy import Z95
 from privacy.unit import PrivacyUnit
 
@@ -62,9 +62,7 @@ class QuantileStep(BoundedStep):
         combined = np.where(valid, cells * self.bins + bin_of, groups * self.bins)
         return {"histogram": Exact(bincount(combined, groups * self.bins), unit.max_rows)}
 
-    def publish(
-        self, releases: Sequence[StepRelease], publication: Publication
-    ) -> tuple[pd.DataFrame, list[str]]:
+    def publish(self, releases: Sequence[StepRelease], publication: Publication) -> Published:
         return _quantile_frame(self, releases, self.key_frame(), publication.min_cell)
 
 
@@ -190,7 +188,7 @@ def _crossing(curve: np.ndarray, j: int) -> float:
 
 def _quantile_frame(
     step: QuantileStep, releases: Sequence[StepRelease], keys: pd.DataFrame, min_cell: int
-) -> tuple[pd.DataFrame, list[str]]:
+) -> Published:
     pooled = pool_vectors([r.measurement("histogram") for r in releases])
     hist = pooled.values.reshape(-1, step.bins)
     low, high = step.bounds
@@ -213,7 +211,7 @@ def _quantile_frame(
         f"quantiles read from a pooled noisy histogram of {step.bins} bins over {list(step.bounds)}; "
         "[low, high] is a 95% interval"
     ]
-    return frame, notes
+    return Published(frame, notes)
 
 
 #: The step kinds this module owns (the registry reads it).

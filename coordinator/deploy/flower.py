@@ -16,7 +16,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
+from typing import NamedTuple, cast
 
 import httpx
 import numpy as np
@@ -73,7 +73,7 @@ from analyses.runner_bundle import RUNNER_BUNDLES
 from coordinator.run.transport import FedAvgResult, NodeReply, timed_out
 from privacy.errors import ConfigError, FederationError, ProtocolError
 
-__all__ = ["FlowerLink", "RegisteredNode", "app", "exchange", "runner_fab"]
+__all__ = ["FlowerLink", "RegisteredNode", "RunnerBundle", "app", "exchange", "runner_fab"]
 
 MESSAGE_TYPE = "query"
 POLL_INTERVAL = 0.02
@@ -81,10 +81,17 @@ POLL_INTERVAL = 0.02
 REPLY_UPLOAD_TIMEOUT = 30.0
 
 
-def runner_fab(protocol: int = 1) -> tuple[str, bytes]:
-    """(sha256, bytes) of the runner bundle of `protocol`."""
+class RunnerBundle(NamedTuple):
+    """A runner bundle (a Flower FAB) and its sha256."""
+
+    sha256: str
+    content: bytes
+
+
+def runner_fab(protocol: int = 1) -> RunnerBundle:
+    """The runner bundle of `protocol`."""
     content = build_fab_from_files(RUNNER_BUNDLES[protocol])[0]
-    return hashlib.sha256(content).hexdigest(), content
+    return RunnerBundle(hashlib.sha256(content).hexdigest(), content)
 
 
 def decode(node: int, reply: Message | str) -> NodeReply:
@@ -238,14 +245,6 @@ class FlowerLink:
     def close(self) -> None:
         self._control.close()
         self._runtime.close()
-
-    def node_count(self) -> int:
-        """How many nodes are connected now (starts and ends a short run)."""
-        grid, finish = self._open_run()
-        try:
-            return len(list(grid.get_node_ids()))
-        finally:
-            finish()
 
     def broadcast(self, request: AnalysisRequest, timeout: float) -> list[NodeReply]:
         """Start a run, send `request` to every node, and return their replies.

@@ -136,9 +136,9 @@ def example_frame(
     return out
 
 
-def node_column(column: ColumnContract) -> dict[str, Any]:
+def node_column(column: ColumnContract) -> dict[str, object]:
     """A contract column as `node.yaml` declares it (type, and the contract's rules)."""
-    entry: dict[str, Any] = {"type": column.type, "required": not column.nullable}
+    entry: dict[str, object] = {"type": column.type, "required": not column.nullable}
     if column.allowed is not None:
         entry["allowed"] = list(column.allowed)
     if column.min is not None:

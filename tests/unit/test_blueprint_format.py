@@ -248,6 +248,9 @@ def test_a_registry_keeps_versions_immutable_and_verifies_on_read(tmp_path: Path
         registry.load("road_safety", "1.0.0", registry.trusted_keys())
     with pytest.raises(SpecError, match=re.escape("has road_safety versions 1.0.0, 1.1.0, not 2.0.0")):
         registry.read("road_safety", "2.0.0")
+    (tmp_path / "reg" / "road_safety" / "1.1.0" / "signature.json").write_text("[1, 2]")
+    with pytest.raises(SignatureError, match="the signature is not a JSON object; refused"):
+        registry.load("road_safety", "1.1.0", registry.trusted_keys())
 
 
 def test_key_files_are_checked(tmp_path: Path) -> None:
