@@ -13,7 +13,7 @@ Rendering substitutes the parameters and validates every analysis as a spec, so 
 node is an ordinary spec text that the node parses and checks itself. The cost a partner will be
 debited follows from the rendered specs and the datasets it holds, exactly as a node computes it.
 
-Pure: no Flower, HTTP or database. Signing and registries live in `coordinator.registry`.
+Pure: no Flower, HTTP or database. Signing and registries live in `coordinator.blueprints.registry`.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 A published blueprint is its exact bytes (`blueprint.yaml`, addressed by their sha256) and a
 `signature.json`: the publisher's ed25519 signature over the format, name, version and sha256.
 A registry is a folder, `ROOT/NAME/VERSION/{blueprint.yaml,signature.json}`; a coordinator
-serves its folder read-only over HTTPS (`GET /v1/blueprints`, see `coordinator.proxy`).
+serves its folder read-only over HTTPS (`GET /v1/blueprints`, see `coordinator.deploy.proxy`).
 
 Verification refuses, with what is wrong and how to fix it: bytes whose hash is not the signed
 hash (tampered or corrupted), a signature that does not verify, a key that is not trusted, or a
@@ -256,7 +256,8 @@ class LocalRegistry:
             return out
         for folder in sorted(p for p in self.root.iterdir() if p.is_dir()):
             for version in self.versions(folder.name):
-                signature = json.loads((folder / version / SIGNATURE_FILE).read_text())
+                where = folder / version
+                signature = _signature_document(json.loads((where / SIGNATURE_FILE).read_text()), str(where))
                 title = ""
                 try:
                     title = parse_blueprint(

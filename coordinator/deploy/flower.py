@@ -179,7 +179,7 @@ class FlowerLink:
     """A connection to a SuperLink's Control and Runtime APIs over TLS on loopback.
 
     Those APIs have no authentication in open-source Flower, which is why the SuperLink binds
-    to loopback and only the Fleet API is exposed (through `coordinator.proxy`).
+    to loopback and only the Fleet API is exposed (through `coordinator.deploy.proxy`).
     """
 
     def __init__(self, address: str, ca_cert: bytes) -> None:

@@ -9,7 +9,7 @@ registry read-only (`GET /v1/blueprints`, `GET /v1/blueprints/NAME/VERSION/bluep
 `.../signature.json`), and answers everything else with 404, without contacting the SuperLink. Node authentication stays end to end: the signed headers a
 node sends are forwarded unchanged and checked by the SuperLink.
 
-Run by `oda coordinator start`: `python -m coordinator.proxy --listen HOST:PORT --upstream
+Run by `oda coordinator start`: `python -m coordinator.deploy.proxy --listen HOST:PORT --upstream
 127.0.0.1:PORT --pki DIR`.
 """
 
@@ -170,7 +170,9 @@ def build_app(upstream: str, ca_cert: Path | None, registry: Path | None = None)
 def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
-    parser = argparse.ArgumentParser(prog="python -m coordinator.proxy", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m coordinator.deploy.proxy", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--listen", required=True, help="public HOST:PORT")
     parser.add_argument("--upstream", required=True, help="the SuperLink on loopback, 127.0.0.1:PORT")
     parser.add_argument("--pki", type=Path, required=True, help="folder with ca.crt, server.crt, server.key")
