@@ -10,8 +10,6 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import pandas as pd
-
 from privacy.errors import OdaError
 from privacy.exit_codes import EXIT_HELP, ExitCode, code_for, no_phone_home
 
@@ -125,6 +123,8 @@ def _print_result(result: AnalysisResult) -> None:
         )
     for refusal in result.refusals:
         print(f"   {refusal.partner}: {refusal.kind}: {refusal.message}")
+    import pandas as pd
+
     with pd.option_context("display.max_rows", 12, "display.width", 160, "display.max_columns", 12):
         for table in result.tables:
             print(f"\n-- table {table.name} ({len(table.frame)} rows); " + "; ".join(table.notes))

@@ -7,18 +7,14 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from analyses.blueprint import (
-    LoadedBlueprint,
-    RenderedBlueprint,
-    SignedBlueprint,
-    bundled_blueprints,
-    load_bundled,
-    parse_blueprint,
-)
-from privacy.budget import DISPLAY_DELTA, Rho
 from privacy.errors import SpecError
 from privacy.exit_codes import ExitCode
+
+if TYPE_CHECKING:  # loaded when a command runs, so `oda --help` stays quick (OpenDP takes seconds)
+    from analyses.blueprint import LoadedBlueprint, RenderedBlueprint, SignedBlueprint
+    from privacy.budget import Rho
 
 __all__ = ["add_parser", "main"]
 
@@ -108,6 +104,8 @@ def _params(pairs: list[str]) -> dict[str, object]:
 
 def resolve(ref: str, registry: Path | None) -> SignedBlueprint:
     """A blueprint by file path, registry name (verified) or catalogue name; and its signer."""
+    from analyses.blueprint import SignedBlueprint, load_bundled, parse_blueprint
+
     path = Path(ref)
     if ref.endswith((".yaml", ".yml")) or path.is_file():
         try:
@@ -153,6 +151,8 @@ def _print_cost(
     where: str,
     partners: dict[str, tuple[set[str], bool]],
 ) -> None:
+    from privacy.budget import DISPLAY_DELTA, Rho
+
     print(
         f"privacy cost of {rendered.blueprint.name} {rendered.blueprint.version} (zCDP rho; epsilon at delta {DISPLAY_DELTA:g}):"
     )
@@ -220,6 +220,8 @@ def main(args: argparse.Namespace) -> int:
         )
         return ExitCode.OK
     if action == "list":
+        from analyses.blueprint import bundled_blueprints, load_bundled
+
         for name in bundled_blueprints():
             loaded = load_bundled(name)
             print(f"  {name:<32} {loaded.blueprint.version:<8} catalogue  {loaded.blueprint.title}")
