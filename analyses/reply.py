@@ -58,6 +58,19 @@ RefusalKind = Literal[
     "timeout",
 ]
 REFUSAL_KINDS: tuple[str, ...] = get_args(RefusalKind)
+#: The error each refusal kind stands for, both ways (a node's error -> kind, a refusal -> the
+#: coordinator's error); the more specific first (approvals are policy refusals). Other kinds:
+#: `internal` and `timeout` are a `FederationError` at the coordinator.
+_ERRORS: tuple[tuple[RefusalKind, type[UserError]], ...] = (
+    ("approval_pending", ApprovalPending),
+    ("approval_denied", ApprovalDenied),
+    ("budget", BudgetExhausted),
+    ("policy", PolicyRefusal),
+    ("protocol", ProtocolError),
+    ("spec", SpecError),
+    ("data", DataError),
+    ("config", ConfigError),
+)
 
 
 @dataclass(frozen=True)
@@ -151,17 +164,7 @@ class Refusal:
     def exception(self) -> UserError:
         """The error this refusal is on the coordinator's side (its exit code follows the kind)."""
         text = f"{self.partner}: {self.message}"
-        kinds: dict[str, type[UserError]] = {
-            "policy": PolicyRefusal,
-            "budget": BudgetExhausted,
-            "approval_pending": ApprovalPending,
-            "approval_denied": ApprovalDenied,
-            "protocol": ProtocolError,
-            "spec": SpecError,
-            "data": DataError,
-            "config": ConfigError,
-        }
-        return kinds.get(self.kind, FederationError)(text)
+        return dict(_ERRORS).get(self.kind, FederationError)(text)
 
 
 Reply = NodeRelease | Refusal
@@ -169,17 +172,7 @@ Reply = NodeRelease | Refusal
 
 def refusal_of(exc: BaseException, partner: str, message: str) -> Refusal:
     """The typed refusal for an error a node raised (`message` is what the reply may say)."""
-    order: list[tuple[type[BaseException], RefusalKind]] = [
-        (ApprovalPending, "approval_pending"),
-        (ApprovalDenied, "approval_denied"),
-        (BudgetExhausted, "budget"),
-        (PolicyRefusal, "policy"),
-        (ProtocolError, "protocol"),
-        (SpecError, "spec"),
-        (DataError, "data"),
-        (ConfigError, "config"),
-    ]
-    kind: RefusalKind = next((k for t, k in order if isinstance(exc, t)), "internal")
+    kind: RefusalKind = next((k for k, error in _ERRORS if isinstance(exc, error)), "internal")
     return Refusal(partner, kind, type(exc).__name__, message)
 
 

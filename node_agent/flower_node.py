@@ -66,7 +66,7 @@ from node_agent.reply import (
     refused,
 )
 from node_agent.transport import ConnectionSettings
-from privacy.errors import FederationError, InternalError, ProtocolError, UserError
+from privacy.errors import FederationError, InternalError, ProtocolError
 
 __all__ = [
     "ERROR_CODE_INTERNAL",
@@ -150,8 +150,8 @@ def handle_message(agent: NodeAgent, message: Message, fab_hash: str) -> Handled
             if len(weights) != 1:
                 raise ProtocolError(f"a train message carries {len(weights)} arrays; expected 1")
         except Exception as exc:
-            why = exc if isinstance(exc, UserError) else ProtocolError(f"malformed train message: {exc}")
-            return Handled(_to_message(message, refusal_answer(agent, why, None, fab_hash)))
+            ans = refusal_answer(agent, exc, None, fab_hash, what="train message")
+            return Handled(_to_message(message, ans))
         trained = answer_train(
             agent,
             cast(str, config["oda-request"]),
@@ -175,8 +175,7 @@ def handle_message(agent: NodeAgent, message: Message, fab_hash: str) -> Handled
         if record is not None and isinstance(record.get("json"), str):
             with contextlib.suppress(Exception):
                 request = AnalysisRequest.from_bytes(cast(str, record["json"]))
-        why = exc if isinstance(exc, UserError) else ProtocolError(f"malformed message: {exc}")
-        return Handled(_to_message(message, refusal_answer(agent, why, request, fab_hash)))
+        return Handled(_to_message(message, refusal_answer(agent, exc, request, fab_hash)))
     ans = answer(agent, cast(str, record["json"]), fab_hash, message_id)
     if ans.pending is not None:
         return Handled(None, pending=ans.pending)

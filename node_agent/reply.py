@@ -77,14 +77,6 @@ def refused(agent: NodeAgent, exc: BaseException) -> Answer:
     return Answer(refusal.to_bytes(), True, internal=refusal.kind == "internal")
 
 
-def _refused_early(
-    agent: NodeAgent, request: AnalysisRequest, bundle_hash: str, exc: BaseException
-) -> Answer:
-    """A request refused before the agent admitted it: audit the refusal, and answer with it."""
-    agent.refuse(request, bundle_hash, exc)
-    return refused(agent, exc)
-
-
 def _unknown(message_id: str) -> AnalysisRequest:
     """The stand-in a refusal is audited under when the request itself could not be read."""
     return AnalysisRequest(0, message_id, "unknown", "")
@@ -95,8 +87,7 @@ def answer(agent: NodeAgent, payload: bytes | str, bundle_hash: str = "", messag
     try:
         request = AnalysisRequest.from_bytes(payload)
     except Exception as exc:
-        why = exc if isinstance(exc, UserError) else ProtocolError(f"malformed request: {exc}")
-        return _refused_early(agent, _unknown(message_id or "unreadable"), bundle_hash, why)
+        return refusal_answer(agent, exc, None, bundle_hash, message_id, what="request")
     try:
         outcome = agent.handle(request, bundle_hash)  # audits its own decisions
     except Exception as exc:  # every failure becomes a reply; the node itself keeps serving
@@ -149,10 +140,7 @@ def answer_train(
         request = replace(base, request_id=state.request_id(), state=state.model_dump())
         flat = np.asarray(weights, dtype=np.float64).ravel()
     except Exception as exc:
-        why = exc if isinstance(exc, UserError) else ProtocolError(f"malformed train message: {exc}")
-        return TrainAnswer(
-            _refused_early(agent, request or _unknown(message_id or "unreadable"), bundle_hash, why)
-        )
+        return TrainAnswer(refusal_answer(agent, exc, request, bundle_hash, message_id, what="train message"))
     try:
         trained = agent.train(request, flat, bundle_hash)
     except Exception as exc:
@@ -161,8 +149,17 @@ def answer_train(
 
 
 def refusal_answer(
-    agent: NodeAgent, exc: BaseException, request: AnalysisRequest | None, bundle_hash: str
+    agent: NodeAgent,
+    exc: BaseException,
+    request: AnalysisRequest | None,
+    bundle_hash: str,
+    message_id: str = "",
+    what: str = "message",
 ) -> Answer:
-    """Refuse a message the transport itself found wrong (an app bundle that is not the runner),
-    auditing it under the request when it could be read."""
-    return _refused_early(agent, request or _unknown("unreadable"), bundle_hash, exc)
+    """Refuse a message before the agent admitted it: one that could not be read, or that the
+    transport found wrong (an app bundle that is not the runner). A failure that is not a
+    `UserError` is a malformed `what`. The refusal is audited under the request when it could be
+    read, else under the message id."""
+    why = exc if isinstance(exc, UserError) else ProtocolError(f"malformed {what}: {exc}")
+    agent.refuse(request or _unknown(message_id or "unreadable"), bundle_hash, why)
+    return refused(agent, why)

@@ -28,16 +28,16 @@ def collect(spec: AnalysisSpec, replies: Sequence[NodeReply], request_id: str = 
     releases: list[NodeRelease] = []
     refusals: list[Refusal] = []
     for reply in replies:
-        if reply.release is not None:
-            if reply.release.spec_hash != spec.hash:
-                refusal = Refusal(
-                    reply.release.partner, "protocol", "ProtocolError", "release is for a different spec hash"
-                )
-                refusals.append(replace(refusal, request_id=request_id))
+        refusal, release = reply.refusal, reply.release
+        if release is not None:
+            if release.spec_hash == spec.hash:
+                releases.append(release)
                 continue
-            releases.append(reply.release)
-        elif reply.refusal is not None:
-            refusals.append(replace(reply.refusal, request_id=request_id) if request_id else reply.refusal)
+            refusal = Refusal(
+                release.partner, "protocol", "ProtocolError", "release is for a different spec hash"
+            )
+        if refusal is not None:
+            refusals.append(replace(refusal, request_id=request_id) if request_id else refusal)
     return Collected(releases, refusals)
 
 
