@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from privacy.errors import ProtocolError
 
 __all__ = [
+    "MAX_PURPOSE_CHARS",
     "MAX_REQUESTER_CHARS",
     "MAX_REQUEST_BYTES",
     "MAX_SPEC_CHARS",
@@ -35,6 +36,11 @@ MAX_SPEC_CHARS = 1_000_000
 MAX_REQUEST_BYTES = 2_000_000
 #: Most entries in a request's round state (a model's coefficients and a few fields).
 MAX_STATE_ITEMS = 4096
+#: Longest purpose an analyst may state for a run (shown in the node's inbox and audit log).
+MAX_PURPOSE_CHARS = 500
+#: Fields a request may carry; `run_id` and `purpose` are optional and left out when unset, so
+#: a request without them has the same bytes as before they existed.
+_FIELDS = frozenset({"protocol", "request_id", "requester", "spec_yaml", "state", "run_id", "purpose"})
 
 
 @dataclass(frozen=True)
@@ -47,10 +53,18 @@ class AnalysisRequest:
     requester: str
     spec_yaml: str
     state: dict[str, object] | None = None
+    #: The coordinator's run this request belongs to (the analyst service's run id).
+    run_id: str | None = None
+    #: Why the analyst runs it, in their words.
+    purpose: str | None = None
 
     def to_bytes(self) -> bytes:
-        """The request as the node receives it (canonical JSON)."""
-        return json.dumps(asdict(self), sort_keys=True).encode()
+        """The request as the node receives it (canonical JSON; unset optional fields left out)."""
+        data = asdict(self)
+        for optional in ("run_id", "purpose"):
+            if data[optional] is None:
+                del data[optional]
+        return json.dumps(data, sort_keys=True).encode()
 
     def to_json(self) -> str:
         """`to_bytes` as text (what a Flower record holds)."""
@@ -80,6 +94,21 @@ class AnalysisRequest:
             raise ProtocolError(
                 f"requester must be printable text of 1 to {MAX_REQUESTER_CHARS} characters"
                 f" (got {_preview(self.requester)})"
+            )
+        if self.run_id is not None and (
+            not isinstance(self.run_id, str) or not REQUEST_ID.fullmatch(self.run_id)
+        ):
+            raise ProtocolError(
+                f"run_id must be 1 to 128 letters, digits or _.:- characters (got {_preview(self.run_id)})"
+            )
+        if self.purpose is not None and (
+            not isinstance(self.purpose, str)
+            or len(self.purpose) > MAX_PURPOSE_CHARS
+            or not self.purpose.isprintable()
+        ):
+            raise ProtocolError(
+                f"purpose must be printable text of at most {MAX_PURPOSE_CHARS} characters"
+                f" (got {_preview(self.purpose)})"
             )
         if not isinstance(self.spec_yaml, str):
             raise ProtocolError(f"spec_yaml must be YAML text, got {type(self.spec_yaml).__name__}")
@@ -112,7 +141,7 @@ class AnalysisRequest:
             raise ProtocolError(
                 f"request protocol {_preview(got)} is not supported; this node speaks {list(PROTOCOL_VERSIONS)}"
             )
-        unknown = sorted(set(data) - {"protocol", "request_id", "requester", "spec_yaml", "state"})
+        unknown = sorted(set(data) - _FIELDS)
         if unknown:
             raise ProtocolError(f"malformed request: unknown field {_preview(unknown[0])}")
         try:

@@ -103,6 +103,12 @@ def spec_hash_of(text: object) -> str:
         return "text:" + hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()
 
 
+def _printable(value: object) -> str | None:
+    """A text field of a request as the audit log may keep it: a refused request may carry
+    anything, so only printable text is kept (and bounded by the log)."""
+    return value if isinstance(value, str) and value.isprintable() else None
+
+
 def audit_id(request_id: object) -> str:
     """The id a request is audited under: its own when well-formed, else a digest of it (an
     oversized or binary id must never reach the log as it is)."""
@@ -224,9 +230,13 @@ class NodeAgent:
             cost_rho=admission.cost.value,
             request_json=request.to_json(),
             bundle_hash=bundle_hash,
+            run_id=request.run_id or "",
+            purpose=request.purpose or "",
         )
         with self._lock:
             self.audit.append(
+                run_id=_printable(request.run_id),
+                purpose=_printable(request.purpose),
                 request_id=request.request_id,
                 requester=request.requester,
                 spec_hash=spec.hash,
@@ -264,6 +274,20 @@ class NodeAgent:
         self.inbox.settle(request_id, "expired", why)
         self.refuse(AnalysisRequest.from_bytes(item.request_json), item.bundle_hash, PolicyRefusal(why))
 
+    def cancel(self, request_id: str, why: str) -> bool:
+        """Withdraw a request still waiting in the inbox (or approved but not yet run) because the
+        coordinator cancelled its run: nothing is reserved or spent; the inbox and audit log say
+        why. Returns False when there was nothing to withdraw."""
+        try:
+            item = self.inbox.get(request_id)
+        except ConfigError:
+            return False
+        if item.status not in ("waiting", "approved"):
+            return False
+        self.expire(request_id, why)
+        log.info("withdrew %s from the approval inbox: %s", request_id, why)
+        return True
+
     def undelivered(self, release: NodeRelease, bundle_hash: str, why: str) -> None:
         """Record that a release was computed and debited but could not be delivered: the ledger
         and the audit log say "spent, not delivered"."""
@@ -286,6 +310,8 @@ class NodeAgent:
         requester = request.requester if isinstance(request.requester, str) else repr(request.requester)
         with self._lock:
             self.audit.append(
+                run_id=_printable(request.run_id),
+                purpose=_printable(request.purpose),
                 request_id=audit_id(request.request_id),
                 requester=requester,
                 spec_hash=spec_hash_of(request.spec_yaml),
@@ -476,6 +502,8 @@ class NodeAgent:
         the release with the new chain head."""
         payload = encode_release(release)
         entry = self.audit.append(
+            run_id=_printable(request.run_id),
+            purpose=_printable(request.purpose),
             request_id=request.request_id,
             requester=request.requester,
             spec_hash=release.spec_hash,

@@ -61,15 +61,23 @@ class AuditEntry:
     hash: str
     #: dataset -> {"snapshot": id sent in the release, "sha256": content hash, "rows": n}; local only.
     data: dict[str, dict[str, object]] = field(default_factory=dict)
+    #: The coordinator's run the request belongs to, and the analyst's stated purpose.
+    run_id: str = ""
+    purpose: str = ""
 
     def body(self) -> dict[str, object]:
-        """Everything the hash covers (all but the hash itself; `data` only when present, so
-        entries written before it existed verify as they were)."""
+        """Everything the hash covers (all but the hash itself; `data`, `run_id` and `purpose`
+        only when present, so entries written before they existed verify as they were)."""
         body = asdict(self)
         del body["hash"]
-        if not self.data:
-            del body["data"]
+        for optional in _OPTIONAL:
+            if not body[optional]:
+                del body[optional]
         return body
+
+
+#: Entry fields written (and hashed) only when they hold something.
+_OPTIONAL = ("data", "run_id", "purpose")
 
 
 def _bounded(text: str) -> str:
@@ -199,6 +207,8 @@ class AuditLog:
         cost_rho: float = 0.0,
         payload: bytes = b"",
         data: dict[str, dict[str, object]] | None = None,
+        run_id: str | None = None,
+        purpose: str | None = None,
     ) -> AuditEntry:
         """Append one entry (fsynced, then the head file), and return it."""
         with self._locked():
@@ -218,6 +228,10 @@ class AuditLog:
             }
             if data:
                 body["data"] = data
+            if run_id:
+                body["run_id"] = _bounded(run_id)
+            if purpose:
+                body["purpose"] = _bounded(purpose)
             entry = AuditEntry(**body, hash=_digest(body))  # type: ignore[arg-type]
             with self.path.open("a", encoding="utf-8") as f:
                 f.write(json.dumps(asdict(entry), sort_keys=True) + "\n")

@@ -14,6 +14,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -189,10 +190,15 @@ def _inbox(config_path: Path) -> int:
         for item in items:
             when = datetime.fromtimestamp(item.received, UTC).isoformat(timespec="seconds")
             print(f"{item.request_id}  {item.analysis}  from {item.requester}  received {when}")
+            if item.run_id:
+                print(f"  run {item.run_id}" + (f"; purpose: {item.purpose}" if item.purpose else ""))
             print(f"  {item.summary}")
             print(f"  cost rho {item.cost_rho:.6g}; remaining now:")
             for population in sorted(agent.config.policy.total_rho_cap):
                 print(f"    {population}: {agent.remaining(population).describe()}")
+        recent = [i for i in agent.inbox.items("expired") if time.time() - i.received < 86_400]
+        for item in recent:
+            print(f"left the inbox: {item.request_id}  {item.analysis}  from {item.requester}: {item.reason}")
     finally:
         agent.close()
     return ExitCode.OK

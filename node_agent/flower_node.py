@@ -50,7 +50,7 @@ from flwr.supernode.fleet_http_connection import http_request_response
 from flwr.supernode.node_auth_http_interceptor import NodeAuthHttpInterceptor
 
 from analyses.reply import NodeRelease
-from analyses.request import AnalysisRequest
+from analyses.request import REQUEST_ID, AnalysisRequest
 from analyses.runner_bundle import RUNNER_BUNDLES
 from node_agent.agent import NodeAgent, Pending
 from node_agent.config import load_node_config
@@ -87,6 +87,12 @@ ERROR_CODE_REFUSED = 400
 ERROR_CODE_INTERNAL = 500
 MESSAGE_TYPE = "query"
 TRAIN_TYPE = "train"
+#: The coordinator withdraws a request it sent (its run was cancelled or expired).
+CANCEL_TYPE = "query.cancel"
+#: Longest cancellation reason kept from a coordinator's message.
+MAX_CANCEL_REASON = 300
+#: Seconds between looks at whether the runs of held requests are still open.
+HELD_SWEEP_INTERVAL = 5.0
 #: A reply this close (seconds) to its message's expiry is not sent: it would be dropped.
 REPLY_MARGIN = 1.0
 
@@ -133,6 +139,25 @@ class Handled:
     reply: Message | None
     release: NodeRelease | None = None
     pending: Pending | None = None
+    #: A cancel message: the request it withdraws, and the coordinator's reason.
+    withdraw: tuple[str, str] | None = None
+
+
+def _cancel_of(message: Message) -> Handled:
+    """A cancel message, checked: the request id it withdraws and the reason (bounded), and
+    the acknowledgement to send. Nothing else is read from it.
+
+    Raises:
+        ProtocolError: the message carries no well-formed request id.
+    """
+    record = message.content.config_records.get("cancel")
+    request_id = record.get("request_id") if record is not None else None
+    reason = record.get("reason") if record is not None else None
+    if not isinstance(request_id, str) or not REQUEST_ID.fullmatch(request_id):
+        raise ProtocolError("a cancel message needs a 'cancel' record with a well-formed 'request_id'")
+    text = reason if isinstance(reason, str) and reason.isprintable() else "no reason given"
+    ack = Message(RecordDict({"cancelled": ConfigRecord({"request_id": request_id})}), reply_to=message)
+    return Handled(ack, withdraw=(request_id, text[:MAX_CANCEL_REASON]))
 
 
 def handle_message(agent: NodeAgent, message: Message, fab_hash: str) -> Handled:
@@ -163,6 +188,8 @@ def handle_message(agent: NodeAgent, message: Message, fab_hash: str) -> Handled
         return Handled(_to_message(message, trained.answer, trained), trained.answer.release)
     record = message.content.config_records.get("request")
     try:
+        if message.metadata.message_type == CANCEL_TYPE:
+            return _cancel_of(message)
         if message.metadata.message_type != MESSAGE_TYPE:
             raise ProtocolError(
                 f"message type {message.metadata.message_type!r} is not handled; expected {MESSAGE_TYPE!r}"
@@ -214,6 +241,17 @@ def answer_decided(
         else:
             replies.append(Decided(_to_message(message, answer_denied(agent, request_id))))
     return replies
+
+
+def _sweep_held(agent: NodeAgent, held: dict[str, Message], closed: Callable[[Message], str | None]) -> None:
+    """Withdraw held requests whose run ended or whose message expired while a person had not
+    yet decided: the inbox says why, and nothing is reserved or spent."""
+    for request_id, message in list(held.items()):
+        ended = closed(message)
+        if ended is not None and agent.cancel(
+            request_id, f"withdrawn: {ended} before anyone decided; nothing was reserved or spent"
+        ):
+            del held[request_id]
 
 
 def _pull(pull_object: Callable[[int, str], bytes], run_id: int, object_id: str) -> bytes:
@@ -372,11 +410,23 @@ def _serve_loop(agent: NodeAgent, conn: tuple[Any, ...], stop: threading.Event, 
             return "its run is no longer known to the coordinator"
         return "its run ended" if status == "finished" else None
 
+    def withdraw(request_id: str, why: str, cancel: Message) -> None:
+        """A cancel from the run that sent the request withdraws it from the inbox."""
+        message = held.get(request_id)
+        if message is None or message.metadata.run_id != cancel.metadata.run_id:
+            return
+        if agent.cancel(request_id, f"the coordinator cancelled it: {why}; nothing was reserved or spent"):
+            del held[request_id]
+
+    swept = time.monotonic()
     while not stop.is_set():
         received: tuple[Message, Any] | None = None
         try:
             for decided in answer_decided(agent, held, closed):
                 reply(decided.reply, time.perf_counter(), decided.release, "")
+            if held and time.monotonic() - swept > HELD_SWEEP_INTERVAL:
+                swept = time.monotonic()
+                _sweep_held(agent, held, closed)
             received = receive()
             if received is None:
                 stop.wait(interval)
@@ -387,6 +437,8 @@ def _serve_loop(agent: NodeAgent, conn: tuple[Any, ...], stop: threading.Event, 
             if handled.pending is not None:
                 held[handled.pending.request_id] = full
             elif handled.reply is not None:
+                if handled.withdraw is not None:
+                    withdraw(*handled.withdraw, full)
                 reply(handled.reply, started, handled.release, fab_hash)
         except KeyboardInterrupt:
             raise  # Flower's signal for a revoked key: `serve` tells it apart from Ctrl-C

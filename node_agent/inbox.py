@@ -32,12 +32,21 @@ CREATE TABLE IF NOT EXISTS inbox (
     bundle_hash TEXT NOT NULL,
     status TEXT NOT NULL CHECK (status IN ('waiting', 'approved', 'denied', 'released', 'failed', 'expired')),
     reason TEXT NOT NULL DEFAULT '',
-    decided REAL
+    decided REAL,
+    run_id TEXT NOT NULL DEFAULT '',
+    purpose TEXT NOT NULL DEFAULT ''
 );
 """
 
+#: Columns added after the first release, with their definitions (added to older files on open).
+_ADDED_COLUMNS = {
+    "run_id": "TEXT NOT NULL DEFAULT ''",
+    "purpose": "TEXT NOT NULL DEFAULT ''",
+}
+
 _SELECT = """
-SELECT request_id, received, requester, analysis, summary, cost_rho, request_json, bundle_hash, status, reason
+SELECT request_id, received, requester, analysis, summary, cost_rho, request_json, bundle_hash, status, reason,
+    run_id, purpose
 FROM inbox WHERE (? IS NULL OR status = ?) AND (? IS NULL OR request_id = ?) ORDER BY received
 """
 
@@ -54,6 +63,9 @@ class InboxItem:
     bundle_hash: str
     status: InboxStatus
     reason: str
+    #: The coordinator's run and the analyst's stated purpose ('' when the request named none).
+    run_id: str = ""
+    purpose: str = ""
 
 
 class Inbox:
@@ -62,6 +74,10 @@ class Inbox:
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / "inbox.sqlite"
         self._db = open_state_db(self.path, _SCHEMA, "approval inbox")
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(inbox)")}
+        for column, definition in _ADDED_COLUMNS.items():
+            if column not in have:
+                self._db.execute(f"ALTER TABLE inbox ADD COLUMN {column} {definition}")
 
     def close(self) -> None:
         self._db.close()
@@ -76,13 +92,27 @@ class Inbox:
         cost_rho: float,
         request_json: str,
         bundle_hash: str,
+        run_id: str = "",
+        purpose: str = "",
     ) -> None:
         """Put a request in the inbox, waiting. A request id already seen is refused."""
         try:
             self._db.execute(
                 "INSERT INTO inbox (request_id, received, requester, analysis, summary, cost_rho, "
-                "request_json, bundle_hash, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'waiting')",
-                (request_id, time.time(), requester, analysis, summary, cost_rho, request_json, bundle_hash),
+                "request_json, bundle_hash, status, run_id, purpose) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'waiting', ?, ?)",
+                (
+                    request_id,
+                    time.time(),
+                    requester,
+                    analysis,
+                    summary,
+                    cost_rho,
+                    request_json,
+                    bundle_hash,
+                    run_id,
+                    purpose,
+                ),
             )
         except sqlite3.IntegrityError as exc:
             raise ConfigError(f"request {request_id} is already in the approval inbox") from exc

@@ -24,7 +24,7 @@ from coordinator.blueprints.exports import write_exports, write_provenance
 from coordinator.blueprints.figures import report_page
 from coordinator.blueprints.outcome import BlueprintRun
 from coordinator.run.orchestrator import run_analysis
-from coordinator.run.transport import Transport
+from coordinator.run.transport import RunCancelled, RunContext, Transport
 from privacy.budget import Rho
 from privacy.errors import OdaError, SpecError
 
@@ -41,20 +41,24 @@ def run_blueprint(
     planned: dict[str, dict[str, Rho]] | None = None,
     signer: str | None = None,
     progress: Callable[[str], None] | None = None,
+    context: RunContext | None = None,
 ) -> BlueprintRun:
     """Run every analysis of the blueprint and write the report, exports and provenance.
 
     `planned` (partner -> analysis -> cost), when known, is shown beside what was debited.
     An analysis that no partner released is reported as failed; the others still run.
+    `context` names the requester and run to the nodes (by default the blueprint is the
+    requester).
 
     Raises:
         SpecError: bad parameters (nothing is sent).
+        RunCancelled: the run was cancelled (`context.watch`); nothing more is sent.
     """
     started = time.perf_counter()
     blueprint = loaded.blueprint
     rendered = blueprint.render(parameters)
     run = BlueprintRun(loaded, rendered, signer=signer)
-    requester = f"blueprint:{blueprint.name}@{blueprint.version}"
+    context = context or RunContext(requester=f"blueprint:{blueprint.name}@{blueprint.version}")
     for analysis in rendered.analyses:
         spec = analysis.spec
         if progress:
@@ -64,9 +68,11 @@ def run_blueprint(
                 analysis,
                 transport,
                 out_dir=out_dir / "analyses" / spec.name,
-                requester=requester,
+                context=context,
                 timeout=timeout,
             )
+        except RunCancelled:
+            raise
         except OdaError as exc:
             run.failures[spec.name] = str(exc)
     for output in blueprint.outputs:

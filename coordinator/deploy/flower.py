@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import json
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple, cast
@@ -70,13 +71,25 @@ from flwr.superlink.grid import HttpGrid
 from analyses.reply import AuditStamp, Refusal, decode_reply
 from analyses.request import AnalysisRequest
 from analyses.runner_bundle import RUNNER_BUNDLES
-from coordinator.run.transport import FedAvgResult, NodeReply, timed_out
+from coordinator.run.transport import FedAvgResult, NodeReply, RunCancelled, RunWatch, timed_out
 from privacy.errors import ConfigError, FederationError, ProtocolError
 
 __all__ = ["FlowerLink", "RegisteredNode", "RunnerBundle", "app", "exchange", "runner_fab"]
 
 MESSAGE_TYPE = "query"
+CANCEL_TYPE = "query.cancel"
 POLL_INTERVAL = 0.02
+#: After this many seconds without every reply, replies are pulled every `SLOW_POLL_INTERVAL`:
+#: a run waiting hours for a person's approval must not poll the SuperLink 50 times a second.
+FAST_POLL_SECONDS = 10.0
+SLOW_POLL_INTERVAL = 1.0
+#: A request's time to live beyond the time its sender waits: a node that answers later (an
+#: approval after the deadline) finds the message expired and spends nothing.
+TTL_MARGIN = 10.0
+#: How long a cancelled run waits for the nodes to acknowledge the withdrawal.
+CANCEL_ACK_SECONDS = 5.0
+#: The same at a deadline, shorter: a node that has not answered may be down.
+LATE_ACK_SECONDS = 1.0
 #: How long a registered reply may take to upload its objects before it counts as lost.
 REPLY_UPLOAD_TIMEOUT = 30.0
 
@@ -111,24 +124,91 @@ def decode(node: int, reply: Message | str) -> NodeReply:
         return NodeReply(name, Refusal(name, "protocol", "ProtocolError", f"unreadable reply: {exc}"))
 
 
-def exchange(grid: Grid, request: AnalysisRequest, timeout: float) -> list[NodeReply]:
-    """Send a request to every node of the federation and collect one reply each."""
+def exchange(
+    grid: Grid,
+    request: AnalysisRequest,
+    timeout: float,
+    watch: RunWatch | None = None,
+    names: dict[int, str] | None = None,
+) -> list[NodeReply]:
+    """Send a request to every node of the federation and collect one reply each, telling
+    `watch` (nodes named by `names` where known) and stopping when it cancels the run.
+
+    Raises:
+        RunCancelled: `watch` cancelled the run; the nodes still to answer were told to
+            withdraw the request (a node holding it for approval spends nothing).
+    """
     node_ids = list(grid.get_node_ids())
+    label = (names or {}).get
     content = RecordDict({"request": ConfigRecord({"json": request.to_json()})})
-    messages = [Message(content, n, MESSAGE_TYPE, ttl=max(timeout * 2, 60.0), group_id="") for n in node_ids]
-    ids = list(grid.push_messages(messages))
+    ttl = max(timeout + TTL_MARGIN, 30.0)
+    messages = [Message(content, n, MESSAGE_TYPE, ttl=ttl, group_id="") for n in node_ids]
+    ids = _push(grid, messages)
     pending = {mid: n for mid, n in zip(ids, node_ids, strict=True) if mid}
+    if watch is not None:
+        watch.sent(request.request_id, [label(n) or str(n) for n in pending.values()])
     replies: list[NodeReply] = []
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    deadline = started + timeout
     while pending and time.monotonic() < deadline:
+        if watch is not None and (why := watch.cancelled()) is not None:
+            _withdraw(grid, request.request_id, why, list(pending.values()))
+            raise RunCancelled(why)
         for reply_to, reply in _pull_replies(grid, list(pending)):
             node = pending.pop(reply_to, None)
             if node is not None:
                 replies.append(decode(node, reply))
+                if watch is not None:
+                    watch.replied(request.request_id, label(node) or str(node), replies[-1])
         if pending:
+            fast = time.monotonic() - started < FAST_POLL_SECONDS
+            time.sleep(POLL_INTERVAL if fast else SLOW_POLL_INTERVAL)
+    late = [timed_out(str(node), timeout) for node in pending.values()]
+    if late:
+        _withdraw(
+            grid, request.request_id, f"no reply within {timeout:.0f} s", list(pending.values()), wait=0
+        )
+    if watch is not None:
+        for lost in late:
+            watch.replied(request.request_id, label(int(lost.node)) or lost.node, lost)
+    return replies + late
+
+
+#: Flower builds a message's run and task from one process-wide identity (`TaskIdentity`); the
+#: coordinator's service runs several Flower runs at once, so each message is stamped with its
+#: own run's identity (grid -> (task id, node id)) before it is pushed.
+_IDENTITIES: weakref.WeakKeyDictionary[Grid, tuple[int, int]] = weakref.WeakKeyDictionary()
+
+
+def _push(grid: Grid, messages: list[Message]) -> list[str]:
+    """Push messages under `grid`'s own run (see `_IDENTITIES`); their ids ('' if not taken)."""
+    identity = _IDENTITIES.get(grid)
+    if identity is not None:
+        for message in messages:
+            message.metadata.__dict__["_run_id"] = grid.run.run_id
+            message.metadata.__dict__["_src_task_id"], message.metadata.__dict__["_src_node_id"] = identity
+    return list(grid.push_messages(messages))
+
+
+def _withdraw(
+    grid: Grid, request_id: str, why: str, nodes: list[int], wait: float = CANCEL_ACK_SECONDS
+) -> None:
+    """Tell `nodes` to withdraw `request_id` (a held request leaves the partner's inbox with
+    `why`), and wait up to `wait` seconds for their acknowledgements. Best effort: a node that
+    never hears of it still finds the message expired or the run ended, and spends nothing."""
+    if not nodes:
+        return
+    content = RecordDict({"cancel": ConfigRecord({"request_id": request_id, "reason": why[:300]})})
+    try:
+        ids = _push(grid, [Message(content, n, CANCEL_TYPE, ttl=60.0, group_id="") for n in nodes])
+        pending = {mid for mid in ids if mid}
+        deadline = time.monotonic() + wait
+        while pending and time.monotonic() < deadline:
+            for reply_to, _ in _pull_replies(grid, list(pending)):
+                pending.discard(reply_to)
             time.sleep(POLL_INTERVAL)
-    replies += [timed_out(str(node), timeout) for node in pending.values()]
-    return replies
+    except httpx.HTTPError:
+        return
 
 
 def _pull_replies(grid: Grid, message_ids: list[str]) -> list[tuple[str, Message | str]]:
@@ -246,22 +326,35 @@ class FlowerLink:
         self._control.close()
         self._runtime.close()
 
-    def broadcast(self, request: AnalysisRequest, timeout: float) -> list[NodeReply]:
+    def names(self) -> dict[int, str]:
+        """Flower node id -> the partner name it was registered under."""
+        return {n.node_id: n.name for n in self.list_nodes() if n.name}
+
+    def broadcast(
+        self, request: AnalysisRequest, timeout: float, watch: RunWatch | None = None
+    ) -> list[NodeReply]:
         """Start a run, send `request` to every node, and return their replies.
 
         Raises:
             FederationError: the SuperLink cannot be reached or refuses the run.
+            RunCancelled: `watch` cancelled the run (the nodes were told to withdraw).
         """
+        names = self.names() if watch is not None else None
         grid, finish = self._open_run()
         try:
-            return exchange(grid, request, timeout)
+            return exchange(grid, request, timeout, watch, names)
         except httpx.HTTPError as exc:
             raise FederationError(f"lost the SuperLink at {self.address}: {exc}") from exc
         finally:
             finish()
 
     def fedavg(
-        self, request: AnalysisRequest, initial: npt.NDArray[np.float64], rounds: int, timeout: float
+        self,
+        request: AnalysisRequest,
+        initial: npt.NDArray[np.float64],
+        rounds: int,
+        timeout: float,
+        watch: RunWatch | None = None,
     ) -> FedAvgResult:
         """Train by Flower's FedAvg strategy: each round every node gets the weights and the
         request (the round number is Flower's `server-round`) and answers with its local model,
@@ -271,8 +364,9 @@ class FlowerLink:
         Raises:
             FederationError: the SuperLink cannot be reached, or no node trained in some round.
         """
+        names = self.names() if watch is not None else {}
         grid, finish = self._open_run()
-        recording = _RecordingGrid(grid, timeout)
+        recording = _RecordingGrid(grid, timeout, watch, names, request.request_id)
         try:
             strategy = FedAvg(fraction_evaluate=0.0, min_train_nodes=1, min_available_nodes=1)
             result = strategy.start(
@@ -329,6 +423,7 @@ class FlowerLink:
         TaskIdentity.task_id = task.task_id
         TaskIdentity.run_id = run.run_id
         TaskIdentity.node_id = task.context.node_id
+        _IDENTITIES[grid] = (task.task_id, task.context.node_id)
         context = context_from_proto(task.context)
 
         def finish() -> None:
@@ -350,25 +445,37 @@ class _RecordingGrid:
     """The Grid calls Flower's strategies make, with replies pulled every `POLL_INTERVAL` (not
     `send_and_receive`'s 3 s) and every reply kept, so the releases reach the manifest."""
 
-    def __init__(self, grid: HttpGrid, timeout: float) -> None:
+    def __init__(
+        self, grid: HttpGrid, timeout: float, watch: RunWatch | None, names: dict[int, str], request_id: str
+    ) -> None:
         self._grid = grid
         self._timeout = timeout
+        self._watch = watch
+        self._names = names
+        self._request_id = request_id
         self.replies: list[NodeReply] = []
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._grid, name)
 
     def send_and_receive(self, messages: list[Message], *, timeout: float | None = None) -> list[Message]:
-        ids = list(self._grid.push_messages(messages))
+        ids = _push(self._grid, messages)
         pending = {mid: m.metadata.dst_node_id for mid, m in zip(ids, messages, strict=True) if mid}
+        watch, label = self._watch, self._names.get
+        if watch is not None:
+            watch.sent(self._request_id, [label(n) or str(n) for n in pending.values()])
         got: list[Message] = []
         deadline = time.monotonic() + (timeout or self._timeout)
         while pending and time.monotonic() < deadline:
+            if watch is not None and (why := watch.cancelled()) is not None:
+                raise RunCancelled(why)
             for reply_to, reply in _pull_replies(self._grid, list(pending)):
                 node = pending.pop(reply_to, None)
                 if node is None:
                     continue
                 self.replies.append(decode(node, reply))
+                if watch is not None:
+                    watch.replied(self._request_id, label(node) or str(node), self.replies[-1])
                 if not isinstance(reply, str):
                     got.append(reply)
             if pending:

@@ -18,7 +18,7 @@ import numpy.typing as npt
 
 from analyses.reply import decode_reply
 from analyses.request import AnalysisRequest
-from coordinator.run.transport import FedAvgResult, NodeReply
+from coordinator.run.transport import FedAvgResult, NodeReply, RunCancelled, RunWatch
 from node_agent.agent import NodeAgent
 from node_agent.reply import Answer, answer, answer_pending, answer_train
 
@@ -35,18 +35,31 @@ class InProcessTransport:
 
     agents: Sequence[NodeAgent]
 
-    def broadcast(self, request: AnalysisRequest, timeout: float) -> list[NodeReply]:
+    def broadcast(
+        self, request: AnalysisRequest, timeout: float, watch: RunWatch | None = None
+    ) -> list[NodeReply]:
         """Every agent answers `request`; one filed for manual approval is refused as pending
         (nobody can approve it while the call waits)."""
         payload = request.to_bytes()
         replies = []
+        if watch is not None:
+            watch.sent(request.request_id, [a.config.partner for a in self.agents])
         for agent in self.agents:
+            if watch is not None and (why := watch.cancelled()) is not None:
+                raise RunCancelled(why)
             ans = answer(agent, payload)
             replies.append(_decoded(agent, answer_pending(agent) if ans.pending is not None else ans))
+            if watch is not None:
+                watch.replied(request.request_id, agent.config.partner, replies[-1])
         return replies
 
     def fedavg(
-        self, request: AnalysisRequest, initial: npt.NDArray[np.float64], rounds: int, timeout: float
+        self,
+        request: AnalysisRequest,
+        initial: npt.NDArray[np.float64],
+        rounds: int,
+        timeout: float,
+        watch: RunWatch | None = None,
     ) -> FedAvgResult:
         """FedAvg as Flower's strategy runs it: each round every agent trains from the current
         weights, and the new weights are the average of the local models weighted by their
@@ -57,8 +70,12 @@ class InProcessTransport:
         for round_ in range(1, rounds + 1):
             local: list[tuple[npt.NDArray[np.float64], float]] = []
             for agent in self.agents:
+                if watch is not None and (why := watch.cancelled()) is not None:
+                    raise RunCancelled(why)
                 trained = answer_train(agent, payload, round_, weights)
                 replies.append(_decoded(agent, trained.answer))
+                if watch is not None:
+                    watch.replied(request.request_id, agent.config.partner, replies[-1])
                 if trained.weights is not None:
                     local.append((trained.weights, trained.examples))
             total = sum(n for _, n in local)

@@ -29,13 +29,12 @@ from analyses.glm import (
 from analyses.operators.glm import ModelStep, evaluation_tables
 from analyses.operators.sgd import SgdStep
 from analyses.reply import NodeRelease, Refusal
-from analyses.request import PROTOCOL_VERSIONS, AnalysisRequest
 from analyses.sgd import SgdModel, initial_weights
 from analyses.spec import AnalysisSpec, LoadedSpec
 from analyses.tables import ResultTable
 from coordinator.run.replies import collect, require_holders
 from coordinator.run.results import AnalysisResult
-from coordinator.run.transport import Transport
+from coordinator.run.transport import RunContext, Transport
 from privacy.budget import DISPLAY_DELTA, Rho
 from privacy.errors import FederationError, InternalError
 
@@ -49,7 +48,9 @@ def _stats(step: ModelStep, release: NodeRelease) -> LocalStats:
     )
 
 
-def run_model(loaded: LoadedSpec, transport: Transport, *, requester: str, timeout: float) -> AnalysisResult:
+def run_model(
+    loaded: LoadedSpec, transport: Transport, context: RunContext, timeout: float
+) -> AnalysisResult:
     """Fit a model step: its Newton rounds, then the evaluation, each request to every node.
 
     Raises:
@@ -64,8 +65,8 @@ def run_model(loaded: LoadedSpec, transport: Transport, *, requester: str, timeo
     refusals: list[Refusal] = []
 
     def ask(request_id: str, state: dict[str, object]) -> list[NodeRelease]:
-        request = AnalysisRequest(PROTOCOL_VERSIONS[-1], request_id, requester, loaded.text, state)
-        replies = transport.broadcast(request, timeout)
+        request = context.request(request_id, loaded.text, state)
+        replies = transport.broadcast(request, timeout, context.watch)
         collected = collect(spec, replies, request_id)
         refusals.extend(collected.refusals)
         every_release.extend(collected.releases)
@@ -127,7 +128,7 @@ def run_model(loaded: LoadedSpec, transport: Transport, *, requester: str, timeo
     return result
 
 
-def run_sgd(loaded: LoadedSpec, transport: Transport, *, requester: str, timeout: float) -> AnalysisResult:
+def run_sgd(loaded: LoadedSpec, transport: Transport, context: RunContext, timeout: float) -> AnalysisResult:
     """Train an sgd step by FedAvg through the transport (Flower's strategy over Flower).
 
     Raises:
@@ -138,9 +139,9 @@ def run_sgd(loaded: LoadedSpec, transport: Transport, *, requester: str, timeout
     if not isinstance(step, SgdStep):
         raise InternalError("run_sgd needs an analysis whose step is an sgd step")
     run_id = uuid.uuid4().hex
-    request = AnalysisRequest(PROTOCOL_VERSIONS[-1], run_id, requester, loaded.text, {"run": run_id})
+    request = context.request(run_id, loaded.text, {"run": run_id})
     initial = initial_weights(step.model, step.hidden, step.seed)
-    trained = transport.fedavg(request, initial, step.rounds, timeout)
+    trained = transport.fedavg(request, initial, step.rounds, timeout, context.watch)
     collected = collect(spec, trained.replies)
     require_holders(spec, collected, len(trained.replies))
     weights, releases, refusals = trained.weights, collected.releases, collected.refusals

@@ -15,13 +15,12 @@ import uuid
 from pathlib import Path
 
 from analyses.aggregate import combine
-from analyses.request import PROTOCOL_VERSIONS, AnalysisRequest
 from analyses.spec import LoadedSpec, load_spec
 from coordinator.run.models import run_model, run_sgd
 from coordinator.run.outputs import write_outputs
 from coordinator.run.replies import collect, require_holders
 from coordinator.run.results import AnalysisResult
-from coordinator.run.transport import Transport
+from coordinator.run.transport import RunContext, Transport
 
 __all__ = ["run_analysis"]
 
@@ -32,28 +31,33 @@ def run_analysis(
     *,
     source: str = "spec",
     out_dir: Path | None = None,
-    requester: str = "oda",
+    context: RunContext | None = None,
     timeout: float = 60.0,
 ) -> AnalysisResult:
     """Send a spec to the federation, combine the releases, write the outputs.
 
-    `spec` is a loaded spec, or its text (loaded here, as `source`).
+    `spec` is a loaded spec, or its text (loaded here, as `source`). `context` names the
+    requester, the run and its purpose to every node, and who follows the run; `timeout` is how
+    long each request waits for replies (a partner with manual approval answers once a person
+    decides).
 
     Raises:
         SpecError: the spec is invalid (nothing is sent).
         UserError: no node released anything, typed by the nodes' refusals (every refusal is in
             the message); FederationError when they refused for different reasons.
+        RunCancelled: `context.watch` cancelled the run while it waited.
     """
+    context = context or RunContext()
     started = time.perf_counter()
     loaded = load_spec(spec, source) if isinstance(spec, str) else spec
     flow = step.flow if (step := loaded.spec.rounds_step()) is not None else "once"
     if flow == "rounds":
-        result = run_model(loaded, transport, requester=requester, timeout=timeout)
+        result = run_model(loaded, transport, context, timeout)
     elif flow == "fedavg":
-        result = run_sgd(loaded, transport, requester=requester, timeout=timeout)
+        result = run_sgd(loaded, transport, context, timeout)
     else:
-        request = AnalysisRequest(PROTOCOL_VERSIONS[-1], uuid.uuid4().hex, requester, loaded.text)
-        replies = transport.broadcast(request, timeout)
+        request = context.request(uuid.uuid4().hex, loaded.text)
+        replies = transport.broadcast(request, timeout, context.watch)
         collected = collect(loaded.spec, replies)
         holders = require_holders(loaded.spec, collected, len(replies))
         result = AnalysisResult(

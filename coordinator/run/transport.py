@@ -9,6 +9,7 @@ bytes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -16,9 +17,50 @@ import numpy as np
 import numpy.typing as npt
 
 from analyses.reply import NodeRelease, Refusal, Reply
-from analyses.request import AnalysisRequest
+from analyses.request import PROTOCOL_VERSIONS, AnalysisRequest
+from privacy.errors import FederationError
 
-__all__ = ["FedAvgResult", "NodeReply", "Transport", "timed_out"]
+__all__ = ["FedAvgResult", "NodeReply", "RunCancelled", "RunContext", "RunWatch", "Transport", "timed_out"]
+
+
+class RunCancelled(FederationError):
+    """The run was cancelled (by its analyst or an admin) or passed its deadline while it waited;
+    the nodes that had not answered were told to withdraw the request."""
+
+
+class RunWatch(Protocol):
+    """Someone following a run as it goes (the analyst service): told what went out and what came
+    back, and asked, while replies are awaited, whether the run was cancelled."""
+
+    def sent(self, request_id: str, nodes: Sequence[str]) -> None:
+        """`request_id` went out to `nodes` (partner names where the transport knows them)."""
+        ...
+
+    def replied(self, request_id: str, node: str, reply: NodeReply) -> None:
+        """`node` answered `request_id`."""
+        ...
+
+    def cancelled(self) -> str | None:
+        """Why the run must stop now, or None to go on waiting."""
+        ...
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Who asks, under which run and why: what every request of one run carries to the nodes
+    (their audit logs and inboxes show it), and who follows the run."""
+
+    requester: str = "oda"
+    run_id: str | None = None
+    purpose: str | None = None
+    watch: RunWatch | None = None
+
+    def request(
+        self, request_id: str, spec_yaml: str, state: dict[str, object] | None = None
+    ) -> AnalysisRequest:
+        return AnalysisRequest(
+            PROTOCOL_VERSIONS[-1], request_id, self.requester, spec_yaml, state, self.run_id, self.purpose
+        )
 
 
 @dataclass(frozen=True)
@@ -59,17 +101,32 @@ class FedAvgResult:
 class Transport(Protocol):
     """A way to reach every node of a federation."""
 
-    def broadcast(self, request: AnalysisRequest, timeout: float) -> list[NodeReply]:
+    def broadcast(
+        self, request: AnalysisRequest, timeout: float, watch: RunWatch | None = None
+    ) -> list[NodeReply]:
         """Send `request` to every node and return one reply each (a refusal of kind
-        `timeout` for a node that did not answer in `timeout` seconds)."""
+        `timeout` for a node that did not answer in `timeout` seconds), telling `watch`.
+
+        Raises:
+            RunCancelled: `watch` said the run was cancelled while replies were awaited.
+        """
         ...
 
     def fedavg(
-        self, request: AnalysisRequest, initial: npt.NDArray[np.float64], rounds: int, timeout: float
+        self,
+        request: AnalysisRequest,
+        initial: npt.NDArray[np.float64],
+        rounds: int,
+        timeout: float,
+        watch: RunWatch | None = None,
     ) -> FedAvgResult:
         """Train by FedAvg for `rounds` rounds from `initial` weights: each round every node gets
         the weights and `request` (with the round number) and answers with its release, its local
-        model and its weight (its noisy row count)."""
+        model and its weight (its noisy row count).
+
+        Raises:
+            RunCancelled: as for `broadcast`.
+        """
         ...
 
 
