@@ -139,6 +139,8 @@ envelopes = st.fixed_dictionaries(
         "requester": st.one_of(st.just("central"), scalars),
         "spec_yaml": st.one_of(mutated_specs().map(lambda s: json.dumps(s, allow_nan=True)), scalars, trees),
         "state": st.one_of(st.none(), trees),
+        "run_id": st.one_of(st.text(alphabet="r0-9.:", min_size=1, max_size=20), scalars),
+        "purpose": st.one_of(st.text(max_size=600), scalars),
         "extra": scalars,
     },
 )
