@@ -165,9 +165,8 @@ def exchange(
             time.sleep(POLL_INTERVAL if fast else SLOW_POLL_INTERVAL)
     late = [timed_out(str(node), timeout) for node in pending.values()]
     if late:
-        _withdraw(
-            grid, request.request_id, f"no reply within {timeout:.0f} s", list(pending.values()), wait=0
-        )
+        why = f"no reply within {timeout:.0f} s"
+        _withdraw(grid, request.request_id, why, list(pending.values()), wait=LATE_ACK_SECONDS)
     if watch is not None:
         for lost in late:
             watch.replied(request.request_id, label(int(lost.node)) or lost.node, lost)
