@@ -32,13 +32,12 @@ CREATE TABLE IF NOT EXISTS inbox (
     bundle_hash TEXT NOT NULL,
     status TEXT NOT NULL CHECK (status IN ('waiting', 'approved', 'denied', 'released', 'failed', 'expired')),
     reason TEXT NOT NULL DEFAULT '',
-    decided REAL,
-    run_id TEXT NOT NULL DEFAULT '',
-    purpose TEXT NOT NULL DEFAULT ''
+    decided REAL
 );
 """
 
-#: Columns added after the first release, with their definitions (added to older files on open).
+#: Columns added after the first release, with their definitions (added on open, to new and
+#: older files alike).
 _ADDED_COLUMNS = {
     "run_id": "TEXT NOT NULL DEFAULT ''",
     "purpose": "TEXT NOT NULL DEFAULT ''",

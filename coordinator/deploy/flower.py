@@ -71,7 +71,14 @@ from flwr.superlink.grid import HttpGrid
 from analyses.reply import AuditStamp, Refusal, decode_reply
 from analyses.request import AnalysisRequest
 from analyses.runner_bundle import RUNNER_BUNDLES
-from coordinator.run.transport import FedAvgResult, NodeReply, RunCancelled, RunWatch, timed_out
+from coordinator.run.transport import (
+    FedAvgResult,
+    NodeReply,
+    RunCancelled,
+    RunWatch,
+    stop_if_cancelled,
+    timed_out,
+)
 from privacy.errors import ConfigError, FederationError, ProtocolError
 
 __all__ = ["FlowerLink", "RegisteredNode", "RunnerBundle", "app", "exchange", "runner_fab"]
@@ -163,13 +170,14 @@ def exchange(
         if pending:
             fast = time.monotonic() - started < FAST_POLL_SECONDS
             time.sleep(POLL_INTERVAL if fast else SLOW_POLL_INTERVAL)
-    late = [timed_out(str(node), timeout) for node in pending.values()]
+    late = []
+    for node in pending.values():
+        late.append(timed_out(str(node), timeout))
+        if watch is not None:
+            watch.replied(request.request_id, label(node) or str(node), late[-1])
     if late:
         why = f"no reply within {timeout:.0f} s"
         _withdraw(grid, request.request_id, why, list(pending.values()), wait=LATE_ACK_SECONDS)
-    if watch is not None:
-        for lost in late:
-            watch.replied(request.request_id, label(int(lost.node)) or lost.node, lost)
     return replies + late
 
 
@@ -466,8 +474,7 @@ class _RecordingGrid:
         got: list[Message] = []
         deadline = time.monotonic() + (timeout or self._timeout)
         while pending and time.monotonic() < deadline:
-            if watch is not None and (why := watch.cancelled()) is not None:
-                raise RunCancelled(why)
+            stop_if_cancelled(watch)
             for reply_to, reply in _pull_replies(self._grid, list(pending)):
                 node = pending.pop(reply_to, None)
                 if node is None:

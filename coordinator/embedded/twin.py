@@ -18,7 +18,7 @@ import numpy.typing as npt
 
 from analyses.reply import decode_reply
 from analyses.request import AnalysisRequest
-from coordinator.run.transport import FedAvgResult, NodeReply, RunCancelled, RunWatch
+from coordinator.run.transport import FedAvgResult, NodeReply, RunWatch, stop_if_cancelled
 from node_agent.agent import NodeAgent
 from node_agent.reply import Answer, answer, answer_pending, answer_train
 
@@ -45,8 +45,7 @@ class InProcessTransport:
         if watch is not None:
             watch.sent(request.request_id, [a.config.partner for a in self.agents])
         for agent in self.agents:
-            if watch is not None and (why := watch.cancelled()) is not None:
-                raise RunCancelled(why)
+            stop_if_cancelled(watch)
             ans = answer(agent, payload)
             replies.append(_decoded(agent, answer_pending(agent) if ans.pending is not None else ans))
             if watch is not None:
@@ -70,8 +69,7 @@ class InProcessTransport:
         for round_ in range(1, rounds + 1):
             local: list[tuple[npt.NDArray[np.float64], float]] = []
             for agent in self.agents:
-                if watch is not None and (why := watch.cancelled()) is not None:
-                    raise RunCancelled(why)
+                stop_if_cancelled(watch)
                 trained = answer_train(agent, payload, round_, weights)
                 replies.append(_decoded(agent, trained.answer))
                 if watch is not None:

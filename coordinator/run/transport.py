@@ -20,7 +20,16 @@ from analyses.reply import NodeRelease, Refusal, Reply
 from analyses.request import PROTOCOL_VERSIONS, AnalysisRequest
 from privacy.errors import FederationError
 
-__all__ = ["FedAvgResult", "NodeReply", "RunCancelled", "RunContext", "RunWatch", "Transport", "timed_out"]
+__all__ = [
+    "FedAvgResult",
+    "NodeReply",
+    "RunCancelled",
+    "RunContext",
+    "RunWatch",
+    "Transport",
+    "stop_if_cancelled",
+    "timed_out",
+]
 
 
 class RunCancelled(FederationError):
@@ -43,6 +52,12 @@ class RunWatch(Protocol):
     def cancelled(self) -> str | None:
         """Why the run must stop now, or None to go on waiting."""
         ...
+
+
+def stop_if_cancelled(watch: RunWatch | None) -> None:
+    """Raises: RunCancelled with the watch's reason when it cancelled the run."""
+    if watch is not None and (why := watch.cancelled()) is not None:
+        raise RunCancelled(why)
 
 
 @dataclass(frozen=True)
