@@ -388,14 +388,7 @@ class RenderedBlueprint:
 
     def dataset_cost(self) -> dict[str, dict[str, Rho]]:
         """analysis -> dataset -> the budget its steps on that dataset take at a holder."""
-        out: dict[str, dict[str, Rho]] = {}
-        for spec in (loaded.spec for loaded in self.analyses):
-            per: dict[str, Rho] = {}
-            for step in spec.steps:
-                dataset = spec.dataset_of(step)
-                per[dataset] = per.get(dataset, Rho(0.0)) + spec.step_budget(step.id)
-            out[spec.name] = per
-        return out
+        return {loaded.spec.name: loaded.spec.dataset_cost() for loaded in self.analyses}
 
 
 def _substitute(value: Any, values: Mapping[str, ParamValue]) -> Any:

@@ -169,6 +169,14 @@ class AnalysisSpec(Model):
         index = next(i for i, s in enumerate(self.steps) if s.id == step_id)
         return shares(self.privacy.budget(), [s.weight for s in self.steps])[index]
 
+    def dataset_cost(self) -> dict[str, Rho]:
+        """dataset -> the budget this analysis's steps on it take at a partner holding it."""
+        per: dict[str, Rho] = {}
+        for step in self.steps:
+            dataset = self.dataset_of(step)
+            per[dataset] = per.get(dataset, Rho(0.0)) + self.step_budget(step.id)
+        return per
+
     def request_budget(self, step_id: str) -> Rho:
         """What one request debits for a step: its whole share, or for a model step one round's
         (every round's together never more than the step's share)."""

@@ -46,6 +46,11 @@ def _parser() -> argparse.ArgumentParser:
         "--work-dir", type=Path, default=None, help="embedded federation folder (default: a temporary one)"
     )
     run.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for node replies")
+    run.add_argument("--purpose", default=None, help="with --url: why the run is made (partners see it)")
+    from coordinator.service.cli import add_connection, add_runs_parser
+
+    add_connection(run)
+    add_runs_parser(sub)
     schema = sub.add_parser("schema", help="write the JSON Schemas of analysis specs and node configs")
     schema.add_argument("--out", type=Path, default=Path("configs/schema"))
     synth = sub.add_parser("synth", help="write seeded synthetic partner data and node.yaml files")
@@ -95,6 +100,9 @@ def _coordinator_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     init.add_argument("--listen", default="0.0.0.0", help="interface of the public Fleet proxy")  # noqa: S104
     init.add_argument("--port", type=int, default=9092, help="port of the public Fleet proxy")
     init.add_argument("--superlink-port", type=int, default=9091, help="the SuperLink's port on 127.0.0.1")
+    init.add_argument(
+        "--api-port", type=int, default=9093, help="port of the analyst API and web console (0: none)"
+    )
     cert = actions.add_parser("issue-cert", help="re-issue the server certificate (new names, or renewal)")
     cert.add_argument("dir", type=Path)
     cert.add_argument("--host", action="append", required=True, help="name or address (repeatable)")
@@ -111,6 +119,11 @@ def _coordinator_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     unregister = actions.add_parser("unregister-node", help="revoke a node: its key is no longer accepted")
     unregister.add_argument("dir", type=Path)
     unregister.add_argument("node_id", type=int)
+    from coordinator.service.cli import add_user_parser
+
+    add_user_parser(actions)
+    openapi = actions.add_parser("openapi", help="write the analyst API's OpenAPI document")
+    openapi.add_argument("--out", type=Path, default=Path("configs/openapi/analyst-api.json"))
 
 
 def _print_result(result: AnalysisResult) -> None:
@@ -140,6 +153,10 @@ def _run(args: argparse.Namespace) -> int:
     from coordinator.embedded.federation import EmbeddedFederation
     from coordinator.run.orchestrator import run_analysis
 
+    if args.url:
+        from coordinator.service.cli import run_remote
+
+        return run_remote(args)
     specs = [(path, read_spec(path)) for path in args.specs]  # every spec loaded before anything starts
 
     def run_all(link: FlowerLink) -> None:
@@ -171,17 +188,31 @@ def _run(args: argparse.Namespace) -> int:
 def _coordinator(args: argparse.Namespace) -> int:
     from coordinator.deploy.service import coordinator_link
 
+    if args.action == "openapi":
+        from coordinator.service.api import openapi_document
+
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(openapi_document(), indent=2, sort_keys=True) + "\n")
+        print(args.out)
+        return ExitCode.OK
     folder: Path = args.dir
     if args.action == "init":
         from coordinator.deploy.config import init_coordinator
 
-        config = init_coordinator(folder, args.name, args.host, args.listen, args.port, args.superlink_port)
+        config = init_coordinator(
+            folder, args.name, args.host, args.listen, args.port, args.superlink_port, args.api_port or None
+        )
         print(
             f"wrote {folder / 'coordinator.yaml'} and the CA in {folder / 'pki'} (keep ca.key offline if you can)"
         )
         print(f"send each partner {folder / 'pki' / 'ca.crt'} and their node.yaml line:")
         print(f"  coordinator: {config.fleet_address}")
         print(f"then run `oda coordinator start {folder}` and register each partner's node.pub")
+        if config.api_listen:
+            print(
+                f"analysts: `oda coordinator user add {folder} NAME --role analyst` prints a token for "
+                f"https://{config.fleet_address.rpartition(':')[0]}:{config.api_listen.rpartition(':')[2]}"
+            )
         return ExitCode.OK
     if args.action == "issue-cert":
         from coordinator.deploy.pki import issue_server_certificate
@@ -193,6 +224,10 @@ def _coordinator(args: argparse.Namespace) -> int:
         return ExitCode.OK
     if args.action == "start":
         return _serve_coordinator(folder)
+    if args.action == "user":
+        from coordinator.service.cli import user_main
+
+        return user_main(args)
     link = coordinator_link(folder)
     try:
         if args.action == "register-node":
@@ -228,7 +263,9 @@ def _serve_coordinator(folder: Path) -> int:
     with CoordinatorService(folder) as service:
         print(
             f"coordinator {service.config.name}: SuperLink on {service.superlink_address} (loopback), "
-            f"Fleet API on https://{service.fleet_listen}; Ctrl-C stops",
+            f"Fleet API on https://{service.fleet_listen}"
+            + (f", analyst API on https://{service.config.api_listen}" if service.config.api_listen else "")
+            + "; Ctrl-C stops",
             flush=True,
         )
         while not stop.wait(1.0):
@@ -281,6 +318,10 @@ def main(argv: list[str] | None = None) -> int:
             return _coordinator(args)
         if args.command == "score-spec":
             return _score_spec(args)
+        if args.command == "runs":
+            from coordinator.service.cli import runs_main
+
+            return runs_main(args)
         if args.command == "blueprint":
             from coordinator.blueprints.cli import main as blueprint_main
 

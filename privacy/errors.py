@@ -13,7 +13,8 @@ It lives in the lowest layer so that every package can raise and catch it::
     │   ├── BudgetExhausted       the privacy ledger cannot cover the request
     │   ├── ProtocolError         a peer speaks a version or bundle we do not accept
     │   │   └── SignatureError    a blueprint's hash or signature does not verify
-    │   └── FederationError       the federation could not be started or reached
+    │   ├── FederationError       the federation could not be started or reached
+    │   └── AccessDenied          the analyst service refused the token or its role
     └── InternalError             a bug in oda-federated: please report it
 
 Nodes turn every `UserError` into an error reply; nothing is released for any of them.
@@ -22,6 +23,7 @@ Nodes turn every `UserError` into an error reply; nothing is released for any of
 from __future__ import annotations
 
 __all__ = [
+    "AccessDenied",
     "ApprovalDenied",
     "ApprovalPending",
     "BudgetExhausted",
@@ -84,6 +86,11 @@ class SignatureError(ProtocolError):
 
 class FederationError(UserError):
     """The federation could not be started, reached or completed."""
+
+
+class AccessDenied(UserError):
+    """The analyst service refused the request: no token, a token it does not know (or revoked),
+    a role without the permission, or too many failed logins."""
 
 
 class InternalError(OdaError):

@@ -11,6 +11,7 @@ import os
 from enum import IntEnum
 
 from privacy.errors import (
+    AccessDenied,
     BudgetExhausted,
     ConfigError,
     DataError,
@@ -44,6 +45,7 @@ class ExitCode(IntEnum):
     BUDGET = 14
     PROTOCOL = 15
     FEDERATION = 16
+    ACCESS = 17
     INTERRUPTED = 130
 
 
@@ -58,6 +60,7 @@ EXIT_HELP: dict[ExitCode, str] = {
     ExitCode.BUDGET: "The privacy budget of a population is exhausted; the message gives requested, remaining and difference.",
     ExitCode.PROTOCOL: "A peer spoke a protocol version or sent an app bundle this side does not accept.",
     ExitCode.FEDERATION: "The federation could not be started or reached, or no partner released anything.",
+    ExitCode.ACCESS: "The analyst service refused the token (unknown, revoked, rate-limited) or its role.",
     ExitCode.INTERRUPTED: "Stopped by the user (Ctrl-C or SIGTERM).",
 }
 
@@ -72,6 +75,7 @@ def code_for(exc: BaseException) -> ExitCode:
         (BudgetExhausted, ExitCode.BUDGET),
         (ProtocolError, ExitCode.PROTOCOL),
         (FederationError, ExitCode.FEDERATION),
+        (AccessDenied, ExitCode.ACCESS),
         (KeyboardInterrupt, ExitCode.INTERRUPTED),
     ]
     return next((code for kind, code in table if isinstance(exc, kind)), ExitCode.INTERNAL)

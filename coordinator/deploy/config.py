@@ -41,6 +41,17 @@ class CoordinatorConfig(BaseModel):
         description="the SuperLink's state (registered node keys, runs), relative to this folder; "
         "null keeps it in memory, so node keys must be registered again after every start",
     )
+    api_listen: str | None = Field(
+        default=None,
+        pattern=r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$",
+        description="HOST:PORT of the analyst API and web console (TLS, tokens); null: no API",
+    )
+    store_url: str | None = Field(
+        default=None,
+        max_length=500,
+        description="the run store: a SQLAlchemy URL (postgresql+psycopg://...); null: runs.db in this folder",
+    )
+    concurrency: int = Field(default=2, ge=1, le=32, description="runs the analyst API executes at once")
     blueprints: str = Field(
         default="blueprints",
         description="the blueprint registry folder this coordinator publishes (read-only over HTTPS at "
@@ -57,7 +68,13 @@ def load_coordinator(folder: Path) -> CoordinatorConfig:
 
 
 def init_coordinator(
-    folder: Path, name: str, hosts: list[str], fleet_listen: str, fleet_port: int, superlink_port: int
+    folder: Path,
+    name: str,
+    hosts: list[str],
+    fleet_listen: str,
+    fleet_port: int,
+    superlink_port: int,
+    api_port: int | None = None,
 ) -> CoordinatorConfig:
     """Create the CA, the server certificate for `hosts` and `coordinator.yaml` in `folder`.
 
@@ -75,6 +92,7 @@ def init_coordinator(
         fleet_listen=f"{fleet_listen}:{fleet_port}",
         fleet_address=f"{hosts[0]}:{fleet_port}",
         superlink_port=superlink_port,
+        api_listen=f"{fleet_listen}:{api_port}" if api_port else None,
     )
     pki_dir = folder / "pki"
     create_ca(pki_dir, f"{name} CA")
@@ -89,5 +107,11 @@ def init_coordinator(
         "database: superlink.db          # registered node keys and runs: back it up",
         "blueprints: blueprints          # published blueprints, served read-only at /v1/blueprints",
     ]
+    if config.api_listen:
+        lines += [
+            f"api_listen: {config.api_listen}      # the analyst API and web console (TLS, tokens)",
+            "store_url: null                 # runs and users: runs.db here, or postgresql+psycopg://...",
+            "concurrency: 2                  # runs executed at once",
+        ]
     (folder / CONFIG_NAME).write_text("\n".join(lines) + "\n")
     return config

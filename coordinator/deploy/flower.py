@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import threading
 import time
 import weakref
 from collections.abc import Callable
@@ -284,6 +285,9 @@ class FlowerLink:
             retry_invoker=make_simple_http_retry_invoker(),
         )
         self._fab_hash, self._fab = runner_fab()
+        # Starting a run and acquiring its task must not interleave with another thread's: the
+        # task handed out next may be the other run's (the analyst service runs several at once).
+        self._start_lock = threading.Lock()
 
     def register_node(self, public_key_openssh: bytes, name: str) -> int:
         """Register a node's public key (OpenSSH form, NIST P-384); return its Flower node id.
@@ -391,6 +395,10 @@ class FlowerLink:
         return FedAvgResult(np.asarray(arrays[0], dtype=np.float64), recording.replies)
 
     def _open_run(self) -> tuple[HttpGrid, Callable[[], None]]:
+        with self._start_lock:
+            return self._open_run_locked()
+
+    def _open_run_locked(self) -> tuple[HttpGrid, Callable[[], None]]:
         try:
             started = self._control.StartRun(
                 StartRunRequest(

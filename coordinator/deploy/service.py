@@ -102,6 +102,21 @@ class ProcessGroup:
         tails = "\n".join(f"--- {name}:\n{self.tail(name)}" for name, _ in self.processes)
         raise FederationError(f"{what} did not happen within {timeout:.0f} s. Last log lines:\n{tails}")
 
+    def end(self, name: str, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        """Stop one process by its PID (SIGTERM, or `sig`), wait for it, forget it; its exit code."""
+        for i, (n, proc) in enumerate(self.processes):
+            if n == name:
+                if proc.poll() is None:
+                    proc.send_signal(sig)
+                try:
+                    code = proc.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    code = proc.wait()
+                del self.processes[i]
+                return code
+        raise KeyError(name)
+
     def stop(self) -> None:
         """Stop every process, newest first: SIGTERM, then SIGKILL after 10 s."""
         for _, proc in reversed(self.processes):
@@ -227,6 +242,29 @@ class CoordinatorService(Supervised):
             ),
             60,
             f"the SuperLink on {self.superlink_address} and the Fleet proxy on {self.fleet_listen}",
+        )
+        if self.config.api_listen:
+            self.start_api()
+
+    def start_api(self) -> None:
+        """Start the analyst API (run store, worker, console) and return once it listens.
+
+        Raises:
+            FederationError: its port is taken, or it failed to start.
+        """
+        listen = str(self.config.api_listen)
+        host, _, port = listen.rpartition(":")
+        host = host.strip("[]")
+        probe = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
+        if port_open(probe, int(port)):
+            raise FederationError(
+                f"port {port} on {probe} is already in use (api_listen in {self.folder / CONFIG_NAME})"
+            )
+        self.processes.spawn(
+            "analyst-api", [sys.executable, "-m", "coordinator.service.serve", str(self.folder.resolve())]
+        )
+        self.processes.wait_for(
+            lambda: port_open(probe, int(port)), 90, f"the analyst API on https://{listen}"
         )
 
     def stop(self) -> None:

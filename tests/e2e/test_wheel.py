@@ -42,3 +42,5 @@ def test_the_wheel_holds_every_package_and_builds_quietly(tmp_path: Path) -> Non
             assert str(init.relative_to(ROOT)) in names, init
     assert any(n.startswith("analyses/blueprints/") and n.endswith(".yaml") for n in names)
     assert any(n.startswith("analyses/keysets/") and n.endswith(".csv") for n in names)
+    assert "coordinator/service/templates/run.html" in names
+    assert "coordinator/service/migrations/versions/0001_initial.py" in names
