@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import json
+import ssl
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -80,7 +81,9 @@ class Client:
         self.url = url.rstrip("/")
         headers = {"Authorization": f"Bearer {token}"}
         if http is None:
-            verify: str | bool = str(ca_cert) if ca_cert is not None else True
+            verify: ssl.SSLContext | bool = (
+                ssl.create_default_context(cafile=str(ca_cert)) if ca_cert is not None else True
+            )
             http = httpx.Client(base_url=self.url, headers=headers, verify=verify, timeout=timeout)
         else:
             http.headers.update(headers)

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -64,10 +64,10 @@ def _inbox_item(fed: EmbeddedFederation, partner: str, request_id: str) -> objec
         inbox.close()
 
 
-def _until(what: str, check: object, timeout: float = 90) -> None:
+def _until(what: str, check: Callable[[], bool], timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if check():  # type: ignore[operator]
+        if check():
             return
         time.sleep(0.2)
     raise AssertionError(f"{what} did not happen within {timeout:.0f} s")
