@@ -19,6 +19,7 @@ from privacy.errors import (
     PolicyRefusal,
     ProtocolError,
     SpecError,
+    UserError,
 )
 
 __all__ = ["EXIT_HELP", "NO_PHONE_HOME", "ExitCode", "code_for", "no_phone_home"]
@@ -52,7 +53,7 @@ class ExitCode(IntEnum):
 EXIT_HELP: dict[ExitCode, str] = {
     ExitCode.OK: "Success.",
     ExitCode.INTERNAL: "Internal error: a bug in oda-federated. Please report it with the log.",
-    ExitCode.USAGE: "Wrong command-line usage; see --help.",
+    ExitCode.USAGE: "Wrong command-line usage (see --help), or a request the service cannot do as asked (an unknown run, a finished run cancelled).",
     ExitCode.CONFIG: "The node or coordinator config is invalid; the message lists each problem with its field.",
     ExitCode.SPEC: "The analysis spec is invalid; the message lists each problem with its field.",
     ExitCode.DATA: "A data source is missing, unreadable, outside the data folder, or off its declared columns.",
@@ -76,6 +77,7 @@ def code_for(exc: BaseException) -> ExitCode:
         (ProtocolError, ExitCode.PROTOCOL),
         (FederationError, ExitCode.FEDERATION),
         (AccessDenied, ExitCode.ACCESS),
+        (UserError, ExitCode.USAGE),  # e.g. a run id the service does not know, a finished run cancelled
         (KeyboardInterrupt, ExitCode.INTERRUPTED),
     ]
     return next((code for kind, code in table if isinstance(exc, kind)), ExitCode.INTERNAL)

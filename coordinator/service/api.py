@@ -65,7 +65,11 @@ __all__ = ["API_PREFIX", "ApiError", "ServiceState", "build_app", "openapi_docum
 API_PREFIX = "/api/v1"
 #: Longest one event stream stays open; the client reconnects with `Last-Event-ID`.
 STREAM_SECONDS = 3600.0
-STREAM_POLL_SECONDS = 0.5
+#: How often a stream looks at the store's change counter (no database query unless it moved).
+STREAM_POLL_SECONDS = 0.05
+#: A stream queries the database at least this often (a write by another process).
+STREAM_RECHECK_SECONDS = 2.0
+KEEPALIVE_SECONDS = 5.0
 
 
 @dataclass
@@ -303,19 +307,27 @@ def build_app(state: ServiceState) -> FastAPI:
         async def stream() -> AsyncIterator[bytes]:
             cursor, until = start, time.monotonic() + STREAM_SECONDS
             yield b"retry: 2000\n\n"
+            version, looked, spoke = -1, 0.0, time.monotonic()
             while time.monotonic() < until:
+                now = time.monotonic()
+                if state.store.version == version and now - looked < STREAM_RECHECK_SECONDS:
+                    if now - spoke > KEEPALIVE_SECONDS:  # lets clients and proxies see the stream is alive
+                        spoke = now
+                        yield b": keepalive\n\n"
+                    if await request.is_disconnected():
+                        return
+                    await asyncio.sleep(STREAM_POLL_SECONDS)
+                    continue
+                version, looked = state.store.version, now
                 found = await anyio.to_thread.run_sync(state.store.events, run_id, cursor)
                 for ev in found:
-                    cursor = ev.id
+                    cursor, spoke = ev.id, now
                     yield f"id: {ev.id}\nevent: {ev.kind}\ndata: {ev.data_json}\n\n".encode()
                 if not found:
                     row = await anyio.to_thread.run_sync(state.store.run, run_id)
                     if row is None or row.state in TERMINAL:
                         yield b"event: end\ndata: {}\n\n"
                         return
-                    if await request.is_disconnected():
-                        return
-                    await asyncio.sleep(STREAM_POLL_SECONDS)
 
         return StreamingResponse(
             stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"}

@@ -273,23 +273,26 @@ class Run:
         """A file of the run's results (`report.html`, `exports/...`)."""
         return self.client.request("GET", f"/runs/{self.id}/files/{path}").content
 
-    def events(self, after: int = 0) -> Iterator[tuple[int, str, dict[str, object]]]:
-        """The run's events as (id, kind, data) as they happen, until the run ends; reconnects
-        where it left off if the stream drops."""
+    def events(self, after: int = 0, until: float | None = None) -> Iterator[tuple[int, str, dict[str, Any]]]:
+        """The run's events as (id, kind, data) as they happen, until the run ends (or the
+        `time.monotonic()` deadline `until` passes); reconnects where it left off if the
+        stream drops."""
         last = after
-        while True:
+        while until is None or time.monotonic() < until:
             try:
                 with self.client.http.stream(
                     "GET",
                     f"/api/v1/runs/{self.id}/events",
                     params={"after": last},
-                    timeout=httpx.Timeout(30.0, read=None),
+                    timeout=httpx.Timeout(30.0, read=60.0),
                 ) as response:
                     if response.status_code >= 400:
                         response.read()
                         raise _error(response)
                     event_id, kind, data = 0, "message", ""
                     for line in response.iter_lines():
+                        if until is not None and time.monotonic() > until:
+                            return
                         if line.startswith("id:"):
                             event_id = int(line[3:].strip())
                         elif line.startswith("event:"):
@@ -307,21 +310,24 @@ class Run:
                 time.sleep(1.0)
 
     def wait(self, progress: bool = False, timeout: float | None = None) -> Run:
-        """Block until the run finishes; with `progress`, a bar per partner (terminal or Jupyter).
+        """Block until the run finishes, woken by its event stream; with `progress`, a bar per
+        partner (terminal or Jupyter).
 
         Raises:
             The error type the run failed with (`BudgetExhausted`, `PolicyRefusal`, ...), or
             FederationError when it was cancelled or interrupted; TimeoutError after `timeout` s.
         """
-        started = time.monotonic()
+        until = None if timeout is None else time.monotonic() + timeout
         display = _Progress(self) if progress else None
         try:
             while self.refresh().state not in TERMINAL:
+                if until is not None and time.monotonic() > until:
+                    raise TimeoutError(f"run {self.id} is still {self.state} after {timeout:.0f} s")
                 if display is not None:
                     display.update()
-                if timeout is not None and time.monotonic() - started > timeout:
-                    raise TimeoutError(f"run {self.id} is still {self.state} after {timeout:.0f} s")
-                time.sleep(0.5 if time.monotonic() - started < 10 else 2.0)
+                for _, what, _ in self.events(until=until):
+                    if display is not None and what == "partner":
+                        display.update(self.refresh())
             if display is not None:
                 display.update()
         finally:
@@ -348,7 +354,7 @@ class _Progress:
         self.tasks: dict[str, TaskID] = {}
         self.bars.start()
 
-    def update(self) -> None:
+    def update(self, _: Run | None = None) -> None:
         for partner, p in sorted(self.run.partners.items()):
             requests = max(1, int(p.get("requests", 0)))
             done = requests if p.get("state") in ("released", "refused", "timeout", "error") else requests - 1

@@ -138,6 +138,9 @@ class RunStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        #: Bumped after every write in this process: event streams wait for it to change
+        #: instead of querying the database (the worker and the API share the process).
+        self.version = 0
 
     @classmethod
     def open(cls, url: str) -> RunStore:
@@ -166,6 +169,7 @@ class RunStore:
     def session(self) -> Iterator[Session]:
         with self._sessions.begin() as session:
             yield session
+        self.version += 1  # after the commit (an int bump: atomic enough for a change signal)
 
     # --- users -------------------------------------------------------------------------------
 

@@ -33,8 +33,8 @@ steps:
 """
 ODA = [sys.executable, "-m", "coordinator.cli"]
 NODE = [sys.executable, "-m", "node_agent.cli"]
-#: The old fixed wait was 60 s: council approves after it.
-APPROVE_AFTER = 65.0
+#: The old fixed wait was 60 s: council approves two minutes after the submit.
+APPROVE_AFTER = 120.0
 
 
 def _token(fed: EmbeddedFederation, name: str, role: str) -> str:
@@ -163,6 +163,13 @@ def test_node_audit_logs_name_each_analyst_and_run(federation: EmbeddedFederatio
     released = {(e.requester, e.run_id) for e in entries if e.decision == "released"}
     assert ("alice@oda-embedded-federation", run.id) in released
     assert ("bob@oda-embedded-federation", info["bob_run"]) in released  # police released before the cancel
+    logs = [p for folder in (federation.work_dir, federation.coordinator_dir) for p in folder.rglob("*.log")]
+    assert any(p.name == "analyst-api.log" for p in logs)
+    for path in logs:  # no token, nor its secret, in any log a process wrote
+        text = path.read_text(errors="replace")
+        assert all(
+            info[u] not in text and info[u].rsplit("_", 1)[1] not in text for u in ("alice", "bob", "rex")
+        )
 
 
 def test_restart_marks_in_flight_interrupted_runs_queued_after_and_keeps_results(
