@@ -21,7 +21,7 @@ from coordinator.embedded.synthetic import PARTNERS, write_federation
 __all__ = ["EmbeddedFederation", "free_port"]
 
 
-def _embedded_coordinator(folder: Path, api: bool = False) -> None:
+def _embedded_coordinator(folder: Path, api: int = 0) -> None:
     """A coordinator folder on fresh loopback ports; the CA is made once and then reused.
 
     Its SuperLink keeps state in memory (the keys are registered at every start): on disk,
@@ -36,7 +36,7 @@ def _embedded_coordinator(folder: Path, api: bool = False) -> None:
         "# the embedded federation's coordinator; ports are chosen afresh at each start\n"
         "version: 1\nname: oda embedded federation\n"
         f"fleet_listen: 127.0.0.1:{fleet}\nfleet_address: 127.0.0.1:{fleet}\nsuperlink_port: {free_port()}\n"
-        "database: null\n" + (f"api_listen: 127.0.0.1:{free_port()}\nconcurrency: 1\n" if api else "")
+        "database: null\n" + (f"api_listen: 127.0.0.1:{free_port()}\nconcurrency: {api}\n" if api else "")
     )
 
 
@@ -51,11 +51,12 @@ class EmbeddedFederation(Supervised):
         partners: tuple[str, ...] = PARTNERS,
         manual: frozenset[str] = frozenset(),
         partner_configs: Callable[[str, Path], dict[str, Path]] | None = None,
-        api: bool = False,
+        api: int = 0,
     ) -> None:
         """`partner_configs(fleet_address, ca_cert)`, when given, writes the partners' folders
         (node.yaml, data, keys/node.key and keys/node.pub) instead of the synthetic ones and
-        returns partner -> node.yaml. `api` also starts the analyst API (one run at a time)."""
+        returns partner -> node.yaml. `api` > 0 also starts the analyst API, running that many runs
+        at once."""
         self.api = api
         self.partner_configs = partner_configs
         self.work_dir = work_dir

@@ -19,7 +19,6 @@ import json
 import math
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -32,16 +31,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from coordinator.service.accounts import (
     Account,
-    LoginLimiter,
     Permission,
     allowed,
     authenticate,
     may_read_run,
 )
 from coordinator.service.console import COOKIE, add_console
+from coordinator.service.state import ServiceState
 from coordinator.service.store import TERMINAL, RunRow, RunStore, State
 from coordinator.service.submission import (
-    DEFAULT_DEADLINE_SECONDS,
     Submission,
     new_run_id,
     prepare,
@@ -70,21 +68,6 @@ STREAM_POLL_SECONDS = 0.05
 #: A stream queries the database at least this often (a write by another process).
 STREAM_RECHECK_SECONDS = 2.0
 KEEPALIVE_SECONDS = 5.0
-
-
-@dataclass
-class ServiceState:
-    """What the routes need: the store, the registry, the federation's name, and hooks into
-    the running coordinator (a worker to wake, the node list)."""
-
-    store: RunStore
-    federation: str
-    results: Path
-    registry: Path | None = None
-    wake: Callable[[], None] = lambda: None
-    nodes: Callable[[], list[dict[str, object]]] | None = None
-    limiter: LoginLimiter = field(default_factory=LoginLimiter)
-    default_deadline: int = DEFAULT_DEADLINE_SECONDS
 
 
 def _table_file(row: RunRow, name: str) -> Path:
@@ -296,7 +279,7 @@ def build_app(state: ServiceState) -> FastAPI:
         run_id: str,
         request: Request,
         who: Reader,
-        after: Annotated[int, Query(ge=0)] = 0,
+        after: Annotated[int, Query(ge=0, le=2**62)] = 0,
     ) -> StreamingResponse:
         """Server-sent events of the run: `state` (a state change) and `partner` (a partner's
         progress), each with its id; the stream ends once the run is finished."""

@@ -25,7 +25,7 @@ from coordinator.service.store import STATES
 from coordinator.service.views import ApiError, run_out
 
 if TYPE_CHECKING:
-    from coordinator.service.api import ServiceState
+    from coordinator.service.state import ServiceState
 
 __all__ = ["add_console"]
 

@@ -253,19 +253,12 @@ class RunStore:
             KeyError: no such run.
         """
         with self.session() as s:
-            row = s.get(RunRow, run_id, with_for_update=True)
-            if row is None:
-                raise KeyError(run_id)
+            row = _locked(s, run_id)
             if row.state in TERMINAL:
                 return row
-            row.state = state
-            if reason is not None:
-                row.reason = reason
-            if state in TERMINAL:
-                row.finished_at = time.time()
             for key, value in fields.items():
                 setattr(row, key, value)
-            s.add(EventRow(run_id=run_id, at=time.time(), kind="state", data_json=_state_data(row)))
+            _move(s, row, state, reason)
             return row
 
     def request_cancel(self, run_id: str, why: str) -> RunRow:
@@ -276,23 +269,18 @@ class RunStore:
             KeyError: no such run.
         """
         with self.session() as s:
-            row = s.get(RunRow, run_id, with_for_update=True)
-            if row is None:
-                raise KeyError(run_id)
+            row = _locked(s, run_id)
             if row.state in TERMINAL:
                 return row
             row.cancel_reason = why
             if row.state == "queued":
-                row.state, row.reason, row.finished_at = "cancelled", why, time.time()
-                s.add(EventRow(run_id=run_id, at=time.time(), kind="state", data_json=_state_data(row)))
+                _move(s, row, "cancelled", why)
             return row
 
     def update_progress(self, run_id: str, partner: str, **values: object) -> dict[str, dict[str, object]]:
         """Merge `values` into one partner's progress (adding `cost_rho` to what it spent)."""
         with self.session() as s:
-            row = s.get(RunRow, run_id, with_for_update=True)
-            if row is None:
-                raise KeyError(run_id)
+            row = _locked(s, run_id)
             progress = row.progress()
             entry = progress.setdefault(partner, {"state": "pending", "cost_rho": 0.0, "requests": 0})
             spent = cast(float, values.pop("cost_rho", 0.0))
@@ -349,6 +337,24 @@ class RunStore:
                 )
             )
         return out
+
+
+def _locked(s: Session, run_id: str) -> RunRow:
+    """Raises: KeyError when there is no such run."""
+    row = s.get(RunRow, run_id, with_for_update=True)
+    if row is None:
+        raise KeyError(run_id)
+    return row
+
+
+def _move(s: Session, row: RunRow, state: State, reason: str | None) -> None:
+    """Put `row` in `state` (timing a terminal one) and record the change as an event."""
+    row.state = state
+    if reason is not None:
+        row.reason = reason
+    if state in TERMINAL:
+        row.finished_at = time.time()
+    s.add(EventRow(run_id=row.id, at=time.time(), kind="state", data_json=_state_data(row)))
 
 
 def _state_data(row: RunRow) -> str:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -96,7 +97,7 @@ def _held_by_council(fed: EmbeddedFederation, run: Run) -> str:
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedFederation]:
     work = tmp_path_factory.mktemp("service")
-    with EmbeddedFederation(work, rows=5_000, manual=frozenset({"council"}), api=True) as fed:
+    with EmbeddedFederation(work, rows=5_000, manual=frozenset({"council"}), api=1) as fed:
         yield fed
 
 
@@ -239,3 +240,23 @@ def test_console_in_headless_chromium_shows_runs_a_run_its_table_and_partners(
         assert errors == [], errors
     finally:
         driver.quit()
+
+
+def test_runs_at_once_over_one_superlink_each_get_their_own_replies(tmp_path: Path) -> None:
+    """Two workers share one link to the SuperLink: four runs submitted together all finish,
+    each with one release per partner for its own request."""
+    with EmbeddedFederation(tmp_path, rows=5_000, api=2) as fed:
+        token = _token(fed, "alice", "analyst")
+        with Client(_url(fed), token, fed.ca_cert) as alice:
+            runs = [alice.submit(SPEC.format(name=f"parallel-{i}")) for i in range(4)]
+            for run in runs:
+                run.wait(timeout=180)
+            for run in runs:
+                assert {p: v["state"] for p, v in run.partners.items()} == {
+                    "police": "released",
+                    "fire": "released",
+                    "council": "released",
+                }, run.data
+                manifest: dict = run.manifest()
+                assert {n["request_id"] for n in manifest["nodes"]} == {run.partners["police"]["request_id"]}
+            assert len({run.partners["police"]["request_id"] for run in runs}) == 4

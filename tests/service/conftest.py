@@ -83,9 +83,12 @@ USERS = {"alice": "analyst", "bob": "analyst", "rita": "reviewer", "rex": "reade
 
 
 @contextmanager
-def running_service(agents: list[NodeAgent], tmp_path: Path) -> Iterator[Service]:
-    """The analyst API over in-process partners, with one account per role."""
-    store = RunStore.open(f"sqlite:///{tmp_path / 'runs.db'}")
+def running_service(
+    agents: list[NodeAgent], tmp_path: Path, store_url: str | None = None
+) -> Iterator[Service]:
+    """The analyst API over in-process partners, with one account per role (its store a SQLite
+    file unless `store_url` is given)."""
+    store = RunStore.open(store_url or f"sqlite:///{tmp_path / 'runs.db'}")
     tokens = {name: add_user(store, name, role).token for name, role in USERS.items()}
     worker = RunWorker(store, lambda: InProcessTransport(agents), tmp_path / "results", "test-fed", poll=0.2)
     worker.start()
@@ -103,7 +106,8 @@ def running_service(agents: list[NodeAgent], tmp_path: Path) -> Iterator[Service
 
 
 @pytest.fixture
-def service(agents: list[NodeAgent], tmp_path: Path) -> Iterator[Service]:
-    """The analyst API over the three synthetic partners (police, fire, council)."""
-    with running_service(agents, tmp_path) as running:
+def service(agents: list[NodeAgent], tmp_path: Path, store_url: str) -> Iterator[Service]:
+    """The analyst API over the three synthetic partners (police, fire, council), its run store
+    on SQLite and on PostgreSQL."""
+    with running_service(agents, tmp_path, store_url) as running:
         yield running
