@@ -46,7 +46,19 @@ def _parser() -> argparse.ArgumentParser:
         "--work-dir", type=Path, default=None, help="embedded federation folder (default: a temporary one)"
     )
     run.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for node replies")
-    run.add_argument("--purpose", default=None, help="with --url: why the run is made (partners see it)")
+    run.add_argument(
+        "--purpose", default=None, help="why the run is made (every partner's inbox and audit log show it)"
+    )
+    run.add_argument(
+        "--min-partners", type=int, default=None, help="fail unless at least this many partners release"
+    )
+    run.add_argument(
+        "--require",
+        action="append",
+        default=[],
+        metavar="PARTNER",
+        help="a partner that must release (repeatable)",
+    )
     from coordinator.service.cli import add_connection, add_runs_parser
 
     add_connection(run)
@@ -158,11 +170,17 @@ def _run(args: argparse.Namespace) -> int:
 
         return run_remote(args)
     specs = [(path, read_spec(path)) for path in args.specs]  # every spec loaded before anything starts
+    from coordinator.run.transport import Quorum, RunContext
+
+    quorum = Quorum(args.min_partners, tuple(args.require)) if args.min_partners or args.require else None
+    context = RunContext(purpose=args.purpose, quorum=quorum)
 
     def run_all(link: FlowerLink) -> None:
         try:
             for path, loaded in specs:
-                result = run_analysis(loaded, link, out_dir=args.out / path.stem, timeout=args.timeout)
+                result = run_analysis(
+                    loaded, link, out_dir=args.out / path.stem, context=context, timeout=args.timeout
+                )
                 _print_result(result)
         finally:
             link.close()
@@ -243,10 +261,15 @@ def _coordinator(args: argparse.Namespace) -> int:
             link.unregister_node(args.node_id)
             print(f"unregistered node {args.node_id}: its key is no longer accepted")
         else:
-            nodes = link.list_nodes()
-            print(f"{len(nodes)} node(s)")
-            for node in nodes:
-                print(f"  {node.node_id:>20}  {node.name or '-':<20} {node.status}")
+            from coordinator.deploy.config import load_coordinator
+            from coordinator.service.fleet import fleet, fleet_lines
+            from coordinator.service.serve import open_store
+
+            store = open_store(folder, load_coordinator(folder))
+            try:
+                print("\n".join(fleet_lines(fleet(link.list_nodes(), store.partners_seen()))))
+            finally:
+                store.close()
     finally:
         link.close()
     return ExitCode.OK

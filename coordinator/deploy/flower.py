@@ -140,7 +140,9 @@ def exchange(
     names: dict[int, str] | None = None,
 ) -> list[NodeReply]:
     """Send a request to every node of the federation and collect one reply each, telling
-    `watch` (nodes named by `names` where known) and stopping when it cancels the run.
+    `watch` (nodes named by `names` where known) and stopping when it cancels the run. A node
+    in `names` (the registered nodes) that is not connected gets no request and is answered
+    for as offline, so a run names every partner it did not hear from.
 
     Raises:
         RunCancelled: `watch` cancelled the run; the nodes still to answer were told to
@@ -148,6 +150,13 @@ def exchange(
     """
     node_ids = list(grid.get_node_ids())
     label = (names or {}).get
+    offline = [
+        NodeReply(
+            name, Refusal(name, "timeout", "Offline", "offline: not connected when the request went out")
+        )
+        for node, name in sorted((names or {}).items())
+        if node not in node_ids
+    ]
     content = RecordDict({"request": ConfigRecord({"json": request.to_json()})})
     ttl = max(timeout + TTL_MARGIN, 30.0)
     messages = [Message(content, n, MESSAGE_TYPE, ttl=ttl, group_id="") for n in node_ids]
@@ -155,7 +164,9 @@ def exchange(
     pending = {mid: n for mid, n in zip(ids, node_ids, strict=True) if mid}
     if watch is not None:
         watch.sent(request.request_id, [label(n) or str(n) for n in pending.values()])
-    replies: list[NodeReply] = []
+        for absent in offline:
+            watch.replied(request.request_id, absent.node, absent)
+    replies: list[NodeReply] = list(offline)
     started = time.monotonic()
     deadline = started + timeout
     while pending and time.monotonic() < deadline:
@@ -173,7 +184,7 @@ def exchange(
             time.sleep(POLL_INTERVAL if fast else SLOW_POLL_INTERVAL)
     late = []
     for node in pending.values():
-        late.append(timed_out(str(node), timeout))
+        late.append(timed_out(label(node) or str(node), timeout))
         if watch is not None:
             watch.replied(request.request_id, label(node) or str(node), late[-1])
     if late:
@@ -257,10 +268,16 @@ def _pull_replies(grid: Grid, message_ids: list[str]) -> list[tuple[str, Message
 
 @dataclass(frozen=True)
 class RegisteredNode:
+    """A node key registered at the SuperLink, and what the SuperLink knows of its connection."""
+
     node_id: int
     name: str
     status: str
     public_key_pem: bytes
+    #: When the node last connected (activated), and until when it counts as online (Flower's
+    #: heartbeat), as the SuperLink reports them ('' when never).
+    last_activated_at: str = ""
+    online_until: float = 0.0
 
 
 class FlowerLink:
@@ -330,7 +347,15 @@ class FlowerLink:
                 f"cannot reach the SuperLink at {self.address} ({exc}); is the coordinator running?"
             ) from exc
         return [
-            RegisteredNode(int(n.node_id), n.name, n.status, bytes(n.public_key)) for n in response.nodes_info
+            RegisteredNode(
+                int(n.node_id),
+                n.name,
+                n.status,
+                bytes(n.public_key),
+                n.last_activated_at,
+                float(n.online_until),
+            )
+            for n in response.nodes_info
         ]
 
     def close(self) -> None:
@@ -338,8 +363,8 @@ class FlowerLink:
         self._runtime.close()
 
     def names(self) -> dict[int, str]:
-        """Flower node id -> the partner name it was registered under."""
-        return {n.node_id: n.name for n in self.list_nodes() if n.name}
+        """Flower node id -> the partner name it was registered under (registered nodes only)."""
+        return {n.node_id: n.name for n in self.list_nodes() if n.name and n.status != "unregistered"}
 
     def broadcast(
         self, request: AnalysisRequest, timeout: float, watch: RunWatch | None = None
@@ -350,7 +375,7 @@ class FlowerLink:
             FederationError: the SuperLink cannot be reached or refuses the run.
             RunCancelled: `watch` cancelled the run (the nodes were told to withdraw).
         """
-        names = self.names() if watch is not None else None
+        names = self.names()
         grid, finish = self._open_run()
         try:
             return exchange(grid, request, timeout, watch, names)

@@ -20,7 +20,7 @@ from coordinator.run.models import run_model, run_sgd
 from coordinator.run.outputs import write_outputs
 from coordinator.run.replies import collect, require_holders
 from coordinator.run.results import AnalysisResult
-from coordinator.run.transport import RunContext, Transport
+from coordinator.run.transport import QuorumNotMet, RunContext, Transport
 
 __all__ = ["run_analysis"]
 
@@ -46,6 +46,8 @@ def run_analysis(
         UserError: no node released anything, typed by the nodes' refusals (every refusal is in
             the message); FederationError when they refused for different reasons.
         RunCancelled: `context.watch` cancelled the run while it waited.
+        QuorumNotMet: fewer partners released than `context.quorum` needs; no table is kept, and
+            the manifest (written all the same) records what each partner spent.
     """
     context = context or RunContext()
     started = time.perf_counter()
@@ -64,7 +66,20 @@ def run_analysis(
             loaded, request.request_id, combine(loaded.spec, holders), collected.releases, collected.refusals
         )
     result.seconds = time.perf_counter() - started
+    if context.quorum is not None:
+        released = sorted({r.partner for r in result.releases if r.status == "released"})
+        missing = [
+            (r.partner, f"{r.kind}: {r.message}") for r in result.refusals if r.partner not in released
+        ]
+        result.quorum_unmet = context.quorum.unmet(released, missing)
+        if result.quorum_unmet is not None:
+            result.tables = []
     if out_dir is not None:
-        write_outputs(result, out_dir)
+        write_outputs(result, out_dir, context.quorum)
         result.out_dir = out_dir
+    if result.quorum_unmet is not None:
+        where = (
+            f"; the manifest records what each partner spent: {out_dir / 'manifest.json'}" if out_dir else ""
+        )
+        raise QuorumNotMet(result.quorum_unmet + where)
     return result

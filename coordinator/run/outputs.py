@@ -7,12 +7,14 @@ from dataclasses import asdict
 from pathlib import Path
 
 from coordinator.run.results import AnalysisResult
+from coordinator.run.transport import Quorum
 
 __all__ = ["write_outputs"]
 
 
-def write_outputs(result: AnalysisResult, out_dir: Path) -> Path:
-    """Write tables and the manifest into `out_dir`; return the manifest's path."""
+def write_outputs(result: AnalysisResult, out_dir: Path, quorum: Quorum | None = None) -> Path:
+    """Write tables and the manifest into `out_dir`; return the manifest's path. A run whose
+    `quorum` was not met has no tables, and its manifest says why and what each partner spent."""
     out_dir.mkdir(parents=True, exist_ok=True)
     files = []
     for table in result.tables:
@@ -76,6 +78,12 @@ def write_outputs(result: AnalysisResult, out_dir: Path) -> Path:
         "tables": files,
         "seconds": round(result.seconds, 3),
     }
+    if quorum is not None:
+        manifest["quorum"] = {
+            **quorum.to_json(),
+            "met": result.quorum_unmet is None,
+            "why": result.quorum_unmet,
+        }
     if result.model is not None:
         (out_dir / "model.json").write_text(result.model.to_json() + "\n")
         (out_dir / "model_card.md").write_text(result.model_card)

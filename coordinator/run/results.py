@@ -27,6 +27,8 @@ class AnalysisResult:
     seconds: float = 0.0
     model: GlmModel | SgdModel | None = None
     model_card: str = ""
+    #: Why the run's quorum was not met (its tables are then withheld), or None.
+    quorum_unmet: str | None = None
 
     @property
     def spec(self) -> AnalysisSpec:

@@ -23,6 +23,8 @@ from privacy.errors import FederationError
 __all__ = [
     "FedAvgResult",
     "NodeReply",
+    "Quorum",
+    "QuorumNotMet",
     "RunCancelled",
     "RunContext",
     "RunWatch",
@@ -35,6 +37,38 @@ __all__ = [
 class RunCancelled(FederationError):
     """The run was cancelled (by its analyst or an admin) or passed its deadline while it waited;
     the nodes that had not answered were told to withdraw the request."""
+
+
+class QuorumNotMet(FederationError):
+    """Fewer partners released than the run needs (or a required partner did not); what those
+    that released spent is in the run's manifest, which is written all the same."""
+
+
+@dataclass(frozen=True)
+class Quorum:
+    """The partners a run needs: at least `min_partners` releases, and one from each of
+    `required` (partner names). The run still waits for every partner up to its deadline."""
+
+    min_partners: int | None = None
+    required: tuple[str, ...] = ()
+
+    def unmet(self, released: Sequence[str], missing: Sequence[tuple[str, str]]) -> str | None:
+        """Why the quorum is not met by the partners that `released`, or None; `missing` is
+        (partner, why) for those that did not."""
+        got = set(released)
+        problems = []
+        if self.min_partners is not None and len(got) < self.min_partners:
+            problems.append(f"{len(got)} partner(s) released, the run needs at least {self.min_partners}")
+        absent = [p for p in self.required if p not in got]
+        if absent:
+            problems.append(f"required partner(s) did not release: {', '.join(absent)}")
+        if not problems:
+            return None
+        why = "; ".join(f"{p}: {w}" for p, w in missing) or "none"
+        return f"quorum not met: {'; '.join(problems)} (did not release: {why})"
+
+    def to_json(self) -> dict[str, object]:
+        return {"min_partners": self.min_partners, "required": list(self.required)}
 
 
 class RunWatch(Protocol):
@@ -69,6 +103,7 @@ class RunContext:
     run_id: str | None = None
     purpose: str | None = None
     watch: RunWatch | None = None
+    quorum: Quorum | None = None
 
     def request(
         self, request_id: str, spec_yaml: str, state: dict[str, object] | None = None

@@ -43,6 +43,7 @@ from coordinator.service.submission import (
     Submission,
     new_run_id,
     prepare,
+    quorum_of,
 )
 from coordinator.service.views import (
     AccountOut,
@@ -218,6 +219,7 @@ def build_app(state: ServiceState) -> FastAPI:
             created_at=now,
             deadline_at=now + (submission.deadline_seconds or state.default_deadline),
             planned_json=json.dumps(prepared.cost.planned(), sort_keys=True),
+            quorum_json=json.dumps(q.to_json()) if (q := quorum_of(submission)) else None,
             progress_json="{}",
             refusals_json="[]",
             tables_json="[]",

@@ -20,7 +20,7 @@ import io
 import json
 import ssl
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -156,10 +156,23 @@ class Client:
             self._json("POST", "/cost", json=self._submission(spec, blueprint, parameters, None, None)),
         )
 
-    def submit(self, spec: str | Path, *, purpose: str | None = None, deadline: float | None = None) -> Run:
-        """Queue a spec (a path or its YAML); `deadline` is how long it may wait for partners (s)."""
-        data = self._json("POST", "/runs", json=self._submission(spec, None, None, purpose, deadline))
-        return Run(self, data)
+    def submit(
+        self,
+        spec: str | Path,
+        *,
+        purpose: str | None = None,
+        deadline: float | None = None,
+        min_partners: int | None = None,
+        required: Sequence[str] = (),
+    ) -> Run:
+        """Queue a spec (a path or its YAML); `deadline` is how long it may wait for partners (s);
+        the run fails unless `min_partners` release and every partner in `required` does."""
+        body = self._submission(spec, None, None, purpose, deadline)
+        if min_partners is not None:
+            body["min_partners"] = min_partners
+        if required:
+            body["required_partners"] = list(required)
+        return Run(self, self._json("POST", "/runs", json=body))
 
     def run_blueprint(
         self, name: str, *, purpose: str | None = None, deadline: float | None = None, **parameters: object

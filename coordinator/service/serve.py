@@ -14,7 +14,6 @@ import logging
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 from types import FrameType
 
@@ -74,24 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     def nodes() -> list[dict[str, object]]:
-        last: dict[str, tuple[str, float]] = {}
-        for run in store.runs(limit=200):
-            for partner, progress in run.progress().items():
-                version = progress.get("node_version")
-                if version and partner not in last:
-                    last[partner] = (str(version), run.finished_at or run.created_at)
-        return [
-            {
-                "node_id": n.node_id,
-                "name": n.name,
-                "status": n.status,
-                "version": last.get(n.name, ("", 0.0))[0] or None,
-                "last_release": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(last[n.name][1]))
-                if n.name in last
-                else None,
-            }
-            for n in link.list_nodes()
-        ]
+        from coordinator.service.fleet import fleet
+
+        return fleet(link.list_nodes(), store.partners_seen())
 
     state = ServiceState(store, federation, folder / "results", registry, worker.wake, nodes)
     app = build_app(state)

@@ -40,6 +40,7 @@ __all__ = [
     "TERMINAL",
     "Base",
     "EventRow",
+    "PartnerSeenRow",
     "Role",
     "RunRow",
     "RunStore",
@@ -97,6 +98,8 @@ class RunRow(Base):
     finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     deadline_at: Mapped[float] = mapped_column(Float)
     cancel_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: {min_partners, required}: the partners the run needs (migration 0002).
+    quorum_json: Mapped[str | None] = mapped_column(Text, nullable=True)
     #: analysis -> dataset -> rho each partner holding the dataset is debited.
     planned_json: Mapped[str] = mapped_column(Text, default="{}")
     #: partner -> {state, cost_rho, requests, message, node_version}.
@@ -125,6 +128,20 @@ class EventRow(Base):
     at: Mapped[float] = mapped_column(Float)
     kind: Mapped[str] = mapped_column(String(32))
     data_json: Mapped[str] = mapped_column(Text, default="{}")
+
+
+class PartnerSeenRow(Base):
+    """What the coordinator last heard from a partner (the fleet view)."""
+
+    __tablename__ = "partners_seen"
+
+    partner: Mapped[str] = mapped_column(String(64), primary_key=True)
+    node_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    protocol: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_reply_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    last_run: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    last_refusal: Mapped[str | None] = mapped_column(Text, nullable=True)
+    last_refusal_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 def default_store_url(folder: Path) -> str:
@@ -313,6 +330,36 @@ class RunStore:
                     .limit(limit)
                 )
             )
+
+    def partner_seen(
+        self,
+        partner: str,
+        run_id: str,
+        *,
+        node_version: str | None = None,
+        protocol: int | None = None,
+        refusal: str | None = None,
+        replied: bool = True,
+    ) -> None:
+        """Record a partner's reply (its version and protocol), or a refusal (`replied` False:
+        the partner did not answer at all, e.g. a timeout)."""
+        now = time.time()
+        with self.session() as s:
+            row = s.get(PartnerSeenRow, partner[:64], with_for_update=True)
+            if row is None:
+                row = PartnerSeenRow(partner=partner[:64])
+                s.add(row)
+            row.last_run = run_id
+            if replied:
+                row.last_reply_at = now
+            if node_version is not None:
+                row.node_version, row.protocol = node_version[:64], protocol
+            if refusal is not None:
+                row.last_refusal, row.last_refusal_at = refusal[:1000], now
+
+    def partners_seen(self) -> dict[str, PartnerSeenRow]:
+        with self.session() as s:
+            return {r.partner: r for r in s.scalars(select(PartnerSeenRow))}
 
     def last_event_id(self, run_id: str) -> int:
         with self.session() as s:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from analyses.blueprint import LoadedBlueprint, SignedBlueprint, load_bundled
 from analyses.spec import LoadedSpec, load_spec
+from coordinator.run.transport import Quorum
 from privacy.budget import DISPLAY_DELTA, Rho
 from privacy.errors import SpecError
 
@@ -27,6 +28,7 @@ __all__ = [
     "Submission",
     "new_run_id",
     "prepare",
+    "quorum_of",
     "resolve_blueprint",
 ]
 
@@ -55,6 +57,14 @@ class Submission(BaseModel):
     purpose: str | None = Field(
         default=None, max_length=500, description="why the run is made; every partner's inbox shows it"
     )
+    min_partners: int | None = Field(
+        default=None, ge=1, le=10_000, description="fail the run unless at least this many partners release"
+    )
+    required_partners: list[str] = Field(
+        default_factory=list,
+        max_length=100,
+        description="partners (registered names) that must release, or the run fails",
+    )
     deadline_seconds: int | None = Field(
         default=None,
         ge=10,
@@ -75,10 +85,19 @@ class Submission(BaseModel):
             raise ValueError("give exactly one of spec_yaml and blueprint")
         if self.spec_yaml is not None and self.parameters:
             raise ValueError("parameters are for blueprints; a spec has none")
+        if any(not 0 < len(p) <= 64 or not p.isprintable() for p in self.required_partners):
+            raise ValueError("required_partners: names of 1 to 64 printable characters")
         for key, value in self.parameters.items():
             if len(key) > 80 or (isinstance(value, str) and len(value) > 1000):
                 raise ValueError(f"parameter {key[:80]!r}: names up to 80 and values up to 1000 characters")
         return self
+
+
+def quorum_of(submission: Submission) -> Quorum | None:
+    """The quorum a submission states, or None."""
+    if submission.min_partners is None and not submission.required_partners:
+        return None
+    return Quorum(submission.min_partners, tuple(submission.required_partners))
 
 
 class CostPreview(NamedTuple):

@@ -87,6 +87,7 @@ class RunOut(BaseModel):
     planned: dict[str, dict[str, float]] = Field(
         description="analysis -> dataset -> rho a partner holding the dataset is debited"
     )
+    quorum: dict[str, object] | None = Field(description="min_partners and required partners, when stated")
     partners: dict[str, PartnerOut]
     debited: dict[str, float] = Field(description="partner -> rho debited so far")
     refusals: list[RefusalOut]
@@ -136,6 +137,7 @@ def run_out(row: RunRow) -> RunOut:
         deadline_at=str(iso(row.deadline_at)),
         cancel_requested=row.cancel_reason,
         planned=json.loads(row.planned_json),
+        quorum=json.loads(row.quorum_json) if row.quorum_json else None,
         partners={p: PartnerOut.model_validate(v) for p, v in sorted(progress.items())},
         debited=row.debited(),
         refusals=[RefusalOut.model_validate(r) for r in json.loads(row.refusals_json)],

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from analyses.spec import load_spec
-from coordinator.run.transport import NodeReply, RunCancelled, RunContext, Transport
+from coordinator.run.transport import NodeReply, Quorum, RunCancelled, RunContext, Transport
 from coordinator.service.store import RunRow, RunStore
 from coordinator.service.submission import resolve_blueprint
 from privacy.errors import OdaError
@@ -74,11 +74,14 @@ class StoreWatch:
                 node_version=release.node_version,
                 message="",
             )
+            self.store.partner_seen(
+                node, self.run_id, node_version=release.node_version, protocol=release.protocol
+            )
         elif refusal is not None:
             state = {"timeout": "timeout", "internal": "error"}.get(refusal.kind, "refused")
-            self.store.update_progress(
-                self.run_id, node, state=state, message=f"{refusal.kind}: {refusal.message}"[:1000]
-            )
+            message = f"{refusal.kind}: {refusal.message}"[:1000]
+            self.store.update_progress(self.run_id, node, state=state, message=message)
+            self.store.partner_seen(node, self.run_id, refusal=message, replied=state != "timeout")
 
     def cancelled(self) -> str | None:
         now = time.monotonic()
@@ -174,7 +177,11 @@ class RunWorker:
     def execute(self, row: RunRow) -> None:
         """Run one claimed run to its terminal state. Never raises."""
         watch = StoreWatch(self.store, row.id, row.deadline_at, self.stopping)
-        context = RunContext(f"{row.owner}@{self.federation}", row.id, row.purpose, watch)
+        quorum = None
+        if row.quorum_json:
+            stated = json.loads(row.quorum_json)
+            quorum = Quorum(stated.get("min_partners"), tuple(stated.get("required", ())))
+        context = RunContext(f"{row.owner}@{self.federation}", row.id, row.purpose, watch, quorum)
         folder = self.results / row.id
         try:
             folder.mkdir(parents=False, exist_ok=False)  # a run's results are never overwritten

@@ -195,6 +195,14 @@ def test_restart_marks_in_flight_interrupted_runs_queued_after_and_keeps_results
         assert queued.partners["police"]["state"] == "released"
         again = alice.run(first.id)
         assert len(again.tables["c"]) == len(first.tables["c"])
+    nodes = subprocess.run(
+        [*ODA, "coordinator", "nodes", str(fed.coordinator_dir)], check=True, capture_output=True, text=True
+    ).stdout
+    lines = {line.split()[1]: line for line in nodes.splitlines()[1:] if not line.strip().startswith("last")}
+    assert all("online" in lines[p] and "(protocol 1)" in lines[p] for p in ("police", "fire", "council")), (
+        nodes
+    )
+    assert "last refusal" in nodes and "timeout: no reply within" in nodes, nodes
 
 
 def _chromium() -> tuple[str, str] | None:

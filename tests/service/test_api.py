@@ -20,7 +20,7 @@ from coordinator.service.client import Client
 from coordinator.service.worker import RunWorker
 from node_agent.agent import NodeAgent
 from node_agent.config import load_node_config
-from privacy.errors import AccessDenied, BudgetExhausted, UserError
+from privacy.errors import AccessDenied, BudgetExhausted, FederationError, UserError
 from tests.service.conftest import Service, running_service
 
 SPEC = """
@@ -225,3 +225,41 @@ def test_blueprint_run_has_report_exports_and_named_tables(tmp_path: Path) -> No
 def test_the_committed_openapi_document_is_current() -> None:
     committed = json.loads((ROOT / "configs" / "openapi" / "analyst-api.json").read_text())
     assert committed == json.loads(json.dumps(openapi_document())), "run `oda coordinator openapi`"
+
+
+def test_a_run_that_misses_its_quorum_fails_with_the_reason_and_keeps_its_manifest(service: Service) -> None:
+    alice = service.client("alice")
+    run = alice.submit(SPEC, min_partners=4, required=["police"])
+    assert run.data["quorum"] == {"min_partners": 4, "required": ["police"]}
+    with pytest.raises(
+        FederationError, match=r"quorum not met: 3 partner\(s\) released, the run needs at least 4"
+    ):
+        run.wait()
+    assert run.data["error"] == "QuorumNotMet" and run.data["tables"] == []
+    manifest: dict = run.manifest()
+    assert manifest["quorum"]["met"] is False and len(manifest["nodes"]) == 3
+    assert alice.submit(SPEC.replace("incidents-by-area", "enough"), min_partners=3).wait().state == "done"
+
+
+def test_the_fleet_view_shows_each_partners_version_protocol_and_last_refusal(service: Service) -> None:
+    from coordinator.deploy.flower import RegisteredNode
+    from coordinator.service.fleet import fleet, fleet_lines
+
+    service.client("alice").submit(SPEC).wait()
+    greedy = SPEC.replace("rho: 0.05", "rho: 1.0")
+    for i in range(4):  # 0.05 + 4 x 1.0 of the cap of 5: the next one is refused everywhere
+        service.client("alice").submit(greedy.replace("incidents-by-area", f"g{i}")).wait()
+    with pytest.raises(BudgetExhausted):
+        service.client("alice").submit(greedy.replace("incidents-by-area", "refused")).wait()
+    seen = service.store.partners_seen()
+    assert set(seen) == {"police", "fire", "council"}
+    registered = [
+        RegisteredNode(i, name, "online", b"", "2026-12-03T07:00:00Z", 0.0) for i, name in enumerate(seen)
+    ]
+    registered.append(RegisteredNode(99, "ambulance", "offline", b""))
+    entries = {e["name"]: e for e in fleet(registered, seen)}
+    assert entries["police"]["version"] and entries["police"]["protocol"] == 1
+    assert "privacy budget exhausted" in str(entries["police"]["last_refusal"])
+    assert entries["ambulance"]["version"] is None and entries["ambulance"]["last_reply"] is None
+    text = "\n".join(fleet_lines(list(entries.values())))
+    assert "ambulance" in text and "version unknown; last reply never" in text and "last refusal" in text

@@ -163,3 +163,35 @@ def test_store_bad_url_is_a_config_error(tmp_path) -> None:
         RunStore.open("nosuchdb://x")
     with pytest.raises(ConfigError, match=r"postgresql\+psycopg://oda:\*\*\*@127.0.0.1:1/x: cannot open"):
         RunStore.open("postgresql+psycopg://oda:secret@127.0.0.1:1/x")
+
+
+def test_a_store_written_by_the_first_schema_is_upgraded_in_place(store_url: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import create_engine, text
+
+    from coordinator.service.store import MIGRATIONS
+
+    engine = create_engine(store_url)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0001")
+        connection.execute(
+            text(
+                "INSERT INTO runs (id, owner, source, name, parameters_json, spec_yaml, state, created_at, "
+                "deadline_at, planned_json, progress_json, refusals_json, tables_json) VALUES "
+                "('old', 'alice', 'spec', 'old run', '{}', '', 'done', 1.0, 2.0, '{}', '{}', '[]', '[]')"
+            )
+        )
+    engine.dispose()
+    store = RunStore.open(store_url)
+    try:
+        old = store.run("old")
+        assert old is not None and old.state == "done" and old.quorum_json is None
+        with store.engine.connect() as connection:
+            head = max(p.name[:4] for p in (MIGRATIONS / "versions").glob("0*.py"))
+            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == head
+    finally:
+        store.close()
