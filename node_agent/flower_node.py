@@ -427,7 +427,7 @@ def _serve_loop(agent: NodeAgent, conn: tuple[Any, ...], stop: threading.Event, 
             if held and time.monotonic() - swept > HELD_SWEEP_INTERVAL:
                 swept = time.monotonic()
                 _sweep_held(agent, held, closed)
-            received = receive()
+            received = _wait_for_work(receive, stop)
             if received is None:
                 stop.wait(interval)
                 continue
@@ -449,6 +449,33 @@ def _serve_loop(agent: NodeAgent, conn: tuple[Any, ...], stop: threading.Event, 
                 with contextlib.suppress(Exception, RunNotRunningException):
                     reply(_to_message(received[0], refused(agent, why)), time.perf_counter(), None, "")
             stop.wait(interval)
+
+
+def _wait_for_work(receive: Callable[[], Any], stop: threading.Event) -> Any:  # Flower's pull result
+    """Flower's pull for this node's next message, given up when the node is told to stop.
+
+    The coordinator's Fleet proxy holds an idle node's pull for up to its hold (10 s): run in a
+    daemon thread, a stopping node does not wait for it. A message that such an abandoned pull
+    still takes is not answered; the coordinator counts that partner as not replying.
+    """
+    box: dict[str, Any] = {}
+    done = threading.Event()
+
+    def pull() -> None:
+        try:
+            box["value"] = receive()
+        except BaseException as exc:  # Flower's KeyboardInterrupt (a revoked key) too
+            box["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=pull, name="oda-pull", daemon=True).start()
+    while not done.wait(0.1):
+        if stop.is_set():
+            return None
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 def _fetch_and_handle(

@@ -35,6 +35,13 @@ class CoordinatorConfig(BaseModel):
         pattern=r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$",
         description="HOST:PORT partners put in node.yaml as `coordinator:`",
     )
+    fleet_hold_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        le=25,
+        description="how long the Fleet proxy holds an idle node's pull for work (0: answer at once, "
+        "so every node's poll reaches the SuperLink)",
+    )
     superlink_port: int = Field(default=9091, ge=1, le=65535, description="the SuperLink's port on 127.0.0.1")
     database: str | None = Field(
         default="superlink.db",
@@ -104,6 +111,7 @@ def init_coordinator(
         f"fleet_listen: {config.fleet_listen}      # the public Fleet proxy (TLS); the only open port",
         f"fleet_address: {config.fleet_address}    # what partners write as `coordinator:`",
         f"superlink_port: {superlink_port}         # the SuperLink, on 127.0.0.1 only",
+        "fleet_hold_seconds: 10          # an idle node's poll waits here for work (0: answer at once)",
         "database: superlink.db          # registered node keys and runs: back it up",
         "blueprints: blueprints          # published blueprints, served read-only at /v1/blueprints",
     ]

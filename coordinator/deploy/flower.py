@@ -10,9 +10,11 @@ this module decoded by `analyses.reply` (`NodeReply`: a release or a typed refus
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import json
+import ssl
 import threading
 import time
 import weakref
@@ -197,6 +199,8 @@ def exchange(
 #: coordinator's service runs several Flower runs at once, so each message is stamped with its
 #: own run's identity (grid -> (task id, node id)) before it is pushed.
 _IDENTITIES: weakref.WeakKeyDictionary[Grid, tuple[int, int]] = weakref.WeakKeyDictionary()
+#: grid -> who tells the Fleet proxy which nodes were just pushed a message (see `Waker`).
+_WAKERS: weakref.WeakKeyDictionary[Grid, Waker] = weakref.WeakKeyDictionary()
 
 
 def _push(grid: Grid, messages: list[Message]) -> list[str]:
@@ -206,7 +210,35 @@ def _push(grid: Grid, messages: list[Message]) -> list[str]:
         for message in messages:
             message.metadata.__dict__["_run_id"] = grid.run.run_id
             message.metadata.__dict__["_src_task_id"], message.metadata.__dict__["_src_node_id"] = identity
-    return list(grid.push_messages(messages))
+    ids = list(grid.push_messages(messages))
+    waker = _WAKERS.get(grid)
+    if waker is not None:
+        waker.wake([m.metadata.dst_node_id for m, mid in zip(messages, ids, strict=True) if mid])
+    return ids
+
+
+class Waker:
+    """Tells the Fleet proxy (`coordinator.deploy.proxy`) which nodes were just pushed a
+    message, so it releases their held pulls at once. Best effort: if the proxy cannot be told,
+    the nodes still get the message at the end of their hold (`proxy.HOLD_SECONDS`)."""
+
+    def __init__(self, proxy: str, token: str, ca_cert: bytes, keys: Callable[[], dict[int, bytes]]) -> None:
+        context = ssl.create_default_context(cadata=ca_cert.decode())
+        context.check_hostname = False  # our own proxy on loopback; its chain is still checked
+        self._client = httpx.Client(base_url=f"https://{proxy}", verify=context, timeout=2.0)
+        self._token = token
+        self._keys = keys
+        self._known: dict[int, str] = {}
+
+    def wake(self, node_ids: list[int]) -> None:
+        if any(n not in self._known for n in node_ids):
+            self._known = {n: base64.b64encode(pem).decode() for n, pem in self._keys().items()}
+        keys = [self._known[n] for n in node_ids if n in self._known]
+        with contextlib.suppress(httpx.HTTPError):
+            self._client.post("/_oda/wake", json={"keys": keys}, headers={"x-oda-wake-token": self._token})
+
+    def close(self) -> None:
+        self._client.close()
 
 
 def _withdraw(
@@ -287,9 +319,16 @@ class FlowerLink:
     to loopback and only the Fleet API is exposed (through `coordinator.deploy.proxy`).
     """
 
-    def __init__(self, address: str, ca_cert: bytes) -> None:
+    def __init__(self, address: str, ca_cert: bytes, wake: tuple[str, str] | None = None) -> None:
+        """`wake` is (the Fleet proxy's loopback HOST:PORT, its wake token): each push then
+        releases the pushed nodes' held pulls at once."""
         self.address = address
         self._ca_cert = ca_cert
+        self._waker = (
+            Waker(wake[0], wake[1], ca_cert, lambda: {n.node_id: n.public_key_pem for n in self.list_nodes()})
+            if wake
+            else None
+        )
         version = RuntimeVersionHttpInterceptor(component_name="flwr CLI")
         self._control = ControlHttpClient.from_server_address(
             server_address=address, insecure=False, root_certificates=ca_cert, interceptors=[version]
@@ -361,6 +400,8 @@ class FlowerLink:
     def close(self) -> None:
         self._control.close()
         self._runtime.close()
+        if self._waker is not None:
+            self._waker.close()
 
     def names(self) -> dict[int, str]:
         """Flower node id -> the partner name it was registered under (registered nodes only)."""
@@ -464,6 +505,8 @@ class FlowerLink:
         TaskIdentity.run_id = run.run_id
         TaskIdentity.node_id = task.context.node_id
         _IDENTITIES[grid] = (task.task_id, task.context.node_id)
+        if self._waker is not None:
+            _WAKERS[grid] = self._waker
         context = context_from_proto(task.context)
 
         def finish() -> None:

@@ -9,16 +9,30 @@ registry read-only (`GET /v1/blueprints`, `GET /v1/blueprints/NAME/VERSION/bluep
 `.../signature.json`), and answers everything else with 404, without contacting the SuperLink. Node authentication stays end to end: the signed headers a
 node sends are forwarded unchanged and checked by the SuperLink.
 
+**No idle polling storm.** A node asks for work with `pull-messages` every `poll_interval`. The
+proxy answers a node's pull at once while the coordinator has pushed it a message in the last
+`FAST_WINDOW` seconds (a run in flight); otherwise it holds the pull until the coordinator says
+it pushed that node something (`POST /_oda/wake`, from `coordinator.deploy.flower`, with the
+secret in `wake.token`) or `HOLD_SECONDS` pass, then forwards it. An idle node so costs the
+SuperLink one pull per `HOLD_SECONDS` instead of one per `poll_interval`, and a new request still
+reaches it at once. Nodes are told apart by the public-key header their pulls are signed with;
+a forged header can only make its own pull wait or pass: it never delays another node by more
+than one hold (and the SuperLink still checks every signature).
+
 Run by `oda coordinator start`: `python -m coordinator.deploy.proxy --listen HOST:PORT --upstream
-127.0.0.1:PORT --pki DIR`.
+127.0.0.1:PORT --pki DIR [--wake-token FILE]`.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
+import hmac
+import json
 import ssl
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -28,9 +42,31 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-__all__ = ["FLEET_PREFIX", "MAX_BODY_BYTES", "MAX_BUFFERED_BYTES", "BodyBudget", "build_app", "main"]
+__all__ = [
+    "FAST_WINDOW",
+    "FLEET_PREFIX",
+    "HOLD_SECONDS",
+    "MAX_BODY_BYTES",
+    "MAX_BUFFERED_BYTES",
+    "WAKE_PATH",
+    "BodyBudget",
+    "PullGate",
+    "build_app",
+    "main",
+]
 
 FLEET_PREFIX = "/v1/fleet/"
+PULL_PATH = "/v1/fleet/pull-messages"
+WAKE_PATH = "/_oda/wake"
+#: The header Flower's nodes sign their Fleet calls with (their public key).
+KEY_HEADER = "flwr-public-key"
+#: Longest a pull of an idle node is held (Flower's node waits 30 s for an answer).
+HOLD_SECONDS = 10.0
+#: After a push to a node, its pulls pass straight through for this long (a run in flight).
+FAST_WINDOW = 30.0
+#: Most pulls held at once, and most nodes remembered: beyond, pulls pass through as before.
+MAX_HELD = 5_000
+MAX_KEYS = 20_000
 #: Larger than any Fleet message object oda sends (a 200,000-cell release is a few MB); a bigger
 #: body is refused as soon as it passes this, declared or chunked.
 MAX_BODY_BYTES = 16 * 1024 * 1024
@@ -105,9 +141,56 @@ class BodyBudget:
         self.held -= size
 
 
-def build_app(upstream: str, ca_cert: Path | None, registry: Path | None = None) -> Starlette:
+class PullGate:
+    """Which nodes' pulls wait: those the coordinator has pushed nothing to lately."""
+
+    def __init__(self, hold: float = HOLD_SECONDS, fast_window: float = FAST_WINDOW) -> None:
+        self.hold = hold
+        self.fast_window = fast_window
+        self.pushed: dict[str, float] = {}  # node key -> monotonic time of the last wake
+        self.waiting: dict[str, asyncio.Event] = {}
+        self.held = 0
+        self.held_total = 0
+
+    async def admit(self, key: str | None) -> None:
+        """Return when `key`'s pull may go on to the SuperLink."""
+        if self.hold <= 0 or not key or len(key) > 2048 or self.held >= MAX_HELD:
+            return
+        if time.monotonic() - self.pushed.get(key, -1e18) < self.fast_window:
+            return
+        if key not in self.waiting and len(self.waiting) >= MAX_KEYS:
+            return
+        event = self.waiting.setdefault(key, asyncio.Event())
+        self.held += 1
+        self.held_total += 1
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), self.hold)
+        finally:
+            self.held -= 1
+            event.clear()
+
+    def wake(self, keys: list[str]) -> None:
+        now = time.monotonic()
+        if len(self.pushed) > MAX_KEYS:
+            self.pushed = {k: t for k, t in self.pushed.items() if now - t < self.fast_window}
+        for key in keys:
+            self.pushed[key] = now
+            event = self.waiting.get(key)
+            if event is not None:
+                event.set()
+
+
+def build_app(
+    upstream: str,
+    ca_cert: Path | None,
+    registry: Path | None = None,
+    wake_token: str | None = None,
+    gate: PullGate | None = None,
+) -> Starlette:
     """The proxy as an ASGI app forwarding to `https://upstream` (plain HTTP when `ca_cert` is None,
-    which only tests use), serving the blueprint registry in `registry` when given."""
+    which only tests use), serving the blueprint registry in `registry` when given. With
+    `wake_token`, idle nodes' pulls are held (`PullGate`) until `POST /_oda/wake` names them."""
     verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(ca_cert)) if ca_cert else False
     scheme = "https" if ca_cert else "http"
     client = httpx.AsyncClient(
@@ -118,9 +201,26 @@ def build_app(upstream: str, ca_cert: Path | None, registry: Path | None = None)
     )
 
     budget = BodyBudget()
+    gate = gate or PullGate(hold=HOLD_SECONDS if wake_token else 0.0)
+
+    async def wake(request: Request) -> Response:
+        given = request.headers.get("x-oda-wake-token", "")
+        if not wake_token or not hmac.compare_digest(given.encode(), wake_token.encode()):
+            return _not_exposed(request)
+        body = await request.body()
+        try:
+            keys = json.loads(body[: 4 * 1024 * 1024])["keys"]
+        except (ValueError, KeyError, TypeError):
+            return JSONResponse({"error": 'send {"keys": [...]}'}, status_code=400)
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+            return JSONResponse({"error": "keys must be a list of strings"}, status_code=400)
+        gate.wake(keys[:MAX_KEYS])
+        return JSONResponse({"woken": min(len(keys), MAX_KEYS)})
 
     async def forward(request: Request) -> Response:
         path = request.url.path
+        if request.method == "POST" and path == WAKE_PATH:
+            return await wake(request)
         if not (
             (request.method == "POST" and path.startswith(FLEET_PREFIX) and ".." not in path)
             or (request.method == "GET" and path == "/health")
@@ -138,6 +238,8 @@ def build_app(upstream: str, ca_cert: Path | None, registry: Path | None = None)
                     return JSONResponse({"error": "the coordinator is busy; try again"}, status_code=503)
                 body += chunk
             headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP]
+            if path == PULL_PATH:
+                await gate.admit(request.headers.get(KEY_HEADER))
             try:
                 upstream_response = await client.request(
                     request.method, path, content=bytes(body), headers=headers, params=request.query_params
@@ -164,6 +266,7 @@ def build_app(upstream: str, ca_cert: Path | None, registry: Path | None = None)
     routes = _registry_routes(registry) if registry is not None else []
     app = Starlette(routes=[*routes, Route("/{path:path}", forward, methods=methods)], lifespan=lifespan)
     app.state.body_budget = budget
+    app.state.pull_gate = gate
     return app
 
 
@@ -177,10 +280,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--upstream", required=True, help="the SuperLink on loopback, 127.0.0.1:PORT")
     parser.add_argument("--pki", type=Path, required=True, help="folder with ca.crt, server.crt, server.key")
     parser.add_argument("--registry", type=Path, default=None, help="blueprint registry folder to serve")
+    parser.add_argument(
+        "--wake-token",
+        type=Path,
+        default=None,
+        help="file with the secret the coordinator wakes held pulls with",
+    )
+    parser.add_argument(
+        "--hold", type=float, default=HOLD_SECONDS, help="seconds an idle node's pull is held"
+    )
     args = parser.parse_args(argv)
     host, _, port = args.listen.rpartition(":")
     pki: Path = args.pki
-    app = build_app(args.upstream, pki / "ca.crt", args.registry)
+    token = args.wake_token.read_text().strip() if args.wake_token else None
+    gate = PullGate(hold=args.hold if token else 0.0)
+    app = build_app(args.upstream, pki / "ca.crt", args.registry, token, gate)
     print(
         f"fleet proxy: https://{args.listen} -> https://{args.upstream} (Fleet API and /health only)",
         flush=True,

@@ -9,6 +9,7 @@ the production transport.
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -27,7 +28,27 @@ from privacy.exit_codes import NO_PHONE_HOME
 if TYPE_CHECKING:
     from coordinator.deploy.flower import FlowerLink
 
-__all__ = ["CoordinatorService", "ProcessGroup", "Supervised", "coordinator_link", "free_port", "port_open"]
+__all__ = [
+    "WAKE_TOKEN",
+    "CoordinatorService",
+    "ProcessGroup",
+    "Supervised",
+    "coordinator_link",
+    "free_port",
+    "port_open",
+    "proxy_loopback",
+]
+
+
+#: The secret the coordinator's processes wake the Fleet proxy's held pulls with (new at each start).
+WAKE_TOKEN = "wake.token"  # noqa: S105  # a file name, not a secret
+
+
+def proxy_loopback(fleet_listen: str) -> str:
+    """Where a process on the coordinator's machine reaches the Fleet proxy."""
+    host, _, port = fleet_listen.rpartition(":")
+    host = host.strip("[]")
+    return f"{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"  # noqa: S104
 
 
 def coordinator_link(folder: Path) -> FlowerLink:
@@ -40,7 +61,9 @@ def coordinator_link(folder: Path) -> FlowerLink:
     pki = Pki(folder / "pki").require()
     from coordinator.deploy.flower import FlowerLink  # Flower loads only once the folder is valid
 
-    return FlowerLink(f"127.0.0.1:{config.superlink_port}", pki.ca_cert.read_bytes())
+    token = folder / "run" / WAKE_TOKEN
+    wake = (proxy_loopback(config.fleet_listen), token.read_text().strip()) if token.is_file() else None
+    return FlowerLink(f"127.0.0.1:{config.superlink_port}", pki.ca_cert.read_bytes(), wake)
 
 
 def free_port() -> int:
@@ -198,6 +221,13 @@ class CoordinatorService(Supervised):
                     "is the coordinator already running?"
                 )
         bindir = Path(sys.executable).parent
+        run_dir = self.folder / "run"
+        run_dir.mkdir(exist_ok=True)
+        token = run_dir / WAKE_TOKEN
+        token.unlink(missing_ok=True)
+        fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32))
         self.processes.spawn(
             "superlink",
             [
@@ -234,6 +264,10 @@ class CoordinatorService(Supervised):
                 str(self.pki.folder),
                 "--registry",
                 str(self.registry),
+                "--wake-token",
+                str(token),
+                "--hold",
+                str(self.config.fleet_hold_seconds),
             ],
         )
         self.processes.wait_for(

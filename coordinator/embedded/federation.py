@@ -15,13 +15,19 @@ from pathlib import Path
 from coordinator.deploy.config import CONFIG_NAME
 from coordinator.deploy.flower import FlowerLink
 from coordinator.deploy.pki import create_ca, issue_server_certificate
-from coordinator.deploy.service import CoordinatorService, ProcessGroup, Supervised, free_port
+from coordinator.deploy.service import (
+    CoordinatorService,
+    ProcessGroup,
+    Supervised,
+    coordinator_link,
+    free_port,
+)
 from coordinator.embedded.synthetic import PARTNERS, write_federation
 
 __all__ = ["EmbeddedFederation", "free_port"]
 
 
-def _embedded_coordinator(folder: Path, api: int = 0) -> None:
+def _embedded_coordinator(folder: Path, api: int = 0, hold: float | None = None) -> None:
     """A coordinator folder on fresh loopback ports; the CA is made once and then reused.
 
     Its SuperLink keeps state in memory (the keys are registered at every start): on disk,
@@ -36,7 +42,9 @@ def _embedded_coordinator(folder: Path, api: int = 0) -> None:
         "# the embedded federation's coordinator; ports are chosen afresh at each start\n"
         "version: 1\nname: oda embedded federation\n"
         f"fleet_listen: 127.0.0.1:{fleet}\nfleet_address: 127.0.0.1:{fleet}\nsuperlink_port: {free_port()}\n"
-        "database: null\n" + (f"api_listen: 127.0.0.1:{free_port()}\nconcurrency: {api}\n" if api else "")
+        "database: null\n"
+        + (f"fleet_hold_seconds: {hold}\n" if hold is not None else "")
+        + (f"api_listen: 127.0.0.1:{free_port()}\nconcurrency: {api}\n" if api else "")
     )
 
 
@@ -52,12 +60,14 @@ class EmbeddedFederation(Supervised):
         manual: frozenset[str] = frozenset(),
         partner_configs: Callable[[str, Path], dict[str, Path]] | None = None,
         api: int = 0,
+        hold: float | None = None,
     ) -> None:
         """`partner_configs(fleet_address, ca_cert)`, when given, writes the partners' folders
         (node.yaml, data, keys/node.key and keys/node.pub) instead of the synthetic ones and
         returns partner -> node.yaml. `api` > 0 also starts the analyst API, running that many runs
-        at once."""
+        at once. `hold` overrides the Fleet proxy's `fleet_hold_seconds` (0: no held pulls)."""
         self.api = api
+        self.hold = hold
         self.partner_configs = partner_configs
         self.work_dir = work_dir
         self.rows = rows
@@ -86,10 +96,10 @@ class EmbeddedFederation(Supervised):
 
     def link(self) -> FlowerLink:
         """A new connection to the SuperLink's Control and Runtime APIs (close it when done)."""
-        return FlowerLink(self.superlink_address, self.ca_cert.read_bytes())
+        return coordinator_link(self.coordinator_dir)
 
     def start(self) -> None:
-        _embedded_coordinator(self.coordinator_dir, self.api)
+        _embedded_coordinator(self.coordinator_dir, self.api, self.hold)
         self.service = CoordinatorService(self.coordinator_dir, processes=self.processes)
         self.service.start()
         if self.partner_configs is not None:

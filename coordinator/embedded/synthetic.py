@@ -18,7 +18,7 @@ import pandas as pd
 from analyses.keysets import load_keyset
 from node_agent.keys import write_key_pair
 
-__all__ = ["PARTNERS", "area_deprivation", "generate_partner", "write_federation"]
+__all__ = ["PARTNERS", "area_deprivation", "generate_partner", "write_federation", "write_many"]
 
 KEYSET = "coventry_lsoa11"
 PARTNERS = ("police", "fire", "council")
@@ -216,4 +216,29 @@ def write_federation(
             text += "  approval: manual\n"
         config.write_text(text)
         configs[partner] = config
+    return configs
+
+
+def write_many(
+    root: Path,
+    partners: int,
+    rows: int,
+    coordinator: str | None = None,
+    ca_cert: Path | None = None,
+    poll: float = 0.05,
+) -> dict[str, Path]:
+    """`partners` synthetic partners (police, fire, council, police-2, fire-2, ...): the three
+    kinds repeated, each set from its own seed, for scale tests and benches."""
+    configs: dict[str, Path] = {}
+    for index in range((partners + len(PARTNERS) - 1) // len(PARTNERS)):
+        written = write_federation(
+            root / f"set-{index + 1}", rows, 7 + index, coordinator, poll, ca_cert=ca_cert
+        )
+        for partner, path in written.items():
+            if len(configs) == partners:
+                break
+            name = partner if index == 0 else f"{partner}-{index + 1}"
+            if name != partner:
+                path.write_text(path.read_text().replace(f"partner: {partner}\n", f"partner: {name}\n", 1))
+            configs[name] = path
     return configs
