@@ -36,7 +36,10 @@ CANCEL_CHECK_SECONDS = 0.5
 
 
 class StoreWatch:
-    """A `RunWatch` that records a run's progress in the store and reads its cancel from there."""
+    """A `RunWatch` that records a run's progress in the store and reads its cancel from there.
+
+    The deadline is not a cancel: each request waits at most until it (the transport's timeout),
+    and the run completes with the partners that answered."""
 
     def __init__(self, store: RunStore, run_id: str, deadline_at: float, stopping: threading.Event) -> None:
         self.store = store
@@ -88,8 +91,6 @@ class StoreWatch:
         if self.stopping.is_set():
             self.stopped_by_shutdown = True
             return "the coordinator is stopping"
-        if time.time() > self.deadline_at:
-            return "the run's deadline passed"
         if now - self._checked < CANCEL_CHECK_SECONDS:
             return None
         self._checked = now
@@ -183,6 +184,11 @@ class RunWorker:
             quorum = Quorum(stated.get("min_partners"), tuple(stated.get("required", ())))
         context = RunContext(f"{row.owner}@{self.federation}", row.id, row.purpose, watch, quorum)
         folder = self.results / row.id
+        if time.time() >= row.deadline_at:
+            self.store.set_state(
+                row.id, "failed", "its deadline passed before it could start; nothing was sent"
+            )
+            return
         try:
             folder.mkdir(parents=False, exist_ok=False)  # a run's results are never overwritten
             self.store.set_state(row.id, "running", results_dir=str(folder))

@@ -184,13 +184,13 @@ def test_restart_marks_in_flight_interrupted_runs_queued_after_and_keeps_results
         _until(
             "police released", lambda: flying.refresh().partners.get("police", {}).get("state") == "released"
         )
-        queued = alice.submit(SPEC.format(name="after-restart"), deadline=20)
+        queued = alice.submit(SPEC.format(name="after-restart"), deadline=45)
         fed.processes.end("analyst-api", signal.SIGKILL)  # the coordinator dies mid-run
         fed.service.start_api()  # type: ignore[union-attr]
         flying.refresh()
         assert flying.state == "interrupted"
         assert "police rho 0.05" in flying.data["reason"] and "fire rho 0.05" in flying.data["reason"]
-        queued.wait(timeout=120)  # council never answers: the run ends at its 20 s deadline
+        queued.wait(timeout=120)  # council never answers: the run ends at its 45 s deadline
         assert queued.partners["council"]["state"] == "timeout"
         assert queued.partners["police"]["state"] == "released"
         again = alice.run(first.id)

@@ -194,6 +194,7 @@ def test_requests_the_coordinator_gave_up_on_leave_the_inbox_and_spend_nothing(t
     used to crash with a raw Flower traceback)."""
     from flwr.app import ConfigRecord, Message, RecordDict
 
+    from coordinator.deploy.flower import _push
     from coordinator.run.transport import RunCancelled, RunContext
 
     with EmbeddedFederation(tmp_path, rows=5_000, partners=("police",), manual=frozenset({"police"})) as fed:
@@ -213,7 +214,7 @@ def test_requests_the_coordinator_gave_up_on_leave_the_inbox_and_spend_nothing(t
                 node = next(iter(grid.get_node_ids()))
                 request = AnalysisRequest(1, "expired", "central", SPEC).to_json()
                 content = RecordDict({"request": ConfigRecord({"json": request})})
-                grid.push_messages([Message(content, node, "query", ttl=2.0, group_id="")])
+                _push(grid, [Message(content, node, "query", ttl=2.0, group_id="")])
                 _wait_waiting(state, "expired")
                 time.sleep(2.5)
                 # the node may have withdrawn it already (it looks every few seconds)
@@ -288,6 +289,8 @@ def test_a_reply_the_coordinator_no_longer_takes_is_recorded_spent_not_delivered
     (the budget was debited before the release was computed, and stays spent)."""
     from flwr.app import ConfigRecord, Message, RecordDict
 
+    from coordinator.deploy.flower import _push
+
     with EmbeddedFederation(tmp_path, rows=5_000, partners=("police",)) as fed:
         state = fed.configs["police"].parent / "state"
         link = fed.link()
@@ -297,7 +300,8 @@ def test_a_reply_the_coordinator_no_longer_takes_is_recorded_spent_not_delivered
                 node = next(iter(grid.get_node_ids()))
                 request = AnalysisRequest(1, "too-late", "central", BIG).to_json()
                 content = RecordDict({"request": ConfigRecord({"json": request})})
-                grid.push_messages([Message(content, node, "query", ttl=0.5, group_id="")])
+                # through the link's own push, which wakes the node's held pull at once
+                _push(grid, [Message(content, node, "query", ttl=0.5, group_id="")])
                 deadline = time.monotonic() + 120
                 while time.monotonic() < deadline:
                     entries = Ledger(state / "ledger.sqlite").entries()

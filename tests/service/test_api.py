@@ -263,3 +263,30 @@ def test_the_fleet_view_shows_each_partners_version_protocol_and_last_refusal(se
     assert entries["ambulance"]["version"] is None and entries["ambulance"]["last_reply"] is None
     text = "\n".join(fleet_lines(list(entries.values())))
     assert "ambulance" in text and "version unknown; last reply never" in text and "last refusal" in text
+
+
+def test_wait_with_progress_draws_a_bar_per_partner(
+    service: Service, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = service.client("alice").submit(SPEC).wait(progress=True)
+    assert run.state == "done"
+    drawn = capsys.readouterr().out
+    assert all(partner in drawn for partner in ("police", "fire", "council")) and "released" in drawn
+
+
+def test_a_run_whose_deadline_passed_in_the_queue_fails_without_sending(service: Service) -> None:
+    service.worker.stop()
+    run = service.client("alice").submit(SPEC, deadline=10)
+    service.store.set_state(run.id, "queued", deadline_at=0.0)  # as if it had waited past its deadline
+    restarted = RunWorker(
+        service.store, lambda: InProcessTransport(service.agents), service.state.results, "test-fed", poll=0.2
+    )
+    restarted.start()
+    try:
+        with pytest.raises(
+            FederationError, match="its deadline passed before it could start; nothing was sent"
+        ):
+            run.wait(timeout=60)
+    finally:
+        restarted.stop()
+    assert all(a.ledger.entries() == [] for a in service.agents)
