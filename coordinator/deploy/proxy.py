@@ -10,14 +10,14 @@ registry read-only (`GET /v1/blueprints`, `GET /v1/blueprints/NAME/VERSION/bluep
 node sends are forwarded unchanged and checked by the SuperLink.
 
 **No idle polling storm.** A node asks for work with `pull-messages` every `poll_interval`. The
-proxy answers a node's pull at once while the coordinator has pushed it a message in the last
-`FAST_WINDOW` seconds (a run in flight); otherwise it holds the pull until the coordinator says
-it pushed that node something (`POST /_oda/wake`, from `coordinator.deploy.flower`, with the
-secret in `wake.token`) or `HOLD_SECONDS` pass, then forwards it. An idle node so costs the
-SuperLink one pull per `HOLD_SECONDS` instead of one per `poll_interval`, and a new request still
-reaches it at once. Nodes are told apart by the public-key header their pulls are signed with;
-a forged header can only make its own pull wait or pass: it never delays another node by more
-than one hold (and the SuperLink still checks every signature).
+proxy holds each pull until the coordinator says it pushed that node something (`POST
+/_oda/wake`, from `coordinator.deploy.flower`, with the secret in `wake.token`) or
+`HOLD_SECONDS` pass, then forwards it; a wake that comes while no pull is held releases the
+node's next pull at once, so no push waits. An idle node so costs the SuperLink one pull per
+`HOLD_SECONDS` instead of one per `poll_interval`, and a request still reaches it at once
+(a message pushed without a wake, e.g. by a stock `flwr run`, waits at most one hold). Nodes are
+told apart by the public-key header their pulls are signed with; a forged header can only make
+its own pull wait or pass early (the SuperLink still checks every signature).
 
 Run by `oda coordinator start`: `python -m coordinator.deploy.proxy --listen HOST:PORT --upstream
 127.0.0.1:PORT --pki DIR [--wake-token FILE]`.
@@ -32,7 +32,6 @@ import hmac
 import json
 import ssl
 import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -43,7 +42,6 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 __all__ = [
-    "FAST_WINDOW",
     "FLEET_PREFIX",
     "HOLD_SECONDS",
     "MAX_BODY_BYTES",
@@ -62,8 +60,6 @@ WAKE_PATH = "/_oda/wake"
 KEY_HEADER = "flwr-public-key"
 #: Longest a pull of an idle node is held (Flower's node waits 30 s for an answer).
 HOLD_SECONDS = 10.0
-#: After a push to a node, its pulls pass straight through for this long (a run in flight).
-FAST_WINDOW = 30.0
 #: Most pulls held at once, and most nodes remembered: beyond, pulls pass through as before.
 MAX_HELD = 5_000
 MAX_KEYS = 20_000
@@ -142,25 +138,28 @@ class BodyBudget:
 
 
 class PullGate:
-    """Which nodes' pulls wait: those the coordinator has pushed nothing to lately."""
+    """Holds nodes' pulls until the coordinator wakes them (or the hold passes)."""
 
-    def __init__(self, hold: float = HOLD_SECONDS, fast_window: float = FAST_WINDOW) -> None:
+    def __init__(self, hold: float = HOLD_SECONDS) -> None:
         self.hold = hold
-        self.fast_window = fast_window
-        self.pushed: dict[str, float] = {}  # node key -> monotonic time of the last wake
-        self.waiting: dict[str, asyncio.Event] = {}
+        #: node key -> set when the coordinator pushed it something its next pull has not taken
+        self.woken: dict[str, asyncio.Event] = {}
         self.held = 0
         self.held_total = 0
+
+    def _event(self, key: str) -> asyncio.Event | None:
+        event = self.woken.get(key)
+        if event is None and len(self.woken) < MAX_KEYS:
+            event = self.woken[key] = asyncio.Event()
+        return event
 
     async def admit(self, key: str | None) -> None:
         """Return when `key`'s pull may go on to the SuperLink."""
         if self.hold <= 0 or not key or len(key) > 2048 or self.held >= MAX_HELD:
             return
-        if time.monotonic() - self.pushed.get(key, -1e18) < self.fast_window:
+        event = self._event(key)
+        if event is None:  # too many keys remembered: pass, as before there were holds
             return
-        if key not in self.waiting and len(self.waiting) >= MAX_KEYS:
-            return
-        event = self.waiting.setdefault(key, asyncio.Event())
         self.held += 1
         self.held_total += 1
         try:
@@ -168,16 +167,11 @@ class PullGate:
                 await asyncio.wait_for(event.wait(), self.hold)
         finally:
             self.held -= 1
-            event.clear()
+            event.clear()  # this pull takes what the wake announced
 
     def wake(self, keys: list[str]) -> None:
-        now = time.monotonic()
-        if len(self.pushed) > MAX_KEYS:
-            self.pushed = {k: t for k, t in self.pushed.items() if now - t < self.fast_window}
         for key in keys:
-            self.pushed[key] = now
-            event = self.waiting.get(key)
-            if event is not None:
+            if len(key) <= 2048 and (event := self._event(key)) is not None:
                 event.set()
 
 
@@ -308,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         log_level="warning",
         access_log=False,
         server_header=False,
+        timeout_graceful_shutdown=2,  # held pulls would otherwise keep a stopping proxy up for a hold
     )
     return 0
 

@@ -1,6 +1,6 @@
-"""The Fleet proxy's held pulls: an idle node's pull waits until the coordinator pushes it
-something (or the hold passes); a node with a run in flight is answered at once; the wake door
-opens only with the coordinator's secret; a forged key delays no one else."""
+"""The Fleet proxy's held pulls: a node's pull waits until the coordinator pushes it something
+(or the hold passes); a wake before the pull is not lost; the wake door opens only with the
+coordinator's secret."""
 
 from __future__ import annotations
 
@@ -28,8 +28,13 @@ def test_an_idle_nodes_pull_is_held_until_the_coordinator_wakes_it() -> None:
         gate.wake(["police-key"])
         await asyncio.wait_for(pull, 10)  # released by the wake, long before the hold
         assert gate.held == 0
-        # a run is in flight for police: its next pulls pass at once
+        # a wake while no pull is held releases the next pull at once: no push waits a hold
+        gate.wake(["police-key"])
         await asyncio.wait_for(gate.admit("police-key"), 10)
+        later = asyncio.create_task(gate.admit("police-key"))  # that wake is used up
+        await asyncio.sleep(0.05)
+        assert not later.done()
+        later.cancel()
 
     asyncio.run(go())
 
