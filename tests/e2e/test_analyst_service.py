@@ -218,6 +218,8 @@ def test_console_in_headless_chromium_shows_runs_a_run_its_table_and_partners(
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
 
     run, tokens = finished
     browser, driver_path = _chromium()  # type: ignore[misc]
@@ -233,9 +235,12 @@ def test_console_in_headless_chromium_shows_runs_a_run_its_table_and_partners(
         driver.get(f"{_url(federation)}/console/login")
         driver.find_element(By.ID, "token").send_keys(tokens["alice"])
         driver.find_element(By.ID, "sign-in").click()
+        wait = WebDriverWait(driver, 60)  # a click returns before the next page has loaded
+        wait.until(expected_conditions.presence_of_element_located((By.ID, "runs")))
         rows = driver.find_elements(By.CSS_SELECTOR, "#runs tr")
         assert any(run.id in r.text and "done" in r.text for r in rows), [r.text for r in rows]
         driver.find_element(By.LINK_TEXT, run.id).click()
+        wait.until(expected_conditions.presence_of_element_located((By.ID, "run-state")))
         assert driver.find_element(By.ID, "run-state").text == "done"
         partners = {
             r.get_attribute("data-partner"): r.find_elements(By.TAG_NAME, "td")[1].text
