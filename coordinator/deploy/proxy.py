@@ -16,8 +16,9 @@ proxy holds each pull until the coordinator says it pushed that node something (
 node's next pull at once, so no push waits. An idle node so costs the SuperLink one pull per
 `HOLD_SECONDS` instead of one per `poll_interval`, and a request still reaches it at once
 (a message pushed without a wake, e.g. by a stock `flwr run`, waits at most one hold). Nodes are
-told apart by the public-key header their pulls are signed with; a forged header can only make
-its own pull wait or pass early (the SuperLink still checks every signature).
+told apart by the public-key header their pulls are signed with, which the SuperLink checks
+only after the hold: a pull with a forged header can take a node's wake, delaying that node's
+next pull by at most one hold (never a message lost, nothing released).
 
 Run by `oda coordinator start`: `python -m coordinator.deploy.proxy --listen HOST:PORT --upstream
 127.0.0.1:PORT --pki DIR [--wake-token FILE]`.
