@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, NamedTuple, Self
 
 from coordinator.deploy.config import CONFIG_NAME, load_coordinator
 from coordinator.deploy.pki import Pki
@@ -31,10 +31,12 @@ if TYPE_CHECKING:
 __all__ = [
     "WAKE_TOKEN",
     "CoordinatorService",
+    "LocalAddress",
     "ProcessGroup",
     "Supervised",
     "coordinator_link",
     "free_port",
+    "local_address",
     "port_open",
     "proxy_loopback",
 ]
@@ -44,11 +46,24 @@ __all__ = [
 WAKE_TOKEN = "wake.token"  # noqa: S105  # a file name, not a secret
 
 
-def proxy_loopback(fleet_listen: str) -> str:
-    """Where a process on the coordinator's machine reaches the Fleet proxy."""
-    host, _, port = fleet_listen.rpartition(":")
+class LocalAddress(NamedTuple):
+    """Where a process on this machine reaches a listener."""
+
+    host: str
+    port: int
+
+
+def local_address(listen: str) -> LocalAddress:
+    """The address to reach a `HOST:PORT` listener from this machine (a wildcard host is loopback)."""
+    host, _, port = listen.rpartition(":")
     host = host.strip("[]")
-    return f"{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"  # noqa: S104
+    return LocalAddress("127.0.0.1" if host in ("0.0.0.0", "::") else host, int(port))  # noqa: S104
+
+
+def proxy_loopback(fleet_listen: str) -> str:
+    """Where a process on the coordinator's machine reaches the Fleet proxy, as HOST:PORT."""
+    host, port = local_address(fleet_listen)
+    return f"{host}:{port}"
 
 
 def coordinator_link(folder: Path) -> FlowerLink:
@@ -208,12 +223,10 @@ class CoordinatorService(Supervised):
         Raises:
             FederationError: a port is taken, or a process failed to start (its log lines included).
         """
-        fleet_host, _, fleet_port = self.fleet_listen.rpartition(":")
-        fleet_host = fleet_host.strip("[]")
-        probe_host = "127.0.0.1" if fleet_host in ("0.0.0.0", "::") else fleet_host  # noqa: S104
+        fleet = local_address(self.fleet_listen)
         for host, port, what in (
             ("127.0.0.1", self.config.superlink_port, "superlink_port"),
-            (probe_host, int(fleet_port), "fleet_listen"),
+            (fleet.host, fleet.port, "fleet_listen"),
         ):
             if port_open(host, port):
                 raise FederationError(
@@ -271,9 +284,7 @@ class CoordinatorService(Supervised):
             ],
         )
         self.processes.wait_for(
-            lambda: (
-                port_open("127.0.0.1", self.config.superlink_port) and port_open(probe_host, int(fleet_port))
-            ),
+            lambda: port_open("127.0.0.1", self.config.superlink_port) and port_open(*fleet),
             60,
             f"the SuperLink on {self.superlink_address} and the Fleet proxy on {self.fleet_listen}",
         )
@@ -287,19 +298,15 @@ class CoordinatorService(Supervised):
             FederationError: its port is taken, or it failed to start.
         """
         listen = str(self.config.api_listen)
-        host, _, port = listen.rpartition(":")
-        host = host.strip("[]")
-        probe = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
-        if port_open(probe, int(port)):
+        api = local_address(listen)
+        if port_open(*api):
             raise FederationError(
-                f"port {port} on {probe} is already in use (api_listen in {self.folder / CONFIG_NAME})"
+                f"port {api.port} on {api.host} is already in use (api_listen in {self.folder / CONFIG_NAME})"
             )
         self.processes.spawn(
             "analyst-api", [sys.executable, "-m", "coordinator.service.serve", str(self.folder.resolve())]
         )
-        self.processes.wait_for(
-            lambda: port_open(probe, int(port)), 90, f"the analyst API on https://{listen}"
-        )
+        self.processes.wait_for(lambda: port_open(*api), 90, f"the analyst API on https://{listen}")
 
     def stop(self) -> None:
         if self._owns_processes:

@@ -3,20 +3,16 @@ coordinator last heard from it (from the run store): version, protocol, last rep
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from coordinator.service.store import PartnerSeenRow
+from coordinator.service.views import iso
 
 if TYPE_CHECKING:
     from coordinator.deploy.flower import RegisteredNode
 
 __all__ = ["fleet", "fleet_lines"]
-
-
-def _iso(t: float | None) -> str | None:
-    return None if not t else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
 def fleet(nodes: Sequence[RegisteredNode], seen: dict[str, PartnerSeenRow]) -> list[dict[str, object]]:
@@ -30,13 +26,13 @@ def fleet(nodes: Sequence[RegisteredNode], seen: dict[str, PartnerSeenRow]) -> l
                 "name": node.name,
                 "status": node.status,
                 "connected_at": node.last_activated_at or None,
-                "online_until": _iso(node.online_until),
+                "online_until": iso(node.online_until or None),
                 "version": heard.node_version if heard else None,
                 "protocol": heard.protocol if heard else None,
-                "last_reply": _iso(heard.last_reply_at) if heard else None,
+                "last_reply": iso(heard.last_reply_at) if heard else None,
                 "last_run": heard.last_run if heard else None,
                 "last_refusal": heard.last_refusal if heard else None,
-                "last_refusal_at": _iso(heard.last_refusal_at) if heard else None,
+                "last_refusal_at": iso(heard.last_refusal_at) if heard else None,
             }
         )
     return out

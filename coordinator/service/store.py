@@ -117,6 +117,10 @@ class RunRow(Base):
         """partner -> rho its node debited for this run so far (from the releases received)."""
         return {p: float(cast(float, v.get("cost_rho", 0.0))) for p, v in self.progress().items()}
 
+    def spent(self) -> str:
+        """What each partner debited so far, in words (`police rho 0.05, fire rho 0.05`)."""
+        return ", ".join(f"{p} rho {v:.6g}" for p, v in sorted(self.debited().items()) if v) or "nothing"
+
 
 class EventRow(Base):
     """Something that happened to a run, in order: what the live event stream sends."""
@@ -375,12 +379,11 @@ class RunStore:
             rows = list(s.scalars(select(RunRow).where(RunRow.state.in_(sorted(ACTIVE)))))
         out = []
         for row in rows:
-            spent = ", ".join(f"{p} rho {v:.6g}" for p, v in sorted(row.debited().items()) if v) or "nothing"
             out.append(
                 self.set_state(
                     row.id,
                     "interrupted",
-                    f"the coordinator stopped while this run was in flight; partners spent: {spent}",
+                    f"the coordinator stopped while this run was in flight; partners spent: {row.spent()}",
                 )
             )
         return out

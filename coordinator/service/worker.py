@@ -58,9 +58,10 @@ class StoreWatch:
         if self._waiting:
             self._waiting = False
             self.store.set_state(self.run_id, "running")
+        row = self.store.run(self.run_id)
+        progress = row.progress() if row else {}
         for node in nodes:
-            row = self.store.run(self.run_id)
-            requests = int(str((row.progress() if row else {}).get(node, {}).get("requests", 0)))
+            requests = int(str(progress.get(node, {}).get("requests", 0)))
             self.store.update_progress(
                 self.run_id, node, state="sent", request_id=request_id, requests=requests + 1
             )
@@ -198,11 +199,11 @@ class RunWorker:
                 self._run_blueprint(row, context, folder)
         except RunCancelled as exc:
             if watch.stopped_by_shutdown:
-                spent = ", ".join(f"{p} rho {v:.6g}" for p, v in sorted(self._debited(row.id).items()) if v)
+                now = self.store.run(row.id)
                 self.store.set_state(
                     row.id,
                     "interrupted",
-                    f"the coordinator stopped during the run; partners spent: {spent or 'nothing'}",
+                    f"the coordinator stopped during the run; partners spent: {now.spent() if now else 'nothing'}",
                 )
             else:
                 self.store.set_state(row.id, "cancelled", str(exc))
@@ -220,10 +221,6 @@ class RunWorker:
                 f"internal error in the coordinator: {type(exc).__name__}: {exc}",
                 error="InternalError",
             )
-
-    def _debited(self, run_id: str) -> dict[str, float]:
-        row = self.store.run(run_id)
-        return row.debited() if row is not None else {}
 
     def _timeout(self, row: RunRow) -> float:
         return max(1.0, row.deadline_at - time.time())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -11,17 +10,13 @@ from contextlib import contextmanager
 import uvicorn
 from fastapi import FastAPI
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from coordinator.deploy.service import free_port
 
 
 @contextmanager
 def serving(app: FastAPI) -> Iterator[str]:
     """Serve `app` on 127.0.0.1 over plain HTTP; yield its base URL; stop it."""
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(
             app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="off", ws="none"
