@@ -11,6 +11,7 @@ bench/idle_polling.py [N ...]` (default 3 and 12).
 
 from __future__ import annotations
 
+import math
 import os
 import statistics
 import sys
@@ -41,7 +42,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
-def measure(nodes: int, hold: float) -> str:
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def measure(nodes: int, hold: float) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
 
@@ -71,23 +79,58 @@ def measure(nodes: int, hold: float) -> str:
                 coordinator_cpu = (sum(cpu_seconds(p) for p in coordinator_pids) - coordinator_cpu) / len(
                     latencies
                 )
+                coordinator_rss = sum(rss_mib(p) for p in coordinator_pids)
+                node_rss = statistics.median(rss_mib(p) for p in node_pids)
             finally:
                 link.close()
     ordered = sorted(latencies)
+    return {
+        "nodes": nodes,
+        "hold": hold,
+        "superlink": idle["superlink"],
+        "proxy": idle["fleet-proxy"],
+        "median": statistics.median(latencies),
+        "p90": ordered[8],
+        "node_cpu": node_cpu,
+        "coordinator_cpu": coordinator_cpu,
+        "coordinator_rss": coordinator_rss,
+        "node_rss": node_rss,
+    }
+
+
+def line(m: dict[str, float]) -> str:
+    n = m["nodes"]
     return (
-        f"{nodes:>3} nodes, hold {hold:>4.0f} s: idle CPU SuperLink {idle['superlink']:5.1f}% "
-        f"({idle['superlink'] / nodes:.2f}%/node), proxy {idle['fleet-proxy']:5.1f}% "
-        f"({idle['fleet-proxy'] / nodes:.2f}%/node) of a core; warm query median "
-        f"{statistics.median(latencies):.2f} s, p90 {ordered[8]:.2f} s; CPU per query: all nodes together "
-        f"{node_cpu:.2f} s, SuperLink + proxy {coordinator_cpu:.2f} s (this bench runs every node on the same cores)"
+        f"{n:>3.0f} nodes, hold {m['hold']:>4.0f} s: idle CPU SuperLink {m['superlink']:5.1f}% "
+        f"({m['superlink'] / n:.2f}%/node), proxy {m['proxy']:5.1f}% ({m['proxy'] / n:.2f}%/node) of a core; "
+        f"warm query median {m['median']:.2f} s, p90 {m['p90']:.2f} s; CPU per query: all nodes together "
+        f"{m['node_cpu']:.2f} s, SuperLink + proxy {m['coordinator_cpu']:.2f} s; RSS SuperLink + proxy "
+        f"{m['coordinator_rss']:.0f} MiB, a node (median) {m['node_rss']:.0f} MiB (every node runs on the same cores)"
     )
+
+
+def growth(rows: list[dict[str, float]], key: str) -> str:
+    """Least squares in log-log: key = c * nodes^k, with k the growth exponent."""
+    xs = [math.log(r["nodes"]) for r in rows]
+    ys = [math.log(max(r[key], 1e-6)) for r in rows]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    k = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
+    return f"{key} ~ {math.exp(my - k * mx):.3g} * nodes^{k:.2f}"
 
 
 def main() -> None:
     counts = [int(a) for a in sys.argv[1:]] or [3, 12]
+    holds = [float(h) for h in os.environ.get("ODA_BENCH_HOLDS", "0 10").split()]
+    rows = []
     for nodes in counts:
-        for hold in [float(h) for h in os.environ.get("ODA_BENCH_HOLDS", "0 10").split()]:
-            print(measure(nodes, hold), flush=True)
+        for hold in holds:
+            rows.append(measure(nodes, hold))
+            print(line(rows[-1]), flush=True)
+    for hold in holds:
+        same = [r for r in rows if r["hold"] == hold]
+        if len(same) >= 2:
+            laws = ", ".join(growth(same, key) for key in ("median", "coordinator_cpu", "superlink", "proxy"))
+            print(f"growth law, hold {hold:.0f} s (log-log least squares): {laws}")
 
 
 if __name__ == "__main__":

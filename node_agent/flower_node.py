@@ -53,7 +53,7 @@ from analyses.reply import NodeRelease
 from analyses.request import REQUEST_ID, AnalysisRequest
 from analyses.runner_bundle import RUNNER_BUNDLES
 from node_agent.agent import NodeAgent, Pending
-from node_agent.config import load_node_config
+from node_agent.config import NodeConfig, load_node_config
 from node_agent.reply import (
     Answer,
     TrainAnswer,
@@ -71,6 +71,7 @@ from privacy.errors import FederationError, InternalError, ProtocolError
 __all__ = [
     "ERROR_CODE_INTERNAL",
     "ERROR_CODE_REFUSED",
+    "SIMULATION_ROOT",
     "Decided",
     "Handled",
     "accepted_bundle_hashes",
@@ -78,6 +79,8 @@ __all__ = [
     "app",
     "handle_message",
     "serve",
+    "simulation_app",
+    "virtual_partner",
 ]
 
 log = logging.getLogger("oda.node")
@@ -525,7 +528,39 @@ def _query(message: Message, context: Context) -> Message:
     config_path = os.environ.get("ODA_NODE_CONFIG") or str(context.node_config.get("oda-node-config", ""))
     if not config_path:
         raise InternalError("set ODA_NODE_CONFIG (or node config 'oda-node-config') to the node.yaml path")
-    agent = NodeAgent(load_node_config(Path(config_path)))
+    return _answer(Path(config_path), message)
+
+
+#: The ClientApp of Flower's simulation engine (`oda simulate`): virtual partner N is the node
+#: folder `$ODA_SIMULATION_ROOT/partner-NNNNN/` (its node.yaml, data and ledger), answered by the
+#: same `handle_message` as a real node; it cannot hold a request for a person.
+SIMULATION_ROOT = "ODA_SIMULATION_ROOT"
+simulation_app = ClientApp()
+
+
+@simulation_app.query()
+def _simulated_query(message: Message, context: Context) -> Message:
+    root = os.environ.get(SIMULATION_ROOT, "")
+    if not root:
+        raise InternalError(f"{SIMULATION_ROOT} is not set: start simulations with `oda simulate`")
+    path = Path(root) / virtual_partner(int(context.node_config["partition-id"])) / "node.yaml"
+    return _answer(_simulated_config(str(path)), message)
+
+
+@cache
+def _simulated_config(path: str) -> NodeConfig:
+    """A virtual partner's node.yaml, read once per engine worker (as a real node reads it once
+    at start): a third of the time a virtual partner took to answer went to parsing it."""
+    return load_node_config(Path(path))
+
+
+def virtual_partner(index: int) -> str:
+    """The folder and partner name of the simulation's virtual partner `index`."""
+    return f"partner-{index:05d}"
+
+
+def _answer(config: Path | NodeConfig, message: Message) -> Message:
+    agent = NodeAgent(config if isinstance(config, NodeConfig) else load_node_config(config))
     try:
         fab_hash = next(iter(accepted_bundle_hashes()))  # stock SuperNodes verify bundles themselves
         handled = handle_message(agent, message, fab_hash)

@@ -13,14 +13,16 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import importlib.util
 import json
+import os
 import ssl
 import threading
 import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple, cast
+from typing import NamedTuple, TypeVar, cast
 
 import httpx
 import numpy as np
@@ -30,6 +32,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.cli.build import build_fab_from_files
+from flwr.clientapp import ClientApp
 from flwr.common.constant import SubStatus
 from flwr.common.serde import (
     context_from_proto,
@@ -84,9 +87,19 @@ from coordinator.run.transport import (
 )
 from privacy.errors import ConfigError, FederationError, ProtocolError
 
-__all__ = ["FlowerLink", "RegisteredNode", "RunnerBundle", "app", "exchange", "runner_fab"]
+__all__ = [
+    "FlowerLink",
+    "GridTransport",
+    "RegisteredNode",
+    "RunnerBundle",
+    "app",
+    "exchange",
+    "runner_fab",
+    "simulate",
+]
 
 MESSAGE_TYPE = "query"
+T = TypeVar("T")
 CANCEL_TYPE = "query.cancel"
 POLL_INTERVAL = 0.02
 #: After this many seconds without every reply, replies are pulled every `SLOW_POLL_INTERVAL`:
@@ -117,10 +130,10 @@ def runner_fab(protocol: int = 1) -> RunnerBundle:
     return RunnerBundle(hashlib.sha256(content).hexdigest(), content)
 
 
-def decode(node: int, reply: Message | str) -> NodeReply:
+def decode(name: str, reply: Message | str) -> NodeReply:
     """A node's Flower reply as a typed reply: its release (with the audit stamp beside it), or
-    its refusal (Flower's error reply); a reply that cannot be read is a protocol refusal."""
-    name = str(node)
+    its refusal (Flower's error reply); a reply that cannot be read is a protocol refusal.
+    `name` is the partner's registered name (or its Flower node id where none is known)."""
     try:
         if isinstance(reply, str):
             raise ProtocolError(reply)
@@ -178,7 +191,7 @@ def exchange(
         for reply_to, reply in _pull_replies(grid, list(pending)):
             node = pending.pop(reply_to, None)
             if node is not None:
-                replies.append(decode(node, reply))
+                replies.append(decode(label(node) or str(node), reply))
                 if watch is not None:
                     watch.replied(request.request_id, label(node) or str(node), replies[-1])
         if pending:
@@ -287,7 +300,13 @@ def _pull_replies(grid: Grid, message_ids: list[str]) -> list[tuple[str, Message
                 backoff_cap=0.25,
             )
         except ObjectPullError as exc:
-            out.append((reply_to, f"the node's reply never finished uploading: {exc}"))
+            out.append(
+                (
+                    reply_to,
+                    f"the node's reply never finished uploading ({exc}): a release in it is lost, and "
+                    "the partner may have debited it (its ledger and audit log show the request id)",
+                )
+            )
             continue
         client.ConfirmMessageReceived(
             ConfirmMessageReceivedRequest(node=grid.node, run_id=run_id, message_object_id=object_id)
@@ -443,22 +462,12 @@ class FlowerLink:
         """
         names = self.names() if watch is not None else {}
         grid, finish = self._open_run()
-        recording = _RecordingGrid(grid, timeout, watch, names, request.request_id)
         try:
-            strategy = FedAvg(fraction_evaluate=0.0, min_train_nodes=1, min_available_nodes=1)
-            result = strategy.start(
-                grid=recording,  # type: ignore[arg-type]  # duck-typed: the Grid calls FedAvg makes
-                initial_arrays=ArrayRecord([initial]),
-                num_rounds=rounds,
-                timeout=timeout,
-                train_config=ConfigRecord({"oda-request": request.to_json()}),
-            )
+            return _fedavg(grid, request, initial, rounds, timeout, watch, names)
         except httpx.HTTPError as exc:
             raise FederationError(f"lost the SuperLink at {self.address}: {exc}") from exc
         finally:
             finish()
-        arrays = result.arrays.to_numpy_ndarrays()
-        return FedAvgResult(np.asarray(arrays[0], dtype=np.float64), recording.replies)
 
     def _open_run(self) -> tuple[HttpGrid, Callable[[], None]]:
         with self._start_lock:
@@ -524,12 +533,115 @@ class FlowerLink:
         return grid, finish
 
 
+def _fedavg(
+    grid: Grid,
+    request: AnalysisRequest,
+    initial: npt.NDArray[np.float64],
+    rounds: int,
+    timeout: float,
+    watch: RunWatch | None,
+    names: dict[int, str],
+) -> FedAvgResult:
+    recording = _RecordingGrid(grid, timeout, watch, names, request.request_id)
+    strategy = FedAvg(fraction_evaluate=0.0, min_train_nodes=1, min_available_nodes=1)
+    result = strategy.start(
+        grid=recording,  # type: ignore[arg-type]  # duck-typed: the Grid calls FedAvg makes
+        initial_arrays=ArrayRecord([initial]),
+        num_rounds=rounds,
+        timeout=timeout,
+        train_config=ConfigRecord({"oda-request": request.to_json()}),
+    )
+    arrays = result.arrays.to_numpy_ndarrays()
+    return FedAvgResult(np.asarray(arrays[0], dtype=np.float64), recording.replies)
+
+
+class GridTransport:
+    """`Transport` over a Grid that Flower hands a ServerApp (the simulation engine's): the
+    same requests, replies and decoding as `FlowerLink`, without a SuperLink to reach."""
+
+    def __init__(self, grid: Grid, expect: int = 0) -> None:
+        """`expect`: how many nodes to wait for (up to a minute) before the first request."""
+        self._grid = grid
+        self._expect = expect
+
+    def _wait_for_nodes(self) -> None:
+        deadline = time.monotonic() + 60
+        while self._expect and time.monotonic() < deadline:
+            if len(list(self._grid.get_node_ids())) >= self._expect:
+                self._expect = 0
+                return
+            time.sleep(POLL_INTERVAL)
+
+    def broadcast(
+        self, request: AnalysisRequest, timeout: float, watch: RunWatch | None = None
+    ) -> list[NodeReply]:
+        self._wait_for_nodes()
+        return exchange(self._grid, request, timeout, watch)
+
+    def fedavg(
+        self,
+        request: AnalysisRequest,
+        initial: npt.NDArray[np.float64],
+        rounds: int,
+        timeout: float,
+        watch: RunWatch | None = None,
+    ) -> FedAvgResult:
+        self._wait_for_nodes()
+        return _fedavg(self._grid, request, initial, rounds, timeout, watch, {})
+
+
+def simulate(
+    main: Callable[[GridTransport], T], client_app: ClientApp, partners: int, cpus_per_partner: float = 1.0
+) -> T:
+    """Run `main` as the ServerApp of Flower's simulation engine (Ray), over `partners` virtual
+    SuperNodes that each run `client_app`; return what `main` returned.
+
+    Raises:
+        FederationError: the engine is not installed, or it ended without running `main`;
+            whatever `main` raised, as raised.
+    """
+    if importlib.util.find_spec("ray") is None:
+        raise FederationError(
+            "Flower's simulation engine is not installed: pip install 'oda-federated[simulation]'"
+        )
+    from flwr.simulation import run_simulation  # Ray: only for `oda simulate`
+
+    # Ray warns on every start that a future release changes how it treats num_gpus=0; opting
+    # in now silences it (and pytest turns warnings into errors).
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+
+    box: dict[str, object] = {}
+    server = ServerApp()
+
+    @server.main()
+    def _main(grid: Grid, context: Context) -> None:
+        try:
+            box["value"] = main(GridTransport(grid, expect=partners))
+        except BaseException as exc:  # raised again in the caller's thread
+            box["error"] = exc
+
+    run_simulation(
+        server,
+        client_app,
+        partners,
+        backend_config={
+            "client_resources": {"num_cpus": cpus_per_partner, "num_gpus": 0.0},
+            "init_args": {"logging_level": "ERROR", "log_to_driver": False, "include_dashboard": False},
+        },
+    )
+    if "error" in box:
+        raise cast(BaseException, box["error"])
+    if "value" not in box:
+        raise FederationError("the simulation ended without running the analysis: see Flower's log above")
+    return cast(T, box["value"])
+
+
 class _RecordingGrid:
     """The Grid calls Flower's strategies make, with replies pulled every `POLL_INTERVAL` (not
     `send_and_receive`'s 3 s) and every reply kept, so the releases reach the manifest."""
 
     def __init__(
-        self, grid: HttpGrid, timeout: float, watch: RunWatch | None, names: dict[int, str], request_id: str
+        self, grid: Grid, timeout: float, watch: RunWatch | None, names: dict[int, str], request_id: str
     ) -> None:
         self._grid = grid
         self._timeout = timeout
@@ -555,7 +667,7 @@ class _RecordingGrid:
                 node = pending.pop(reply_to, None)
                 if node is None:
                     continue
-                self.replies.append(decode(node, reply))
+                self.replies.append(decode(label(node) or str(node), reply))
                 if watch is not None:
                     watch.replied(self._request_id, label(node) or str(node), self.replies[-1])
                 if not isinstance(reply, str):

@@ -18,7 +18,14 @@ import pandas as pd
 from analyses.keysets import load_keyset
 from node_agent.keys import write_key_pair
 
-__all__ = ["PARTNERS", "area_deprivation", "generate_partner", "write_federation", "write_many"]
+__all__ = [
+    "PARTNERS",
+    "area_deprivation",
+    "generate_partner",
+    "write_federation",
+    "write_many",
+    "write_virtual_partner",
+]
 
 KEYSET = "coventry_lsoa11"
 PARTNERS = ("police", "fire", "council")
@@ -242,3 +249,29 @@ def write_many(
                 path.write_text(path.read_text().replace(f"partner: {partner}\n", f"partner: {name}\n", 1))
             configs[name] = path
     return configs
+
+
+def write_virtual_partner(root: Path, index: int, name: str, rows: int, seed: int = 7) -> Path:
+    """One simulated partner's folder `root/name/` (data and node.yaml, no keys: it never
+    connects anywhere), shaped like the demo partner it cycles through (police, fire, council);
+    kept when already written for the same rows and seed. Returns its node.yaml."""
+    kind = PARTNERS[index % len(PARTNERS)]
+    folder = root / name
+    data = folder / "data"
+    marker = data / f".rows-{rows}-seed-{seed}"
+    if not marker.exists():
+        data.mkdir(parents=True, exist_ok=True)
+        generated = generate_partner(kind, rows, seed * 1_000_003 + index)
+        generated.incidents.rename(columns=_SOURCE_NAMES[kind]).to_parquet(
+            data / "incidents.parquet", index=False
+        )
+        if generated.households is not None:
+            generated.households.to_parquet(data / "households.parquet", index=False)
+        for old in data.glob(".rows-*"):
+            old.unlink()
+        marker.touch()
+    config = folder / "node.yaml"
+    config.write_text(
+        _node_yaml(kind, None, 0.05, tls=False).replace(f"partner: {kind}\n", f"partner: {name}\n")
+    )
+    return config
