@@ -128,6 +128,23 @@ def generate_partner(partner: str, rows: int, seed: int = 7) -> PartnerData:
     return PartnerData(frame, households)
 
 
+def _write_data(data: Path, kind: str, rows: int, seed: int, stream: int) -> None:
+    """`kind`'s synthetic files in `data/`, drawn from `stream`; kept when a marker says they
+    were written for the same rows and seed."""
+    marker = data / f".rows-{rows}-seed-{seed}"
+    if marker.exists():
+        return
+    generated = generate_partner(kind, rows, stream)
+    generated.incidents.rename(columns=_SOURCE_NAMES[kind]).to_parquet(
+        data / "incidents.parquet", index=False
+    )
+    if generated.households is not None:
+        generated.households.to_parquet(data / "households.parquet", index=False)
+    for old in data.glob(".rows-*"):
+        old.unlink()
+    marker.touch()
+
+
 def _node_yaml(partner: str, coordinator: str | None, poll: float, tls: bool) -> str:
     names = _SOURCE_NAMES[partner]
     col_types = {
@@ -201,17 +218,7 @@ def write_federation(
         folder = root / partner
         data = folder / "data"
         data.mkdir(parents=True, exist_ok=True)
-        partner_rows = max(int(rows * _SHARE[partner]), 100)
-        marker = data / f".rows-{partner_rows}-seed-{seed}"
-        if not marker.exists():
-            generated = generate_partner(partner, partner_rows, seed)
-            names = _SOURCE_NAMES[partner]
-            generated.incidents.rename(columns=names).to_parquet(data / "incidents.parquet", index=False)
-            if generated.households is not None:
-                generated.households.to_parquet(data / "households.parquet", index=False)
-            for old in data.glob(".rows-*"):
-                old.unlink()
-            marker.touch()
+        _write_data(data, partner, max(int(rows * _SHARE[partner]), 100), seed, seed)
         keys = folder / "keys"
         if not (keys / "node.key").exists():
             write_key_pair(keys)
@@ -258,18 +265,8 @@ def write_virtual_partner(root: Path, index: int, name: str, rows: int, seed: in
     kind = PARTNERS[index % len(PARTNERS)]
     folder = root / name
     data = folder / "data"
-    marker = data / f".rows-{rows}-seed-{seed}"
-    if not marker.exists():
-        data.mkdir(parents=True, exist_ok=True)
-        generated = generate_partner(kind, rows, seed * 1_000_003 + index)
-        generated.incidents.rename(columns=_SOURCE_NAMES[kind]).to_parquet(
-            data / "incidents.parquet", index=False
-        )
-        if generated.households is not None:
-            generated.households.to_parquet(data / "households.parquet", index=False)
-        for old in data.glob(".rows-*"):
-            old.unlink()
-        marker.touch()
+    data.mkdir(parents=True, exist_ok=True)
+    _write_data(data, kind, rows, seed, seed * 1_000_003 + index)
     config = folder / "node.yaml"
     config.write_text(
         _node_yaml(kind, None, 0.05, tls=False).replace(f"partner: {kind}\n", f"partner: {name}\n")
