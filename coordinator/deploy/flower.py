@@ -6,6 +6,9 @@ Runtime API, as Flower's own executor would), so no `flwr-serverapp` process is 
 analysis. Replies are collected with a short poll loop instead of `send_and_receive`'s 3 s
 sleep. It implements `coordinator.run.transport.Transport`: requests go in typed, replies leave
 this module decoded by `analyses.reply` (`NodeReply`: a release or a typed refusal).
+
+`simulate` runs the same orchestration as the ServerApp of Flower's simulation engine (Ray),
+through `GridTransport`, the Transport over the Grid Flower hands a ServerApp.
 """
 
 from __future__ import annotations

@@ -75,6 +75,11 @@ def simulate_spec(
         raise ConfigError(f"--partners must be between 1 and {MAX_PARTNERS}, not {partners}")
     if not 10 <= rows <= 1_000_000:
         raise ConfigError(f"--rows must be between 10 and 1000000, not {rows}")
+    cores = os.cpu_count() or 1
+    if not 0 < cpus_per_partner <= cores:
+        raise ConfigError(
+            f"--cpus-per-partner must be above 0 and at most this machine's {cores} CPUs, not {cpus_per_partner}"
+        )
     root = root or Path(tempfile.mkdtemp(prefix="oda-simulation-"))
     started = time.perf_counter()
     write_partitions(root, partners, rows, seed)

@@ -30,6 +30,15 @@ def test_counts_out_of_range_are_refused(tmp_path: Path, partners: int, rows: in
     assert list(tmp_path.iterdir()) == []  # nothing written
 
 
+@pytest.mark.parametrize("cpus", [0.0, -1.0, 10_000.0])
+def test_cpus_per_partner_out_of_range_is_refused(tmp_path: Path, cpus: float) -> None:
+    with pytest.raises(
+        ConfigError, match=r"--cpus-per-partner must be above 0 and at most this machine's \d+ CPUs"
+    ):
+        simulate_spec(SPEC, 3, root=tmp_path, cpus_per_partner=cpus)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_missing_engine_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     real = importlib.util.find_spec
     monkeypatch.setattr(
