@@ -101,8 +101,9 @@ __all__ = [
     "simulate",
 ]
 
-MESSAGE_TYPE = "query"
 T = TypeVar("T")
+
+MESSAGE_TYPE = "query"
 CANCEL_TYPE = "query.cancel"
 POLL_INTERVAL = 0.02
 #: After this many seconds without every reply, replies are pulled every `SLOW_POLL_INTERVAL`:
@@ -194,9 +195,10 @@ def exchange(
         for reply_to, reply in _pull_replies(grid, list(pending)):
             node = pending.pop(reply_to, None)
             if node is not None:
-                replies.append(decode(label(node) or str(node), reply))
+                name = label(node) or str(node)
+                replies.append(decode(name, reply))
                 if watch is not None:
-                    watch.replied(request.request_id, label(node) or str(node), replies[-1])
+                    watch.replied(request.request_id, name, replies[-1])
         if pending:
             fast = time.monotonic() - started < FAST_POLL_SECONDS
             time.sleep(POLL_INTERVAL if fast else SLOW_POLL_INTERVAL)
@@ -670,9 +672,10 @@ class _RecordingGrid:
                 node = pending.pop(reply_to, None)
                 if node is None:
                     continue
-                self.replies.append(decode(label(node) or str(node), reply))
+                name = label(node) or str(node)
+                self.replies.append(decode(name, reply))
                 if watch is not None:
-                    watch.replied(self._request_id, label(node) or str(node), self.replies[-1])
+                    watch.replied(self._request_id, name, self.replies[-1])
                 if not isinstance(reply, str):
                     got.append(reply)
             if pending:

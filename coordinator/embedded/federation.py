@@ -132,12 +132,7 @@ class EmbeddedFederation(Supervised):
                 manual=self.manual,
                 ca_cert=self.ca_cert,
             )
-        link = self.link()
-        try:
-            for partner in self.partners:
-                link.register_node((self.configs[partner].parent / "keys" / "node.pub").read_bytes(), partner)
-        finally:
-            link.close()
+        self._register_keys()
         for partner in self.partners:
             prefix = self.node_prefix(partner) if self.node_prefix is not None else []
             self.processes.spawn(
@@ -165,14 +160,16 @@ class EmbeddedFederation(Supervised):
         self.service = CoordinatorService(self.coordinator_dir, processes=self.processes)
         self.service.start()
         if self.database is None:
-            link = self.link()
-            try:
-                for partner in self.partners:
-                    link.register_node(
-                        (self.configs[partner].parent / "keys" / "node.pub").read_bytes(), partner
-                    )
-            finally:
-                link.close()
+            self._register_keys()
+
+    def _register_keys(self) -> None:
+        """Register every partner's public key with the SuperLink."""
+        link = self.link()
+        try:
+            for partner in self.partners:
+                link.register_node((self.configs[partner].parent / "keys" / "node.pub").read_bytes(), partner)
+        finally:
+            link.close()
 
     def _nodes_ready(self) -> bool:
         ready = 0

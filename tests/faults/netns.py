@@ -23,11 +23,22 @@ from typing import Self
 __all__ = ["DelayRelay", "Namespaces", "has_netem", "unavailable"]
 
 
-def _ip(*args: str, netns: str | None = None) -> None:
-    argv = ["ip", *(("netns", "exec", netns, "ip") if netns else ()), *args]
+def _run(argv: list[str]) -> None:
+    """Raises: OSError with the command and what it printed, when it fails."""
     done = subprocess.run(argv, capture_output=True, text=True, timeout=20, check=False)
     if done.returncode != 0:
         raise OSError(f"`{' '.join(argv)}` failed: {done.stderr.strip()}")
+
+
+def _ip(*args: str, netns: str | None = None) -> None:
+    _run(["ip", *(("netns", "exec", netns, "ip") if netns else ()), *args])
+
+
+def _netem(netns: str, dev: str, ms: int) -> None:
+    """Add `ms` to every packet `dev` sends in namespace `netns` (tc's netem qdisc)."""
+    _run(
+        ["ip", "netns", "exec", netns, "tc", "qdisc", "add", "dev", dev, "root", "netem", "delay", f"{ms}ms"]
+    )
 
 
 def unavailable() -> str | None:
@@ -51,22 +62,11 @@ def has_netem() -> bool:
     probe = f"odanetem{os.getpid() % 100_000}"
     _ip("netns", "add", probe)
     try:
-        argv = [
-            "ip",
-            "netns",
-            "exec",
-            probe,
-            "tc",
-            "qdisc",
-            "add",
-            "dev",
-            "lo",
-            "root",
-            "netem",
-            "delay",
-            "1ms",
-        ]
-        return subprocess.run(argv, capture_output=True, timeout=20, check=False).returncode == 0
+        _netem(probe, "lo", 1)
+    except OSError:
+        return False
+    else:
+        return True
     finally:
         _ip("netns", "del", probe)
 
@@ -136,24 +136,7 @@ class Namespaces:
     def delay(self, partner: str, ms: int) -> None:
         """Add `ms` to every packet the partner sends (tc netem on its end of the link)."""
         ns, _, ns_end = self.partners[partner]
-        argv = [
-            "ip",
-            "netns",
-            "exec",
-            ns,
-            "tc",
-            "qdisc",
-            "add",
-            "dev",
-            ns_end,
-            "root",
-            "netem",
-            "delay",
-            f"{ms}ms",
-        ]
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=20, check=False)
-        if done.returncode != 0:
-            raise OSError(f"`{' '.join(argv)}` failed: {done.stderr.strip()}")
+        _netem(ns, ns_end, ms)
 
     def reachable(self, partner: str, port: int) -> bool:
         """Whether the partner's namespace can open a TCP connection to the coordinator's port."""
