@@ -145,8 +145,10 @@ def _coordinator_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     unregister = actions.add_parser("unregister-node", help="revoke a node: its key is no longer accepted")
     unregister.add_argument("dir", type=Path)
     unregister.add_argument("node_id", type=int)
+    from coordinator.deploy.partners_cli import add_partner_parsers
     from coordinator.service.cli import add_user_parser
 
+    add_partner_parsers(actions)
     add_user_parser(actions)
     openapi = actions.add_parser("openapi", help="write the analyst API's OpenAPI document")
     openapi.add_argument("--out", type=Path, default=Path("configs/openapi/analyst-api.json"))
@@ -276,9 +278,10 @@ def _coordinator(args: argparse.Namespace) -> int:
         print(
             f"wrote {folder / 'coordinator.yaml'} and the CA in {folder / 'pki'} (keep ca.key offline if you can)"
         )
-        print(f"send each partner {folder / 'pki' / 'ca.crt'} and their node.yaml line:")
-        print(f"  coordinator: {config.fleet_address}")
-        print(f"then run `oda coordinator start {folder}` and register each partner's node.pub")
+        print(f"partners reach it at {config.fleet_address}; run `oda coordinator start {folder}`, then give")
+        print(
+            f"each partner a one-time code from `oda coordinator invite {folder} PARTNER` (`oda-node enrol CODE`)"
+        )
         if config.api_listen:
             print(
                 f"analysts: `oda coordinator user add {folder} NAME --role analyst` prints a token for "
@@ -299,6 +302,10 @@ def _coordinator(args: argparse.Namespace) -> int:
         from coordinator.service.cli import user_main
 
         return user_main(args)
+    from coordinator.deploy.partners_cli import PARTNER_ACTIONS, partners_main
+
+    if args.action in PARTNER_ACTIONS:
+        return partners_main(args)
     link = coordinator_link(folder)
     try:
         if args.action == "register-node":
@@ -336,7 +343,7 @@ def _serve_coordinator(folder: Path) -> int:
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with CoordinatorService(folder) as service:
+    with CoordinatorService(folder) as service, service.enrolments() as tend:
         print(
             f"coordinator {service.config.name}: SuperLink on {service.superlink_address} (loopback), "
             f"Fleet API on https://{service.fleet_listen}"
@@ -346,6 +353,8 @@ def _serve_coordinator(folder: Path) -> int:
         )
         while not stop.wait(1.0):
             service.processes.check_alive()
+            for line in tend():
+                print(line, flush=True)
     return ExitCode.OK
 
 
@@ -405,7 +414,16 @@ def main(argv: list[str] | None = None) -> int:
 
             return blueprint_main(args)
         return _run(args)
-    except (OdaError, KeyboardInterrupt) as exc:
+    except KeyboardInterrupt:
+        what = {
+            "run": "the processes this command started were stopped; the analyses that had finished are in "
+            "--out, the one under way wrote nothing",
+            "simulate": "the simulation was stopped; nothing was written",
+            "coordinator": "the coordinator's processes were stopped",
+        }.get(args.command, "nothing was changed")
+        print(f"oda: stopped by Ctrl-C: {what}", file=sys.stderr)
+        return ExitCode.INTERRUPTED
+    except OdaError as exc:
         code = code_for(exc)
         print(f"oda: error: {exc}\n(exit {int(code)}: {EXIT_HELP[code]})", file=sys.stderr)
         return code

@@ -7,7 +7,8 @@ it and its own hash over both, so editing, deleting or reordering an entry break
 
 Cutting entries off the end leaves a valid shorter chain, so the head (sequence number and
 hash) is also written to a second file, `audit.head`, and sent in every reply: a log shorter
-than either is truncated. Appends, reads and verification all take one exclusive file lock,
+than either is truncated. Appends, reads and verification all take one exclusive file lock
+(`filelock`: `flock` on POSIX, `msvcrt` on Windows),
 so `oda-node approve` or `status` in a shell and the running node never see each other half-way.
 
 Entries are bounded (texts from the coordinator are cut to `MAX_TEXT` characters) and the tail
@@ -20,7 +21,6 @@ the snapshot id the release carried, the sha256 of its content and its row count
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -31,9 +31,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal, NamedTuple
 
+from filelock import FileLock
+
 from privacy.errors import DataError
 
-__all__ = ["GENESIS", "MAX_TEXT", "AuditEntry", "AuditLog", "Decision", "Verified"]
+__all__ = ["GENESIS", "MAX_TEXT", "SCHEMA_VERSION", "AuditEntry", "AuditLog", "Decision", "Verified"]
+
+#: Version of the log's layout, the third field of `audit.head` (a head of two fields was written
+#: by a release before versions, with entries of the same layout: it is read as version 1 and
+#: rewritten with the version at the next append).
+SCHEMA_VERSION = 1
 
 #: The `prev` of the first entry.
 GENESIS = "0" * 64
@@ -107,12 +114,10 @@ class AuditLog:
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        with self._lock_path.open("a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        # filelock: flock on POSIX, msvcrt.locking on Windows; not reentrant across instances,
+        # so two AuditLog objects in one process exclude each other as two processes do
+        with FileLock(self._lock_path, thread_local=False, is_singleton=False):
+            yield
 
     def entries(self) -> list[AuditEntry]:
         """Every entry, in file order, parsed but not verified (a consistent snapshot).
@@ -187,8 +192,14 @@ class AuditLog:
     def _recorded_head(self) -> tuple[int, str] | None:
         if not self.head_path.exists():
             return None
+        fields = self.head_path.read_text().split()
         try:
-            seq, head = self.head_path.read_text().split()
+            seq, head, version = (*fields, "1") if len(fields) == 2 else fields
+            if int(version) > SCHEMA_VERSION:
+                raise DataError(
+                    f"audit log {self.path} has schema version {version}; this node reads up to "
+                    f"{SCHEMA_VERSION}: upgrade oda-federated (never edit or replace the log)"
+                )
             return int(seq), head
         except ValueError as exc:
             raise DataError(
@@ -238,7 +249,7 @@ class AuditLog:
                 f.flush()
                 os.fsync(f.fileno())
             tmp = self.head_path.with_suffix(".head.tmp")
-            tmp.write_text(f"{entry.seq} {entry.hash}\n")
+            tmp.write_text(f"{entry.seq} {entry.hash} {SCHEMA_VERSION}\n")
             os.replace(tmp, self.head_path)
             return entry
 

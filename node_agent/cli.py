@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from privacy.errors import ConfigError, OdaError
+from privacy.errors import ConfigError, FederationError, OdaError
 from privacy.exit_codes import EXIT_HELP, ExitCode, code_for, no_phone_home
 
 if TYPE_CHECKING:
@@ -30,6 +30,8 @@ __all__ = ["main"]
 
 _COMMANDS = [
     ("init", "write a commented node.yaml and the node key pair, and print the public key"),
+    ("enrol", "register this node with the coordinator using the one-time code it sent you"),
+    ("rotate-key", "replace the node key: the new key is registered, then the old one revoked"),
     ("check", "validate node.yaml, reach every source, and check the data against its contract"),
     ("start", "connect to the coordinator and answer analysis requests"),
     ("status", "budget, inbox and audit state of this node"),
@@ -40,6 +42,17 @@ _COMMANDS = [
     ("audit", "verify or export the hash-chained audit log"),
     ("report", "write the HTML transparency report for the data protection officer"),
 ]
+
+
+#: What Ctrl-C stopped, per command (one line; state files are transactional, so nothing is half-written).
+_STOPPED = {
+    "start": "the node disconnected; requests waiting for approval stay in the inbox, and every spend is in "
+    "the ledger",
+    "enrol": "enrolment interrupted; if the code was already sent, `oda coordinator enrolments` shows it",
+    "rotate-key": "rotation interrupted; the current key is still in use (run `oda-node rotate-key` again)",
+    "check": "the check was stopped before it finished",
+    "report": "no report was written",
+}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -57,6 +70,9 @@ def _parser() -> argparse.ArgumentParser:
         if name == "init":
             cmd.add_argument("--partner", required=True, help="your organisation's short name")
             cmd.add_argument("--coordinator", default=None, help="the coordinator's Fleet address host:port")
+        if name == "enrol":
+            cmd.add_argument("code", help="the enrolment code `oda coordinator invite` printed")
+            cmd.add_argument("--wait", type=float, default=600.0, help="seconds to wait for registration")
         if name == "start":
             cmd.add_argument("--coordinator", help="SuperLink Fleet address host:port (overrides node.yaml)")
         if name in ("approve", "deny"):
@@ -143,10 +159,37 @@ def _check_transport(config: NodeConfig) -> None:
         else f"TLS, trusting {settings.ca_path or 'the system CAs'}"
     )
     print(f"node key: {config.transport.node_key} (P-384)")
-    if probe(settings):
-        print(f"coordinator {config.coordinator}: reachable, {trust}")
-    else:
+    if not probe(settings):
         print(f"coordinator {config.coordinator}: NOT reachable now ({trust}); `start` will keep trying")
+        return
+    print(f"coordinator {config.coordinator}: reachable, {trust}")
+    if settings.insecure:
+        return
+    from node_agent.enrol import registration
+
+    state = registration(settings.address, settings.ca_path, Path(config.transport.node_key))
+    if state is None:
+        print("registration: this coordinator does not say (it predates enrolment codes)")
+    elif state.get("registered"):
+        print(f"registration: this node's key is registered as {state['name']} (node {state['node_id']})")
+    else:
+        raise FederationError(
+            f"the coordinator at {config.coordinator} is reachable, but this node's key "
+            f"({config.transport.node_key}) is NOT registered there: run `oda-node enrol CODE` with a "
+            "code from the coordinator (`oda coordinator invite`), or ask it to register keys/node.pub"
+        )
+
+
+def _rotate_key(config_path: Path) -> int:
+    from node_agent.config import load_node_config
+    from node_agent.enrol import rotate_key
+
+    config = load_node_config(config_path)
+    if not config.coordinator:
+        raise ConfigError(f"{config_path}: coordinator: no coordinator to rotate the key with")
+    ca = Path(config.transport.ca_cert) if config.transport.ca_cert else None
+    print(rotate_key(config.coordinator, ca, Path(config.transport.node_key).parent))
+    return ExitCode.OK
 
 
 def _status(config_path: Path) -> int:
@@ -323,6 +366,13 @@ def main(argv: list[str] | None = None) -> int:
             return _init(args.config, args.partner, args.coordinator)
         if command == "check":
             return _check(args.config)
+        if command == "enrol":
+            from node_agent.enrol import enrol
+
+            print(enrol(args.config, args.code, wait=args.wait))
+            return ExitCode.OK
+        if command == "rotate-key":
+            return _rotate_key(args.config)
         if command == "status":
             return _status(args.config)
         if command == "inbox":
@@ -336,7 +386,14 @@ def main(argv: list[str] | None = None) -> int:
         if command == "report":
             return _report(args.config, args.out)
         return _start(args.config, args.coordinator)
-    except (OdaError, KeyboardInterrupt) as exc:
+    except KeyboardInterrupt:
+        logging.disable(logging.CRITICAL)  # Flower's threads would log their own ending after this line
+        print(
+            f"oda-node: stopped by Ctrl-C: {_STOPPED.get(args.command, 'nothing was changed')}",
+            file=sys.stderr,
+        )
+        return ExitCode.INTERRUPTED
+    except OdaError as exc:
         code = code_for(exc)
         print(f"oda-node: error: {exc}\n(exit {int(code)}: {EXIT_HELP[code]})", file=sys.stderr)
         return code

@@ -14,9 +14,13 @@ from pathlib import Path
 from typing import Literal
 
 from node_agent.state_db import open_state_db
-from privacy.errors import ConfigError
+from privacy.errors import ConfigError, DataError
 
-__all__ = ["Inbox", "InboxItem", "InboxStatus"]
+__all__ = ["SCHEMA_VERSION", "Inbox", "InboxItem", "InboxStatus"]
+
+#: Version of the inbox's table layout (SQLite `user_version`): 1 lacked `run_id` and `purpose`
+#: (a file of version 0, before versions, is read as 1). Older files are migrated on open.
+SCHEMA_VERSION = 2
 
 InboxStatus = Literal["waiting", "approved", "denied", "released", "failed", "expired"]
 
@@ -73,10 +77,19 @@ class Inbox:
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / "inbox.sqlite"
         self._db = open_state_db(self.path, _SCHEMA, "approval inbox")
-        have = {row[1] for row in self._db.execute("PRAGMA table_info(inbox)")}
-        for column, definition in _ADDED_COLUMNS.items():
-            if column not in have:
-                self._db.execute(f"ALTER TABLE inbox ADD COLUMN {column} {definition}")
+        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            self._db.close()
+            raise DataError(
+                f"approval inbox {self.path} has schema version {version}; this node reads up to "
+                f"{SCHEMA_VERSION}: upgrade oda-federated"
+            )
+        if version < SCHEMA_VERSION:
+            have = {row[1] for row in self._db.execute("PRAGMA table_info(inbox)")}
+            for column, definition in _ADDED_COLUMNS.items():
+                if column not in have:
+                    self._db.execute(f"ALTER TABLE inbox ADD COLUMN {column} {definition}")
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:
         self._db.close()

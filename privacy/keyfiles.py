@@ -6,7 +6,10 @@ writing lives below both.
 
 from __future__ import annotations
 
+import getpass
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import NamedTuple
 
@@ -16,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from privacy.errors import ConfigError
 
-__all__ = ["KeyFiles", "write_private_key"]
+__all__ = ["KeyFiles", "owner_only", "write_private_key"]
 
 
 class KeyFiles(NamedTuple):
@@ -45,6 +48,28 @@ def write_private_key(
     fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(pem)
+    owner_only(private_path)
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     public_path.write_bytes(public + (f" {comment}" if comment else "").encode() + b"\n")
     return KeyFiles(private_path, public_path)
+
+
+def owner_only(path: Path) -> None:
+    """Make `path` readable and writable by its owner only: mode 0600 on POSIX; on Windows,
+    where the mode bits do not protect a file, an ACL that drops inherited entries and grants
+    the current user alone full control (`icacls`).
+
+    Raises:
+        ConfigError: Windows refused the ACL (the key would stay readable by others).
+    """
+    if sys.platform != "win32":
+        os.chmod(path, 0o600)
+        return
+    done = subprocess.run(
+        ["icacls", str(path), "/inheritance:r", "/grant:r", f"{getpass.getuser()}:F"],  # noqa: S607
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise ConfigError(f"cannot restrict {path} to its owner: icacls said {done.stdout}{done.stderr}")

@@ -6,7 +6,8 @@ on every node) or register node keys. So the SuperLink binds to loopback and onl
 listens on the public address. It forwards `POST /v1/fleet/*` and `GET /health` to the
 SuperLink over TLS (trusting the coordinator's own CA), serves the coordinator's blueprint
 registry read-only (`GET /v1/blueprints`, `GET /v1/blueprints/NAME/VERSION/blueprint.yaml` and
-`.../signature.json`), and answers everything else with 404, without contacting the SuperLink. Node authentication stays end to end: the signed headers a
+`.../signature.json`), partners' enrolment and the node agent's wheel (`/v1/oda/...`, see
+`coordinator.deploy.enrolment`), and answers everything else with 404, without contacting the SuperLink. Node authentication stays end to end: the signed headers a
 node sends are forwarded unchanged and checked by the SuperLink.
 
 **No idle polling storm.** A node asks for work with `pull-messages` every `poll_interval`. The
@@ -182,10 +183,13 @@ def build_app(
     registry: Path | None = None,
     wake_token: str | None = None,
     gate: PullGate | None = None,
+    enrolment: Path | None = None,
 ) -> Starlette:
     """The proxy as an ASGI app forwarding to `https://upstream` (plain HTTP when `ca_cert` is None,
     which only tests use), serving the blueprint registry in `registry` when given. With
-    `wake_token`, idle nodes' pulls are held (`PullGate`) until `POST /_oda/wake` names them."""
+    `wake_token`, idle nodes' pulls are held (`PullGate`) until `POST /_oda/wake` names them.
+    With `enrolment` (the coordinator folder), partners enrol, rotate keys and ask whether they
+    are registered (`coordinator.deploy.enrolment`), and download the node agent's wheel."""
     verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(ca_cert)) if ca_cert else False
     scheme = "https" if ca_cert else "http"
     client = httpx.AsyncClient(
@@ -259,6 +263,10 @@ def build_app(
 
     methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
     routes = _registry_routes(registry) if registry is not None else []
+    if enrolment is not None:
+        from coordinator.deploy.enrolment import enrolment_routes
+
+        routes += enrolment_routes(enrolment)
     app = Starlette(routes=[*routes, Route("/{path:path}", forward, methods=methods)], lifespan=lifespan)
     app.state.body_budget = budget
     app.state.pull_gate = gate
@@ -282,6 +290,9 @@ def main(argv: list[str] | None = None) -> int:
         help="file with the secret the coordinator wakes held pulls with",
     )
     parser.add_argument(
+        "--enrolment", type=Path, default=None, help="the coordinator folder: serve enrolment and the wheel"
+    )
+    parser.add_argument(
         "--hold", type=float, default=HOLD_SECONDS, help="seconds an idle node's pull is held"
     )
     args = parser.parse_args(argv)
@@ -289,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     pki: Path = args.pki
     token = args.wake_token.read_text().strip() if args.wake_token else None
     gate = PullGate(hold=args.hold if token else 0.0)
-    app = build_app(args.upstream, pki / "ca.crt", args.registry, token, gate)
+    app = build_app(args.upstream, pki / "ca.crt", args.registry, token, gate, args.enrolment)
     print(
         f"fleet proxy: https://{args.listen} -> https://{args.upstream} (Fleet API and /health only)",
         flush=True,

@@ -8,6 +8,7 @@ the production transport.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -15,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, NamedTuple, Self
@@ -279,6 +280,8 @@ class CoordinatorService(Supervised):
                 str(self.registry),
                 "--wake-token",
                 str(token),
+                "--enrolment",
+                str(self.folder),
                 "--hold",
                 str(self.config.fleet_hold_seconds),
             ],
@@ -307,6 +310,29 @@ class CoordinatorService(Supervised):
             "analyst-api", [sys.executable, "-m", "coordinator.service.serve", str(self.folder.resolve())]
         )
         self.processes.wait_for(lambda: port_open(*api), 90, f"the analyst API on https://{listen}")
+
+    @contextlib.contextmanager
+    def enrolments(self) -> Iterator[Callable[[], list[str]]]:
+        """`with service.enrolments() as tend:` each `tend()` registers queued partner keys and
+        revokes rotated-out ones (`coordinator.deploy.enrolment`); it returns what it changed."""
+        from coordinator.deploy.enrolment import Enrolments
+
+        enrolments = Enrolments(self.folder)
+        link = coordinator_link(self.folder)
+
+        def tend() -> list[str]:
+            try:
+                return enrolments.tend(link)
+            except FederationError:
+                return []  # the SuperLink is restarting: check_alive reports it if it died
+            except Exception as exc:
+                return [f"enrolment: could not process requests ({type(exc).__name__}: {exc})"]
+
+        try:
+            yield tend
+        finally:
+            link.close()
+            enrolments.close()
 
     def stop(self) -> None:
         if self._owns_processes:

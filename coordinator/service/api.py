@@ -59,6 +59,10 @@ from coordinator.service.views import (
 )
 from privacy.errors import OdaError
 
+#: Text a filter may hold: anything but NUL, which PostgreSQL's text type cannot hold (a search
+#: for it failed inside instead of saying why).
+_NO_NUL = r"^[^\x00]*$"
+
 __all__ = ["API_PREFIX", "ApiError", "ServiceState", "build_app", "openapi_document"]
 
 API_PREFIX = "/api/v1"
@@ -244,8 +248,8 @@ def build_app(state: ServiceState) -> FastAPI:
     def list_runs(
         who: Reader,
         run_state: Annotated[list[State] | None, Query(alias="state")] = None,
-        owner: Annotated[str | None, Query(max_length=64)] = None,
-        name: Annotated[str | None, Query(max_length=200)] = None,
+        owner: Annotated[str | None, Query(max_length=64, pattern=_NO_NUL)] = None,
+        name: Annotated[str | None, Query(max_length=200, pattern=_NO_NUL)] = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 100,
         offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
     ) -> RunList:

@@ -100,6 +100,8 @@ def test_roles_reader_cannot_submit_unknown_token_is_401_analysts_see_their_own(
         service.client("rita").submit(SPEC)
     with pytest.raises(AccessDenied, match="only the run's analyst or an admin"):
         service.client("rita").run(run.id).cancel()
+    with pytest.raises(UserError, match="should match pattern"):  # NUL: PostgreSQL's text cannot hold it
+        service.client("alice").runs(name="\x00")
     response = httpx.get(f"{service.url}/api/v1/runs")
     assert response.status_code == 401 and response.json() == {
         "error": "no token: send `Authorization: Bearer oda_...`"
