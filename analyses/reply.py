@@ -10,10 +10,10 @@ beside them, so the coordinator can hold each release against the node's audit e
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
-from typing import Literal, get_args
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Literal, get_args
 
-from analyses.request import PROTOCOL_VERSIONS
+from analyses.request import PROTOCOL_VERSIONS, known_fields
 from privacy.errors import (
     ApprovalDenied,
     ApprovalPending,
@@ -212,14 +212,22 @@ def decode_reply(payload: bytes | str, *, refused: bool = False, stamp: AuditSta
                 kind=s["kind"],
                 rows_used="hidden",
                 measurements=tuple(
-                    MeasurementRelease(**{**m, "values": tuple(m["values"])}) for m in s["measurements"]
+                    MeasurementRelease(**{**_known(m, MeasurementRelease), "values": tuple(m["values"])})
+                    for m in s["measurements"]
                 ),
             )
             for s in data["steps"]
         )
-        return NodeRelease(**{**data, "steps": steps}).stamped(stamp)
+        return NodeRelease(**{**_known(data, NodeRelease), "steps": steps}).stamped(stamp)
     except (KeyError, TypeError, ValueError) as exc:
         raise ProtocolError(f"malformed release: {exc}") from exc
+
+
+def _known(data: object, cls: type[MeasurementRelease | NodeRelease]) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise TypeError(f"a {cls.__name__} must be an object")
+    names = frozenset(f.name for f in fields(cls))
+    return known_fields(data, names, "release", "coordinator")
 
 
 def _refusal(data: dict[str, object]) -> Refusal:

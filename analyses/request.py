@@ -22,6 +22,7 @@ __all__ = [
     "PROTOCOL_VERSIONS",
     "REQUEST_ID",
     "AnalysisRequest",
+    "known_fields",
 ]
 
 #: Message protocol major versions this code speaks.
@@ -41,6 +42,34 @@ MAX_PURPOSE_CHARS = 500
 #: Fields a request may carry; `run_id` and `purpose` are optional and left out when unset, so
 #: a request without them has the same bytes as before they existed.
 _FIELDS = frozenset({"protocol", "request_id", "requester", "spec_yaml", "state", "run_id", "purpose"})
+#: The field in which a message lists its fields a receiver that does not know them may ignore.
+OPTIONAL = "optional"
+
+
+def known_fields(data: dict[str, object], names: frozenset[str], what: str, side: str) -> dict[str, object]:
+    """`data`'s fields this release knows, for a message of a minor version newer or older.
+
+    **Minor versions.** A sender leaves out every optional field that holds its default (so an
+    older receiver sees the message it always saw), and lists under `optional` the new fields
+    a receiver may ignore (each object of the message its own). A field neither known here nor
+    listed there changes the message's
+    meaning: it is refused, naming it, rather than guessed at. Fields known here but missing are
+    filled with their defaults by the caller.
+
+    Raises:
+        ProtocolError: a field this side does not know and may not ignore, or a bad `optional`.
+    """
+    optional = data.get(OPTIONAL, [])
+    if not isinstance(optional, list) or len(optional) > 64 or not all(isinstance(o, str) for o in optional):
+        raise ProtocolError(f"malformed {what}: `optional` must be a short list of field names")
+    unknown = sorted(set(data) - names - {OPTIONAL})
+    critical = [f for f in unknown if f not in optional]
+    if critical:
+        raise ProtocolError(
+            f"the {what} has field {_preview(critical[0])}, which this {side} does not know and may not "
+            "ignore (a newer minor version of the protocol): upgrade oda-federated on this side"
+        )
+    return {k: v for k, v in data.items() if k in names}
 
 
 @dataclass(frozen=True)
@@ -141,11 +170,8 @@ class AnalysisRequest:
             raise ProtocolError(
                 f"request protocol {_preview(got)} is not supported; this node speaks {list(PROTOCOL_VERSIONS)}"
             )
-        unknown = sorted(set(data) - _FIELDS)
-        if unknown:
-            raise ProtocolError(f"malformed request: unknown field {_preview(unknown[0])}")
         try:
-            request = AnalysisRequest(**data)
+            request = AnalysisRequest(**known_fields(data, _FIELDS, "request", "node"))  # type: ignore[arg-type]
         except TypeError as exc:
             raise ProtocolError(f"malformed request: {exc}") from exc
         return request.check()

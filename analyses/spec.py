@@ -19,7 +19,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from analyses._model import Model
+from analyses._model import Model, canonical
 from analyses.documents import parse_document
 from analyses.operators import STEP_KINDS, Step
 from analyses.step import StepBase, UnitSpec
@@ -184,9 +184,11 @@ class AnalysisSpec(Model):
 
     @cached_property
     def hash(self) -> str:
-        """sha256 of the canonical JSON of the validated spec: what the nodes agreed to run."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        """sha256 of the canonical JSON of the validated spec: what the nodes agreed to run. A
+        field added after the first release (`since`) is left out while at its default, so the
+        hash of a spec that does not use it is the same in every release."""
+        text = json.dumps(canonical(self), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
 
     def spec_hash(self) -> str:
         """`hash` (computed once per spec)."""

@@ -1,0 +1,111 @@
+"""Protocol minor versions: a field added later leaves the spec hash alone while at its default,
+and a message's fields a receiver does not know are ignored only when the sender says they may be."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+from pydantic import Field
+
+from analyses import AnalysisSpec
+from analyses._model import Model, canonical, since
+from analyses.documents import parse_document
+from analyses.reply import decode_reply, encode_release
+from analyses.request import AnalysisRequest
+from privacy.errors import ProtocolError
+from tests.unit.test_spec import GOOD, _release
+
+SPECS = sorted((Path(__file__).resolve().parents[2] / "configs" / "analyses").rglob("*.yaml"))
+
+
+class LaterSpec(AnalysisSpec):
+    """The spec model of a later release: one more optional field (`since` 1.1)."""
+
+    smoothing: float = Field(default=0.0, ge=0, json_schema_extra=since("1.1"))
+
+
+class Inner(Model):
+    width: int
+    tidy: bool = Field(default=False, json_schema_extra=since("1.2"))
+
+
+class Outer(Model):
+    inners: tuple[Inner, ...]
+    name: str = "x"
+
+
+@pytest.mark.parametrize("path", SPECS, ids=lambda p: p.name)
+def test_the_hash_of_every_shipped_spec_is_what_earlier_releases_computed(path: Path) -> None:
+    """No field is marked `since` yet, so the canonical form is the full dump earlier releases hashed."""
+    spec = parse_document(path.read_text(), AnalysisSpec, source=str(path))
+    full = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    assert spec.hash == hashlib.sha256(full.encode()).hexdigest()
+
+
+def test_a_new_optional_field_at_its_default_keeps_the_spec_hash() -> None:
+    before = parse_document(GOOD, AnalysisSpec, source="s")
+    after = parse_document(GOOD, LaterSpec, source="s")
+    assert after.hash == before.hash
+    used = parse_document(GOOD.replace("steps:", "smoothing: 0.5\nsteps:"), LaterSpec, source="s")
+    assert used.hash != before.hash, "a spec that uses the new field is a different analysis"
+
+
+def test_nested_fields_added_later_are_left_out_only_at_their_default() -> None:
+    outer = Outer(inners=(Inner(width=1), Inner(width=2, tidy=True)))
+    assert canonical(outer) == {"inners": [{"width": 1}, {"width": 2, "tidy": True}], "name": "x"}
+
+
+REQUEST = AnalysisRequest(1, "r-1", "oda", GOOD)
+
+
+def test_a_request_without_new_fields_has_the_bytes_it_always_had() -> None:
+    assert json.loads(REQUEST.to_bytes()) == {
+        "protocol": 1,
+        "request_id": "r-1",
+        "requester": "oda",
+        "spec_yaml": GOOD,
+        "state": None,
+    }
+
+
+def test_a_node_ignores_new_request_fields_the_sender_marks_optional() -> None:
+    data = {**json.loads(REQUEST.to_bytes()), "priority": "high", "optional": ["priority"]}
+    assert AnalysisRequest.from_bytes(json.dumps(data)) == REQUEST
+
+
+def test_a_node_refuses_new_request_fields_that_change_the_meaning() -> None:
+    data = {**json.loads(REQUEST.to_bytes()), "noise_multiplier": 0.1}
+    with pytest.raises(
+        ProtocolError,
+        match=r"field 'noise_multiplier', which this node does not know and may not ignore.*upgrade",
+    ):
+        AnalysisRequest.from_bytes(json.dumps(data))
+    with pytest.raises(ProtocolError, match="`optional` must be a short list"):
+        AnalysisRequest.from_bytes(json.dumps({**data, "optional": "noise_multiplier"}))
+
+
+def test_a_coordinator_reads_a_newer_release_with_optional_fields_and_refuses_critical_ones() -> None:
+    release = _release("police", {"count": (10, 20)}, 2.0)
+    body = json.loads(encode_release(release))
+    body["steps"][0]["measurements"][0].update(
+        noise_seed_commitment="abc", optional=["noise_seed_commitment"]
+    )
+    body["node_os"] = "windows"
+    body["optional"] = ["node_os"]  # each object lists its own
+    assert decode_reply(json.dumps(body)) == release
+    del body["optional"]
+    with pytest.raises(ProtocolError, match="which this coordinator does not know and may not ignore"):
+        decode_reply(json.dumps(body))
+
+
+def test_an_older_release_without_later_fields_reads_with_their_defaults() -> None:
+    release = _release("police", {"count": (10, 20)}, 2.0)
+    body = asdict(release)
+    del body["snapshots"], body["audit_seq"], body["audit_head"]
+    for m in body["steps"][0]["measurements"]:
+        del m["unit_value"], m["rounding"]
+    assert decode_reply(json.dumps(body)) == release
