@@ -33,6 +33,7 @@ _COMMANDS = [
     ("enrol", "register this node with the coordinator using the one-time code it sent you"),
     ("rotate-key", "replace the node key: the new key is registered, then the old one revoked"),
     ("check", "validate node.yaml, reach every source, and check the data against its contract"),
+    ("fit", "propose the node.yaml dataset block that maps your file onto a blueprint's dataset contract"),
     ("start", "connect to the coordinator and answer analysis requests"),
     ("status", "budget, inbox and audit state of this node"),
     ("inbox", "requests waiting for approval (policy approval: manual)"),
@@ -70,6 +71,23 @@ def _parser() -> argparse.ArgumentParser:
         if name == "init":
             cmd.add_argument("--partner", required=True, help="your organisation's short name")
             cmd.add_argument("--coordinator", default=None, help="the coordinator's Fleet address host:port")
+        if name == "fit":
+            cmd.add_argument(
+                "blueprint", help="a blueprint of the catalogue (e.g. road_safety) or a blueprint file"
+            )
+            cmd.add_argument(
+                "--source", type=Path, required=True, help="your CSV or Parquet file (inside data_dir)"
+            )
+            cmd.add_argument(
+                "--dataset", default=None, help="the blueprint's dataset (default: its only one)"
+            )
+            cmd.add_argument("--write", action="store_true", help="add the block to node.yaml (kept as .bak)")
+            cmd.add_argument(
+                "--cap", type=float, default=5.0, help="rho cap for the new population (--write)"
+            )
+            cmd.add_argument(
+                "--param", action="append", default=[], metavar="NAME=VALUE", help="a blueprint parameter"
+            )
         if name == "enrol":
             cmd.add_argument("code", help="the enrolment code `oda coordinator invite` printed")
             cmd.add_argument("--wait", type=float, default=600.0, help="seconds to wait for registration")
@@ -178,6 +196,44 @@ def _check_transport(config: NodeConfig) -> None:
             f"({config.transport.node_key}) is NOT registered there: run `oda-node enrol CODE` with a "
             "code from the coordinator (`oda coordinator invite`), or ask it to register keys/node.pub"
         )
+
+
+def _fit(args: argparse.Namespace) -> int:
+    from node_agent.fit import fit_dataset, load_blueprint_for_fit, write_fit
+
+    data_dir: Path | None = None
+    if args.config.exists():
+        from node_agent.config import load_node_config
+
+        data_dir = Path(load_node_config(args.config).data_dir)
+    parameters: dict[str, object] = {}
+    for given in args.param:
+        name, sep, value = given.partition("=")
+        if not sep:
+            raise ConfigError(f"--param {given!r}: write NAME=VALUE")
+        parameters[name] = value
+    loaded = load_blueprint_for_fit(args.blueprint)
+    fit, contract = fit_dataset(loaded, args.dataset, args.source, data_dir, parameters)
+    print(fit.yaml(contract), end="")
+    matched = len(fit.columns) - len(fit.unmatched)
+    print(f"# {matched} of {len(fit.columns)} contract columns found in {args.source}", end="")
+    print(f"; not used: {', '.join(fit.unused)}" if fit.unused else "")
+    if args.write:
+        write_fit(args.config, fit, contract, args.cap)
+        print(
+            f"added dataset {fit.dataset!r} to {args.config} (the old file is {args.config}.bak); "
+            "now run `oda-node check`"
+        )
+    elif not fit.unmatched:
+        print(f"# add it under `datasets:` in {args.config} (or rerun with --write), then `oda-node check`")
+    if fit.unmatched:
+        from privacy.errors import DataError
+
+        raise DataError(
+            f"{', '.join(c.name for c in fit.unmatched)}: no column of {args.source} fits the contract; "
+            "map them with `source:` (the proposal marks them TODO)"
+        )
+    return ExitCode.OK
 
 
 def _rotate_key(config_path: Path) -> int:
@@ -366,6 +422,8 @@ def main(argv: list[str] | None = None) -> int:
             return _init(args.config, args.partner, args.coordinator)
         if command == "check":
             return _check(args.config)
+        if command == "fit":
+            return _fit(args)
         if command == "enrol":
             from node_agent.enrol import enrol
 
