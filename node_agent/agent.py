@@ -10,6 +10,7 @@ The release's bytes are made once: the audit log records their hash, and they ar
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
@@ -38,8 +39,9 @@ from analyses.step import StepBase
 from node_agent.admission import Admission, admit
 from node_agent.audit import AuditLog
 from node_agent.config import NodeConfig
+from node_agent.contact import Contact
 from node_agent.datasets import Datasets, Snapshot
-from node_agent.inbox import Inbox
+from node_agent.inbox import Inbox, InboxItem
 from node_agent.ledger import Ledger
 from privacy.budget import DISPLAY_DELTA, Rho, exact_total, rho_at_least
 from privacy.errors import ConfigError, InternalError, PolicyRefusal, SpecError, UserError
@@ -147,6 +149,7 @@ class NodeAgent:
         #: (entries, head hash) of the audit log, verified when the agent opened.
         self.verified_audit = self.audit.verify()
         self.inbox = Inbox(state)
+        self.contact = Contact(state)
         self.datasets = Datasets(config)
         #: Serialises the ledger and audit log (one SQLite connection): held only for their
         #: short writes, never while a release is computed.
@@ -266,6 +269,30 @@ class NodeAgent:
             raise
         self.inbox.settle(request_id, "released")
         return released
+
+    def decide(
+        self, request_id: str, denied_because: str | None = None, by: str = "the partner"
+    ) -> InboxItem:
+        """Approve a waiting request (or deny it, with the reason the coordinator is sent), and
+        audit the decision; the running node acts on it at its next poll. `by` says who decided
+        (the shell, the DPO console).
+
+        Raises:
+            ConfigError: no request of that id waits in the inbox.
+        """
+        decision: Literal["approved", "denied"] = "denied" if denied_because is not None else "approved"
+        item = self.inbox.decide(request_id, decision, denied_because or "")
+        request = json.loads(item.request_json)
+        self.audit.append(
+            request_id=item.request_id,
+            requester=item.requester,
+            spec_hash=spec_hash_of(str(request.get("spec_yaml", ""))),
+            bundle_hash=item.bundle_hash,
+            decision=decision,
+            reason=denied_because or f"approved by {by}",
+            cost_rho=item.cost_rho if decision == "approved" else 0.0,
+        )
+        return item
 
     def expire(self, request_id: str, why: str) -> None:
         """Settle an inbox request whose message is gone (its run ended): nothing is released or

@@ -18,7 +18,7 @@ import time
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from privacy.errors import ConfigError, FederationError, OdaError
 from privacy.exit_codes import EXIT_HELP, ExitCode, code_for, no_phone_home
@@ -42,6 +42,7 @@ _COMMANDS = [
     ("ledger", "print the privacy ledger: spent and remaining budget per population"),
     ("audit", "verify or export the hash-chained audit log"),
     ("report", "write the HTML transparency report for the data protection officer"),
+    ("console", "a live page for the data protection officer on loopback: inbox, budget, what left"),
 ]
 
 
@@ -53,6 +54,7 @@ _STOPPED = {
     "rotate-key": "rotation interrupted; the current key is still in use (run `oda-node rotate-key` again)",
     "check": "the check was stopped before it finished",
     "report": "no report was written",
+    "console": "the console stopped; the node itself keeps running",
 }
 
 
@@ -71,6 +73,16 @@ def _parser() -> argparse.ArgumentParser:
         if name == "init":
             cmd.add_argument("--partner", required=True, help="your organisation's short name")
             cmd.add_argument("--coordinator", default=None, help="the coordinator's Fleet address host:port")
+        if name == "console":
+            cmd.add_argument("--host", default="127.0.0.1", help="loopback address to listen on")
+            cmd.add_argument("--port", type=int, default=8765, help="port (default 8765)")
+            cmd.add_argument(
+                "--allow-host",
+                action="append",
+                default=[],
+                metavar="HOST:PORT",
+                help="the Host of your own reverse proxy in front of the console (repeatable)",
+            )
         if name == "fit":
             cmd.add_argument(
                 "blueprint", help="a blueprint of the catalogue (e.g. road_safety) or a blueprint file"
@@ -304,24 +316,15 @@ def _inbox(config_path: Path) -> int:
 
 
 def _decide(config_path: Path, request_id: str, reason: str | None) -> int:
-    from node_agent.agent import NodeAgent, spec_hash_of
+    from node_agent.agent import NodeAgent
     from node_agent.config import load_node_config
 
     agent = NodeAgent(load_node_config(config_path))
     try:
-        decision: Literal["approved", "denied"] = "denied" if reason is not None else "approved"
-        item = agent.inbox.decide(request_id, decision, reason or "")
-        request = json.loads(item.request_json)
-        agent.audit.append(
-            request_id=item.request_id,
-            requester=item.requester,
-            spec_hash=spec_hash_of(str(request.get("spec_yaml", ""))),
-            bundle_hash=item.bundle_hash,
-            decision=decision,
-            reason=reason or "approved by the partner",
-            cost_rho=item.cost_rho if decision == "approved" else 0.0,
+        agent.decide(request_id, reason)
+        print(
+            f"{request_id} {'denied' if reason is not None else 'approved'}; the running node replies on its next poll"
         )
-        print(f"{request_id} {decision}; the running node replies on its next poll")
     finally:
         agent.close()
     return ExitCode.OK
@@ -424,6 +427,12 @@ def main(argv: list[str] | None = None) -> int:
             return _check(args.config)
         if command == "fit":
             return _fit(args)
+        if command == "console":
+            from node_agent.config import load_node_config
+            from node_agent.console import serve_console
+
+            serve_console(load_node_config(args.config), args.host, args.port, frozenset(args.allow_host))
+            return ExitCode.OK
         if command == "enrol":
             from node_agent.enrol import enrol
 

@@ -431,6 +431,8 @@ def _serve_loop(agent: NodeAgent, conn: tuple[Any, ...], stop: threading.Event, 
                 swept = time.monotonic()
                 _sweep_held(agent, held, closed)
             received = _wait_for_work(receive, stop)
+            if not stop.is_set():
+                agent.contact.touch()  # the coordinator answered the pull (with work or without)
             if received is None:
                 stop.wait(interval)
                 continue
