@@ -48,6 +48,7 @@ from privacy.errors import ConfigError, InternalError, PolicyRefusal, SpecError,
 from privacy.mechanisms import integer_gaussian
 
 __all__ = [
+    "RESTART_FIELDS",
     "NodeAgent",
     "Pending",
     "Released",
@@ -134,6 +135,10 @@ def redact_paths(text: str, places: dict[str, str]) -> str:
     return _ABSOLUTE_PATH.sub("<path>", text)
 
 
+#: `node.yaml` fields a running node keeps until it restarts (its connection and state).
+RESTART_FIELDS = ("state_dir", "coordinator", "transport", "partner", "poll_interval")
+
+
 class NodeAgent:
     """A partner's node: its config, its data, its ledger, its audit log and inbox.
 
@@ -158,6 +163,26 @@ class NodeAgent:
     def close(self) -> None:
         self.ledger.close()
         self.inbox.close()
+
+    def reload(self, config: NodeConfig) -> list[str]:
+        """Apply a changed `node.yaml` to the running node: policy, datasets and their data (loaded
+        again, warmed). The ledger, audit log and inbox stay as they are, so requests
+        held for approval are kept. What needs a restart (`RESTART_FIELDS`) is kept as it was and
+        named in the lines returned.
+
+        Raises:
+            DataError: a dataset of the new config cannot be loaded (the old config stays).
+        """
+        kept = []
+        for field_name in RESTART_FIELDS:
+            if getattr(config, field_name) != getattr(self.config, field_name):
+                kept.append(f"{field_name} changed: it takes effect at the next start")
+        config = config.model_copy(update={f: getattr(self.config, f) for f in RESTART_FIELDS})
+        datasets = Datasets(config)
+        datasets.warm_up()  # before the swap: a dataset that fails to load leaves the node as it was
+        with self._lock:
+            self.config, self.datasets = config, datasets
+        return kept
 
     # -- data ---------------------------------------------------------------------------------
 

@@ -42,6 +42,7 @@ _COMMANDS = [
     ("ledger", "print the privacy ledger: spent and remaining budget per population"),
     ("audit", "verify or export the hash-chained audit log"),
     ("report", "write the HTML transparency report for the data protection officer"),
+    ("reload", "apply node.yaml changes to the running node; requests held for approval are kept"),
     ("console", "a live page for the data protection officer on loopback: inbox, budget, what left"),
 ]
 
@@ -392,6 +393,7 @@ def _start(config_path: Path, coordinator: str | None) -> int:
     from node_agent.agent import NodeAgent
     from node_agent.config import load_node_config
     from node_agent.flower_node import serve
+    from node_agent.reload import Reloader
     from node_agent.transport import connection_settings, probe
 
     config = load_node_config(config_path)
@@ -406,10 +408,13 @@ def _start(config_path: Path, coordinator: str | None) -> int:
     agent = NodeAgent(config)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    reloader = Reloader(agent, config_path, stop)
     try:
         agent.datasets.warm_up()
+        reloader.start()
         serve(agent, settings, stop=stop)
     finally:
+        stop.set()
         agent.close()
     return ExitCode.OK
 
@@ -427,6 +432,16 @@ def main(argv: list[str] | None = None) -> int:
             return _check(args.config)
         if command == "fit":
             return _fit(args)
+        if command == "reload":
+            from node_agent.config import load_node_config
+            from node_agent.reload import request_reload
+
+            try:
+                state_dir = Path(load_node_config(args.config).state_dir)
+            except ConfigError as exc:
+                raise ConfigError(f"{exc}\n(nothing was sent: the running node keeps its config)") from exc
+            print(request_reload(state_dir))
+            return ExitCode.OK
         if command == "console":
             from node_agent.config import load_node_config
             from node_agent.console import serve_console

@@ -233,7 +233,7 @@ def rotate_key(address: str, ca: Path | None, keys: Path, wait: float = WAIT_SEC
     nxt.rmdir()
     lines.append(f"the new key is registered (node {state['node_id']}) and in {current}")
     lines.append(
-        "restart the node (or `oda-node reload`); the coordinator revokes the old key once the new one "
+        "restart the node (`oda-node start`); the coordinator revokes the old key once the new one "
         f"connects (the old key is kept in {retired})"
     )
     return "\n".join(lines)

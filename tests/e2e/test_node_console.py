@@ -1,5 +1,5 @@
-"""The DPO console in headless Chromium: a request held for approval at a real node is approved
-on the page, and the release then reaches the coordinator."""
+"""The DPO console in headless Chromium: a request held for approval at a real node survives
+`oda-node reload`, is approved on the page, and the release then reaches the coordinator."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from coordinator.embedded.federation import EmbeddedFederation
 from coordinator.run.orchestrator import run_analysis
 from coordinator.run.results import AnalysisResult
 from node_agent.inbox import Inbox
+from privacy.exit_codes import ExitCode
 from tests.e2e.test_analyst_service import _chromium
 from tests.e2e.test_secure_transport import SPEC
 
@@ -53,6 +54,24 @@ def test_a_held_request_approved_in_the_console_reaches_the_coordinator(tmp_path
             [held] = inbox.items("waiting")
         finally:
             inbox.close()
+        # node.yaml changes reach the running node without a restart, which would expire the
+        # held request; a node.yaml with errors changes nothing
+        node = [sys.executable, "-m", "node_agent.cli"]
+        original = config.read_text()
+        config.write_text(original + "policy_typo: 1\n")
+        typo = subprocess.run([*node, "reload", "--config", str(config)], capture_output=True, text=True)
+        assert typo.returncode == ExitCode.CONFIG, typo.stdout + typo.stderr
+        assert (
+            "policy_typo" in typo.stderr
+            and "nothing was sent: the running node keeps its config" in typo.stderr
+        )
+        config.write_text(original.replace("path: incidents.parquet", "path: moved.parquet"))
+        broken = subprocess.run([*node, "reload", "--config", str(config)], capture_output=True, text=True)
+        assert broken.returncode == ExitCode.CONFIG, broken.stdout + broken.stderr
+        assert "the running node kept its config" in broken.stderr and "moved.parquet" in broken.stderr
+        config.write_text(original.replace("min_cell: 5", "min_cell: 6"))
+        changed = subprocess.run([*node, "reload", "--config", str(config)], capture_output=True, text=True)
+        assert changed.returncode == 0 and "reloaded" in changed.stdout, changed.stdout + changed.stderr
         port = free_port()
         console = subprocess.Popen(
             [sys.executable, "-m", "node_agent.cli", "console", "--config", str(config), "--port", str(port)],
