@@ -28,6 +28,9 @@ print(",".join(sorted(m for m in {heavy!r} if m in sys.modules)))
         ("coordinator.cli", ["blueprint", "--help"]),
         ("coordinator.cli", ["blueprint", "run", "--help"]),
         ("node_agent.cli", ["--help"]),
+        ("node_agent.cli", ["enrol", "--help"]),
+        ("node_agent.cli", ["fit", "--help"]),
+        ("coordinator.cli", ["coordinator", "invite", "--help"]),
     ],
 )
 def test_help_loads_no_heavy_library(module: str, argv: list[str]) -> None:
