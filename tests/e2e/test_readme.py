@@ -79,6 +79,7 @@ def test_the_readme_shows_specs() -> None:
     assert len(SPECS) >= 2
 
 
+@pytest.mark.e2e
 def test_every_readme_spec_runs_on_the_embedded_federation(tmp_path: Path) -> None:
     loaded = [load_spec(text, f"README spec {i}") for i, text in enumerate(SPECS)]
     with EmbeddedFederation(tmp_path, rows=8_000) as fed:
