@@ -27,6 +27,8 @@ __all__ = ["enrol", "registration", "rotate_key"]
 
 #: Longest the node waits for its key to be registered (an approval may take a person).
 WAIT_SECONDS = 600.0
+#: Most bytes read for the CA certificate from a peer not yet trusted (a chain is a few KB).
+MAX_CA_BYTES = 64 * 1024
 
 
 def _pinned_ca(address: str, fingerprint: str, timeout: float) -> bytes:
@@ -36,17 +38,26 @@ def _pinned_ca(address: str, fingerprint: str, timeout: float) -> bytes:
         FederationError: unreachable, or a CA that is not the one the code names.
     """
     try:
-        # Trust nothing yet: the certificate is checked against the code's fingerprint below.
-        response = httpx.get(f"https://{address}/v1/oda/ca.crt", verify=False, timeout=timeout)  # noqa: S501
+        # Trust nothing yet: the certificate is checked against the code's fingerprint below,
+        # and an unverified peer may send anything, so at most MAX_CA_BYTES are read.
+        url = f"https://{address}/v1/oda/ca.crt"
+        with httpx.stream("GET", url, verify=False, timeout=timeout) as response:  # noqa: S501
+            status, content = response.status_code, b""
+            for chunk in response.iter_bytes():
+                content += chunk
+                if len(content) > MAX_CA_BYTES:
+                    raise FederationError(
+                        f"{address} sent more than {MAX_CA_BYTES:,} bytes for a CA certificate"
+                    )
     except httpx.HTTPError as exc:
         raise FederationError(f"cannot reach the coordinator at {address} to enrol: {exc}") from exc
-    if response.status_code != 200:
+    if status != 200:
         raise FederationError(
-            f"https://{address}/v1/oda/ca.crt answered {response.status_code}: is this coordinator older "
+            f"https://{address}/v1/oda/ca.crt answered {status}: is this coordinator older "
             "than enrolment codes? ask for its CA certificate and register by hand"
         )
     try:
-        got = x509.load_pem_x509_certificates(response.content)[0].fingerprint(hashes.SHA256()).hex()
+        got = x509.load_pem_x509_certificates(content)[0].fingerprint(hashes.SHA256()).hex()
     except ValueError as exc:
         raise FederationError(f"the coordinator at {address} sent no CA certificate ({exc})") from exc
     if got != fingerprint:
@@ -54,7 +65,7 @@ def _pinned_ca(address: str, fingerprint: str, timeout: float) -> bytes:
             f"the CA certificate at {address} has fingerprint {got}, not the {fingerprint} the enrolment "
             "code names: someone may be intercepting the connection; nothing was sent"
         )
-    return response.content
+    return content
 
 
 def _set_coordinator(config_path: Path, address: str) -> None:

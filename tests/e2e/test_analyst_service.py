@@ -104,7 +104,10 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedFed
 @pytest.fixture(scope="module")
 def finished(federation: EmbeddedFederation) -> Iterator[tuple[Run, dict[str, str]]]:
     """Alice's run, approved by council after the old 60 s, and Bob's, cancelled before council
-    decides; every acceptance check of the service over processes reads these."""
+    decides; every acceptance check of the service over processes reads these. Alice's run also
+    keeps a Flower run open for two minutes, past the 60 s after which the SuperLink revokes a
+    task's token without a heartbeat (and Flower interrupts the coordinator's process): the
+    link's heartbeat keeps it alive (this was a 70 s test of its own)."""
     fed = federation
     tokens = {n: _token(fed, n, r) for n, r in (("alice", "analyst"), ("bob", "analyst"), ("rex", "reader"))}
     ca = fed.ca_cert

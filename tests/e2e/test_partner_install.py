@@ -184,6 +184,18 @@ def test_expired_and_foreign_codes_are_refused_and_say_what_to_do(
     assert "this enrolment code has expired: ask the coordinator for a new one" in expired.stderr
     cut = _run([*node, "enrol", code[:40], "--config", str(tmp_path / "fire" / "node.yaml")], ROOT)
     assert cut.returncode == ExitCode.CONFIG and "damaged" in cut.stderr, cut.stderr
+    # a code whose CA fingerprint is not the coordinator's (an interceptor's CA): nothing is sent
+    from dataclasses import replace
+
+    from privacy.enrolment_code import EnrolmentCode
+
+    genuine = _invite(folder, "ambulance")
+    forged = str(replace(EnrolmentCode.parse(genuine), ca_sha256="0" * 64))
+    site = tmp_path / "ambulance" / "node.yaml"
+    intercepted = _run([*node, "enrol", forged, "--config", str(site), "--wait", "30"], ROOT)
+    assert intercepted.returncode == ExitCode.FEDERATION
+    assert "someone may be intercepting the connection; nothing was sent" in intercepted.stderr
+    assert _run([*node, "enrol", genuine, "--config", str(site), "--wait", "30"], ROOT).returncode == 0
     other = _invite(folder, "council")
     wrong = _run([*node, "enrol", other, "--config", str(tmp_path / "fire" / "node.yaml")], ROOT)
     assert wrong.returncode == ExitCode.CONFIG

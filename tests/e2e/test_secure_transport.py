@@ -73,7 +73,7 @@ def coordinator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coordinato
     init = [*ODA, "coordinator", "init", str(folder), "--host", "127.0.0.1", "--listen", "127.0.0.1"]
     init += ["--port", str(port), "--superlink-port", str(superlink_port), "--name", "test federation"]
     done = subprocess.run(init, capture_output=True, text=True, check=True)
-    assert f"coordinator: 127.0.0.1:{port}" in done.stdout
+    assert f"partners reach it at 127.0.0.1:{port}" in done.stdout and "oda coordinator invite" in done.stdout
     log = root / "coordinator.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
