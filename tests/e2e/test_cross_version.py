@@ -26,7 +26,7 @@ from coordinator.deploy.service import free_port
 from coordinator.embedded.federation import EmbeddedFederation
 from coordinator.embedded.synthetic import write_federation
 from coordinator.run.orchestrator import run_analysis
-from tests.e2e.test_secure_transport import _wait_for_text
+from tests.e2e.test_secure_transport import _wait_for_text, running_coordinator
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -104,13 +104,8 @@ def previous_coordinator(previous: Path, tmp_path: Path) -> Iterator[tuple[Path,
     init = [*oda, "init", str(folder), "--host", "127.0.0.1", "--listen", "127.0.0.1", "--api-port", "0"]
     init += ["--port", str(port), "--superlink-port", str(free_port())]
     subprocess.run(init, env=env, cwd=previous, check=True, capture_output=True)
-    proc = _start([*oda, "start", str(folder)], tmp_path / "coordinator.log", env, cwd=previous)
-    try:
-        _wait_for_text(tmp_path / "coordinator.log", "Fleet API on", proc, 60)
+    with running_coordinator(folder, tmp_path / "coordinator.log", env, cwd=previous):
         yield folder, env, previous
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
 
 
 def test_the_previous_coordinator_runs_analyses_on_this_releases_nodes(

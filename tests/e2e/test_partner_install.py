@@ -31,7 +31,7 @@ from coordinator.deploy.service import coordinator_link, free_port
 from coordinator.embedded.synthetic import write_federation
 from coordinator.run.orchestrator import run_analysis
 from privacy.exit_codes import ExitCode
-from tests.e2e.test_secure_transport import SPEC, _wait_for_text
+from tests.e2e.test_secure_transport import SPEC, _wait_for_text, running_coordinator
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -53,20 +53,8 @@ def coordinator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path
     init = [*ODA, "coordinator", "init", str(folder), "--host", "127.0.0.1", "--listen", "127.0.0.1"]
     init += ["--port", str(port), "--superlink-port", str(free_port()), "--api-port", "0"]
     subprocess.run(init, capture_output=True, text=True, check=True)
-    log = root / "coordinator.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [*ODA, "coordinator", "start", str(folder)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        _wait_for_text(log, "Fleet API on", proc, 60)
+    with running_coordinator(folder, root / "coordinator.log"):
         yield folder, f"127.0.0.1:{port}"
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
 
 
 def _invite(folder: Path, partner: str, *extra: str) -> str:

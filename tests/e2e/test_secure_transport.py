@@ -65,6 +65,29 @@ def _wait_for_text(path: Path, text: str, proc: subprocess.Popen[bytes], timeout
     )
 
 
+@contextlib.contextmanager
+def running_coordinator(
+    folder: Path, log: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`oda coordinator start FOLDER` (under `env`, from `cwd`) until the block ends, once its
+    Fleet API listens; stopped by SIGTERM, by its PID."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [*ODA, "coordinator", "start", str(folder)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
+        )
+    try:
+        _wait_for_text(log, "Fleet API on", proc, 60)
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+
+
 @pytest.fixture(scope="module")
 def coordinator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coordinator]:
     root = tmp_path_factory.mktemp("secure")
@@ -74,23 +97,11 @@ def coordinator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coordinato
     init += ["--port", str(port), "--superlink-port", str(superlink_port), "--name", "test federation"]
     done = subprocess.run(init, capture_output=True, text=True, check=True)
     assert f"partners reach it at 127.0.0.1:{port}" in done.stdout and "oda coordinator invite" in done.stdout
-    log = root / "coordinator.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [*ODA, "coordinator", "start", str(folder)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        _wait_for_text(log, "Fleet API on", proc, 60)
+    with running_coordinator(folder, root / "coordinator.log"):
         configs = write_federation(
             root / "partners", rows=3_000, coordinator=f"127.0.0.1:{port}", ca_cert=folder / "pki" / "ca.crt"
         )
         yield Coordinator(folder, f"127.0.0.1:{port}", superlink_port, configs)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
     # The coordinator stopped its SuperLink and proxy (by PID) when it stopped.
     assert not _port_open(superlink_port) and not _port_open(port)
 

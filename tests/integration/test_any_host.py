@@ -103,26 +103,6 @@ def test_a_newer_audit_log_is_refused_with_the_fix(tmp_path: Path) -> None:
         log.verify()
 
 
-def test_an_inbox_from_the_first_release_is_migrated(tmp_path: Path) -> None:
-    db = sqlite3.connect(tmp_path / "inbox.sqlite")
-    db.execute(
-        "CREATE TABLE inbox (request_id TEXT PRIMARY KEY, received REAL NOT NULL, requester TEXT NOT NULL,"
-        " analysis TEXT NOT NULL, summary TEXT NOT NULL, cost_rho REAL NOT NULL, request_json TEXT NOT NULL,"
-        " bundle_hash TEXT NOT NULL, status TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '', decided REAL)"
-    )
-    db.execute("INSERT INTO inbox VALUES ('r1', 1.0, 'c', 'a', 's', 0.1, '{}', 'b', 'waiting', '', NULL)")
-    db.commit()
-    db.close()
-    box = Inbox(tmp_path)
-    try:
-        [item] = box.items("waiting")
-        assert (item.request_id, item.run_id, item.purpose) == ("r1", "", "")
-        version = box._db.execute("PRAGMA user_version").fetchone()[0]
-        assert version == inbox.SCHEMA_VERSION
-    finally:
-        box.close()
-
-
 def test_a_newer_inbox_is_refused_with_the_fix(tmp_path: Path) -> None:
     Inbox(tmp_path).close()
     db = sqlite3.connect(tmp_path / "inbox.sqlite")

@@ -142,6 +142,9 @@ def test_an_inbox_written_before_runs_existed_gains_the_columns(tmp_path: Path) 
     try:
         item = inbox.get("old")
         assert (item.requester, item.run_id, item.purpose) == ("oda", "", "")
+        from node_agent.inbox import SCHEMA_VERSION
+
+        assert inbox._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION, "migrated"
     finally:
         inbox.close()
 
