@@ -280,6 +280,9 @@ def _status(config_path: Path) -> int:
             )
         waiting = agent.inbox.items("waiting")
         print(f"inbox: {len(waiting)} waiting" + (" (see `oda-node inbox`)" if waiting else ""))
+        contact = agent.contact.last()
+        when = datetime.fromtimestamp(contact, UTC).isoformat(timespec="seconds") if contact else "never"
+        print(f"last contact with the coordinator: {when}")
         entries, head = agent.verified_audit
         last = agent.audit.entries()[-1] if entries else None
         print(f"audit log: {entries} entries, chain intact, head {head[:16]}")

@@ -294,6 +294,7 @@ def test_status_audit_and_report(police: Path, tmp_path: Path, capsys: pytest.Ca
     assert main(["status", "--config", str(police)]) == 0
     out = capsys.readouterr().out
     assert "approval auto" in out and "audit log: 2 entries, chain intact" in out
+    assert "last contact with the coordinator: never" in out  # no node has run on this state
     assert main(["audit", "verify", "--config", str(police)]) == 0
     export = tmp_path / "audit.csv"
     assert main(["audit", "export", "--out", str(export), "--config", str(police)]) == 0
