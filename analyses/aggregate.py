@@ -17,7 +17,24 @@ from analyses.spec import AnalysisSpec
 from analyses.step import PartnerRelease, check_lengths
 from analyses.tables import Publication, ResultTable
 
-__all__ = ["combine"]
+__all__ = ["combine", "publication_of"]
+
+
+def publication_of(spec: AnalysisSpec, node_floors: Sequence[int]) -> Publication:
+    """The rules published cells follow: the spec's disclosure settings, raised to every
+    contributing node's own floor (`policy.min_cell`), which no spec can lower: under `open` it
+    is a minimum noisy count, under `tre` and `custom` also a least people threshold."""
+    disclosure = spec.disclosure
+    floor = max([disclosure.min_cell, *node_floors])
+    people = disclosure.people_threshold()
+    return Publication(
+        min_cell=floor,
+        round_to=disclosure.round_to,
+        threshold=max([people, *node_floors]) if people > 0 else 0,
+        max_rows=spec.privacy.unit.max_rows,
+        false_publication=disclosure.false_publication,
+        non_negative=disclosure.clamps(),
+    )
 
 
 def combine(spec: AnalysisSpec, releases: Sequence[NodeRelease]) -> list[ResultTable]:
@@ -27,9 +44,7 @@ def combine(spec: AnalysisSpec, releases: Sequence[NodeRelease]) -> list[ResultT
         ProtocolError: releases do not match the spec (wrong shapes or units).
     """
     released = [r for r in releases if r.status == "released"]
-    publication = Publication(
-        max([spec.disclosure.min_cell, *(r.min_cell for r in released)]), spec.disclosure.round_to
-    )
+    publication = publication_of(spec, [r.min_cell for r in released])
     tables: list[ResultTable] = []
     step_frames: list[pd.DataFrame] = []
     for step in spec.steps:

@@ -19,7 +19,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from analyses._model import Model, canonical
+from analyses._model import Model, canonical, since
 from analyses.documents import parse_document
 from analyses.operators import STEP_KINDS, Step
 from analyses.step import StepBase, UnitSpec
@@ -71,11 +71,66 @@ class PrivacySpec(Model):
         return rho_from_epsilon_delta(self.epsilon or 0.0, self.delta or 0.0)
 
 
+#: The threshold of the `tre` profile: at least this many people under every published cell.
+TRE_THRESHOLD = 10
+#: The default largest probability that a cell below the threshold is published (`tre`).
+TRE_FALSE_PUBLICATION = 0.01
+
+
 class DisclosureSpec(Model):
-    """Publication rules applied to results (post-processing, no budget)."""
+    """Publication rules applied to results (post-processing, no budget).
+
+    `profile: open` suppresses cells whose noisy count is under `min_cell`. `profile: tre`
+    follows UK trusted-research-environment output rules: a cell is published only when its
+    noisy count clears `noise_aware_threshold`, so a cell of fewer than `threshold` (10) people is
+    published with probability at most `false_publication` (1%), and no negative count or sum is
+    published. `custom` sets `threshold`, `false_publication` and `non_negative` itself.
+    """
 
     min_cell: int = Field(default=10, ge=0, le=1000)
     round_to: int = Field(default=1, ge=1, le=1000)
+    profile: Literal["open", "tre", "custom"] = Field(default="open", json_schema_extra=since("1.1"))
+    threshold: int | None = Field(
+        default=None,
+        ge=0,
+        le=1000,
+        json_schema_extra=since("1.1"),
+        description="people under a published cell (tre: at least 10); noise-aware",
+    )
+    false_publication: float = Field(
+        default=TRE_FALSE_PUBLICATION,
+        gt=0,
+        le=0.2,
+        json_schema_extra=since("1.1"),
+        description="largest probability that a cell below the threshold is published",
+    )
+    non_negative: bool | None = Field(
+        default=None,
+        json_schema_extra=since("1.1"),
+        description="publish no negative count or sum (default: true under tre)",
+    )
+
+    @model_validator(mode="after")
+    def _profile(self) -> DisclosureSpec:
+        if self.profile == "tre" and self.threshold is not None and self.threshold < TRE_THRESHOLD:
+            raise ValueError(
+                f"the tre profile's threshold is at least {TRE_THRESHOLD}; use profile: custom for less"
+            )
+        if self.profile == "custom" and self.threshold is None:
+            raise ValueError("profile: custom needs a threshold (people under a published cell)")
+        if self.profile == "open" and (self.threshold is not None or self.non_negative is not None):
+            raise ValueError("threshold and non_negative belong to the tre and custom profiles")
+        return self
+
+    def people_threshold(self) -> int:
+        """People under a published cell (0: the open profile, which thresholds noisy counts)."""
+        if self.profile == "open":
+            return 0
+        return self.threshold if self.threshold is not None else TRE_THRESHOLD
+
+    def clamps(self) -> bool:
+        """Whether negative counts and sums are published as 0."""
+        return self.non_negative if self.non_negative is not None else self.profile == "tre"
 
 
 class AnalysisSpec(Model):

@@ -16,7 +16,7 @@ import pandas as pd
 
 from analyses.reply import MeasurementRelease
 from privacy.accuracy import pooled_accuracy95
-from privacy.disclosure import round_to, suppress_small
+from privacy.disclosure import noise_aware_threshold, round_to
 from privacy.errors import ProtocolError
 
 __all__ = ["PooledVector", "Publication", "Published", "ResultTable", "disclose", "pool_vectors"]
@@ -41,10 +41,34 @@ class Published(NamedTuple):
 @dataclass(frozen=True)
 class Publication:
     """The rules a published cell follows: the strictest minimum cell (the spec's and every
-    contributing node's) and the rounding of the spec's disclosure settings."""
+    contributing node's) and the rounding of the spec's disclosure settings; under the `tre`
+    and `custom` profiles also the people threshold (at least every node's floor), the rows a
+    person may contribute, the largest probability that a cell below the threshold is
+    published, and whether negative counts and sums are published as 0."""
 
     min_cell: int
     round_to: int = 1
+    threshold: int = 0
+    max_rows: int = 1
+    false_publication: float = 0.01
+    non_negative: bool = False
+
+    def cut(self, sd: float) -> float:
+        """The least noisy count a published cell has (its count's noise of scale `sd`)."""
+        return max(
+            float(self.min_cell),
+            noise_aware_threshold(self.threshold, self.max_rows, sd, self.false_publication),
+        )
+
+    def note(self, sd: float) -> str | None:
+        """What a reader is told of the threshold, or None under the open profile."""
+        if self.threshold <= 0:
+            return None
+        return (
+            f"cells of fewer than {self.threshold} people are suppressed: a cell is published only when its "
+            f"noisy count is at least {self.cut(sd):.1f} (up to {self.max_rows} rows a person, noise scale "
+            f"{sd:.3g}), so one below the threshold is published with probability at most {self.false_publication:g}"
+        )
 
 
 @dataclass(frozen=True)
@@ -79,11 +103,33 @@ def pool_vectors(measurements: Sequence[MeasurementRelease]) -> PooledVector:
     )
 
 
-def disclose(frame: pd.DataFrame, count_col: str, value_cols: list[str], publication: Publication) -> None:
-    """Suppress the values of cells whose noisy count is under the minimum cell; round them."""
-    counts = frame[count_col].to_numpy(dtype=float)
+def disclose(
+    frame: pd.DataFrame,
+    count_col: str,
+    value_cols: list[str],
+    publication: Publication,
+    count_sd: float = 0.0,
+    clamp_cols: tuple[str, ...] = (),
+    counts: np.ndarray | None = None,
+) -> list[str]:
+    """Suppress the values of cells whose noisy count is under the publication's cut (the
+    minimum cell, and under a people threshold the noise-aware one for a count of noise scale
+    `count_sd`), publish negative values of `clamp_cols` as 0 when the rules say so, and round;
+    return the notes a reader needs. `counts` are the noisy counts when `count_col` is not a
+    column of `frame` (a sum step publishes none)."""
+    cut = publication.cut(count_sd)
+    noisy = frame[count_col].to_numpy(dtype=float) if counts is None else np.asarray(counts, dtype=float)
+    suppressing = publication.min_cell > 0 or publication.threshold > 0
     for col in value_cols:
-        frame[col] = [
-            round_to(suppress_small(v, c, publication.min_cell), publication.round_to)
-            for v, c in zip(frame[col].to_numpy(dtype=float), counts, strict=True)
+        values = [
+            math.nan if suppressing and (math.isnan(c) or c < cut) else v
+            for v, c in zip(frame[col].to_numpy(dtype=float), noisy, strict=True)
         ]
+        if publication.non_negative and col in clamp_cols:
+            values = [v if math.isnan(v) else max(v, 0.0) for v in values]
+        frame[col] = [round_to(v, publication.round_to) for v in values]
+    note = publication.note(count_sd)
+    notes = [note] if note else []
+    if publication.non_negative and clamp_cols:
+        notes.append(f"negative values of {', '.join(clamp_cols)} are published as 0 (noise, not data)")
+    return notes

@@ -54,13 +54,14 @@ MAX_UNITS_PER_ROW = 2**31
 MAX_DATASET_ROWS = 2**31
 
 
-def _count_table(step: StepBase, releases: Sequence[StepRelease], publication: Publication) -> pd.DataFrame:
+def count_table(step: StepBase, releases: Sequence[StepRelease], publication: Publication) -> Published:
+    """A step's pooled noisy counts per cell, with the disclosure rules applied."""
     frame = step.key_frame()
     pooled = pool_vectors([r.measurement("count") for r in releases])
     frame["count"] = pooled.values
     frame["count_accuracy95"] = pooled.accuracy95
-    disclose(frame, "count", ["count"], publication)
-    return frame
+    notes = disclose(frame, "count", ["count"], publication, pooled.scale, clamp_cols=("count",))
+    return Published(frame, notes)
 
 
 class CountStep(StepBase):
@@ -76,7 +77,7 @@ class CountStep(StepBase):
         return {"count": Exact(bincount(cells, self.groups()), unit.max_rows)}
 
     def publish(self, releases: Sequence[StepRelease], publication: Publication) -> Published:
-        return Published(_count_table(self, releases, publication), [])
+        return count_table(self, releases, publication)
 
 
 class _SumLike(BoundedStep):
@@ -178,7 +179,11 @@ class SumStep(_SumLike):
         noise = Z95 * math.sqrt(s.scale**2 + (self.centre() * c.scale) ** 2)
         rows = np.maximum(c.values + c.accuracy95, 0.0)
         frame["sum_accuracy95"] = noise + rows * rounding
-        notes = ["sums are not suppressed by count: no count is published with them"]
+        if publication.threshold > 0:  # the count under each sum is released, though not published
+            clamp = ("sum",) if self.bounds[0] >= 0 else ()
+            notes = disclose(frame, "sum", ["sum"], publication, c.scale, clamp, counts=c.values)
+        else:
+            notes = ["sums are not suppressed by count: no count is published with them"]
         if rounding:
             notes.append(f"accuracy includes rounding of at most {rounding:.3g} per row")
         return Published(frame, notes)
@@ -200,12 +205,12 @@ class MeanStep(_SumLike):
             ratio_accuracy95(sv, cv, s.scale, c.scale) + rounding
             for sv, cv in zip(s.values, c.values, strict=True)
         ]
-        disclose(frame, "count", ["mean", "count"], publication)
+        disclosed = disclose(frame, "count", ["mean", "count"], publication, c.scale, clamp_cols=("count",))
         note = (
             f"mean = {centre:g} + pooled noisy sum of (value - {centre:g}) / pooled noisy count; "
             "accuracy by the delta method" + (f", plus {rounding:.3g} for rounding" if rounding else "")
         )
-        return Published(frame, [note])
+        return Published(frame, [note, *disclosed])
 
 
 class HistogramStep(StepBase):
@@ -247,7 +252,7 @@ class HistogramStep(StepBase):
         return {"count": Exact(bincount(cells, self.cells()), unit.max_rows)}
 
     def publish(self, releases: Sequence[StepRelease], publication: Publication) -> Published:
-        return Published(_count_table(self, releases, publication), [])
+        return count_table(self, releases, publication)
 
     def summary(self) -> str:
         keys = ", ".join(self.key_columns())

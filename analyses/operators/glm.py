@@ -178,9 +178,9 @@ class ScoreStep(_FittedModelStep):
         return {"count": Exact(score_counts(scores, self.bins), unit.max_rows)}
 
     def publish(self, releases: Sequence[StepRelease], publication: Publication) -> Published:
-        from analyses.operators.counting import _count_table
+        from analyses.operators.counting import count_table
 
-        return Published(_count_table(self, releases, publication), [])
+        return count_table(self, releases, publication)
 
     def summary(self) -> str:
         return (
