@@ -28,7 +28,7 @@ from typing import Any, Literal, NamedTuple
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from analyses._model import Model
+from analyses._model import Model, canonical
 from analyses.catalog import ColumnType, check_steps
 from analyses.documents import format_validation_error, load_mapping
 from analyses.keysets import available_keysets
@@ -325,7 +325,8 @@ class Blueprint(Model):
             privacy.pop("delta", None)
             privacy["rho"] = round(rho * template.budget_share, 12)
             data = {"version": 1, **data, "privacy": privacy}
-            data.setdefault("disclosure", self.disclosure.model_dump())
+            # fields of later minor versions only when set: a node of an earlier release reads the spec
+            data.setdefault("disclosure", canonical(self.disclosure))
             text = f"# rendered from blueprint {self.name} {self.version}\n" + yaml.safe_dump(
                 data, sort_keys=False
             )

@@ -202,7 +202,14 @@ def _show(loaded: LoadedBlueprint, signer: str | None, rendered: RenderedBluepri
             if c.keyset:
                 extra += f"; keys of {bp.keyset_of(name, column, rendered.parameters)}"
             print(f"    {column} ({c.type}{', may be missing' if c.nullable else ''}): {c.meaning}{extra}")
-    print(f"disclosure: min_cell {bp.disclosure.min_cell}, round_to {bp.disclosure.round_to}")
+    rules = bp.disclosure
+    profile = f"profile {rules.profile}"
+    if rules.people_threshold():
+        profile += (
+            f" (cells of fewer than {rules.people_threshold()} people published with probability at most "
+            f"{rules.false_publication:g}; negative values {'shown as 0' if rules.clamps() else 'kept'})"
+        )
+    print(f"disclosure: {profile}, min_cell {rules.min_cell}, round_to {rules.round_to}")
     print("outputs:")
     for output in bp.outputs:
         print(f"  {output.id} ({output.kind}): {output.title}")
