@@ -383,8 +383,9 @@ def enrolment_routes(folder: Path) -> list[Route]:
 
     async def signed(request: Request, purpose: str) -> Response:
         data = await body_of(request)
+        if data is None:
+            return refused(f"bad {purpose} request: send a JSON object of at most 8 KiB", 400)
         try:
-            assert data is not None  # noqa: S101 - turned into 400 below
             key, when, signature = (
                 str(data["public_key"]),
                 float(data["time"]),
@@ -394,7 +395,7 @@ def enrolment_routes(folder: Path) -> list[Route]:
                 answer = enrolments.rotate(key, str(data["new_public_key"]), when, signature)
                 return JSONResponse(answer, status_code=202)
             return JSONResponse(enrolments.whoami(key, when, signature))
-        except (AssertionError, KeyError, ValueError, TypeError) as exc:
+        except (KeyError, ValueError, TypeError) as exc:
             return refused(f"bad {purpose} request: {exc}", 400)
         except PermissionError as exc:
             return refused(str(exc))

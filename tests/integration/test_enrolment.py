@@ -222,3 +222,10 @@ def test_the_ca_and_the_wheel_are_served_and_nothing_outside_dist(folder: Path, 
     assert client.get("/v1/oda/dist/oda_federated-9.9-py3-none-any.whl").content == b"wheel"
     assert client.get("/v1/oda/dist/..%2Fpki%2Fca.key").status_code == 404
     assert client.get("/v1/oda/dist/.hidden").status_code == 404
+
+
+def test_malformed_signed_requests_are_400_with_what_to_send(client: Client) -> None:
+    huge = client.post("/v1/oda/whoami", content=b"[" + b"1," * 9000 + b"1]")
+    assert huge.status_code == 400 and "a JSON object of at most 8 KiB" in huge.json()["error"]
+    missing = client.post("/v1/oda/rotate", json={"public_key": "x"})
+    assert missing.status_code == 400 and missing.json()["error"].startswith("bad rotate request")
