@@ -63,41 +63,22 @@ def _releases(
         round_releases = []
         for p in range(3):
             counts = shares[:, p] + noisy[p][r]
-            measurements_c = (
-                MeasurementRelease(
-                    "count",
-                    tuple(int(v) for v in counts),
-                    "integer_gaussian",
-                    scale,
-                    max_rows,
-                    rho,
-                    2 * scale,
-                ),
+            count = MeasurementRelease(
+                "count", tuple(int(v) for v in counts), "integer_gaussian", scale, max_rows, rho, 2 * scale
             )
-            measurements_s = (
-                MeasurementRelease(
-                    "sum",
-                    tuple(int(v) for v in sums[p][r]),
-                    "integer_gaussian",
-                    sum_scale,
-                    100,
-                    rho,
-                    2 * sum_scale,
-                    1.0,
-                ),
-                MeasurementRelease(
-                    "count",
-                    tuple(int(v) for v in counts),
-                    "integer_gaussian",
-                    scale,
-                    max_rows,
-                    rho,
-                    2 * scale,
-                ),
+            total = MeasurementRelease(
+                "sum",
+                tuple(int(v) for v in sums[p][r]),
+                "integer_gaussian",
+                sum_scale,
+                100,
+                rho,
+                2 * sum_scale,
+                1.0,
             )
             steps = (
-                StepRelease("c", "count", "hidden", measurements_c),
-                StepRelease("s", "sum", "hidden", measurements_s),
+                StepRelease("c", "count", "hidden", (count,)),
+                StepRelease("s", "sum", "hidden", (total, count)),
             )
             round_releases.append(
                 NodeRelease(1, f"p{p}", "x", f"r{r}", "h", "released", steps, rho, 1.0, 1e-6, floor, r)
