@@ -15,12 +15,19 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from node_agent.keys import load_private_key, write_key_pair
-from privacy.enrolment_code import EnrolmentCode, signed_message
+from privacy.enrolment_code import (
+    CA_PATH,
+    ENROL_PATH,
+    ROTATE_PATH,
+    WHOAMI_PATH,
+    EnrolmentCode,
+    ca_fingerprint,
+    signed_message,
+)
 from privacy.errors import ConfigError, FederationError
 
 __all__ = ["enrol", "registration", "rotate_key"]
@@ -40,7 +47,7 @@ def _pinned_ca(address: str, fingerprint: str, timeout: float) -> bytes:
     try:
         # Trust nothing yet: the certificate is checked against the code's fingerprint below,
         # and an unverified peer may send anything, so at most MAX_CA_BYTES are read.
-        url = f"https://{address}/v1/oda/ca.crt"
+        url = f"https://{address}{CA_PATH}"
         with httpx.stream("GET", url, verify=False, timeout=timeout) as response:  # noqa: S501
             status, content = response.status_code, b""
             for chunk in response.iter_bytes():
@@ -53,11 +60,11 @@ def _pinned_ca(address: str, fingerprint: str, timeout: float) -> bytes:
         raise FederationError(f"cannot reach the coordinator at {address} to enrol: {exc}") from exc
     if status != 200:
         raise FederationError(
-            f"https://{address}/v1/oda/ca.crt answered {status}: is this coordinator older "
+            f"https://{address}{CA_PATH} answered {status}: is this coordinator older "
             "than enrolment codes? ask for its CA certificate and register by hand"
         )
     try:
-        got = x509.load_pem_x509_certificates(content)[0].fingerprint(hashes.SHA256()).hex()
+        got = ca_fingerprint(content)
     except ValueError as exc:
         raise FederationError(f"the coordinator at {address} sent no CA certificate ({exc})") from exc
     if got != fingerprint:
@@ -133,9 +140,8 @@ def enrol(config_path: Path, code: str, wait: float = WAIT_SECONDS, timeout: flo
     client = httpx.Client(base_url=f"https://{address}", verify=_context(keys / "ca.crt"), timeout=timeout)
     try:
         public = (keys / "node.pub").read_text().strip()
-        answer = _post(client, "/v1/oda/enrol", {"token": parsed.token, "public_key": public})
-        request_id = str(answer["request"])
-        state = _wait_registered(client, request_id, wait, lines)
+        answer = _post(client, ENROL_PATH, {"token": parsed.token, "public_key": public})
+        state = _wait_registered(client, str(answer["request"]), wait)
     finally:
         client.close()
     _set_coordinator(config_path, address)
@@ -164,12 +170,12 @@ def _post(client: httpx.Client, path: str, body: dict[str, Any]) -> dict[str, An
     return dict(data)
 
 
-def _wait_registered(client: httpx.Client, request_id: str, wait: float, lines: list[str]) -> dict[str, Any]:
+def _wait_registered(client: httpx.Client, request_id: str, wait: float) -> dict[str, Any]:
     deadline = time.monotonic() + wait
     told = False
     while True:
         try:
-            state = dict(client.get(f"/v1/oda/enrol/{request_id}").json())
+            state = dict(client.get(f"{ENROL_PATH}/{request_id}").json())
         except (httpx.HTTPError, ValueError) as exc:
             raise FederationError(f"lost the coordinator while waiting for registration: {exc}") from exc
         if state.get("status") in ("registered", "done"):
@@ -181,9 +187,9 @@ def _wait_registered(client: httpx.Client, request_id: str, wait: float, lines: 
             told = True
         if time.monotonic() > deadline:
             raise FederationError(
-                f"the key was not registered within {wait:.0f} s (state: {state.get('status')}); "
-                f"run `oda-node enrol` again later is not possible with a used code: ask the coordinator "
-                f"to check `oda coordinator enrolments` (request {request_id})"
+                f"the key was not registered within {wait:.0f} s (state: {state.get('status')}); the code "
+                f"is used now, so ask the coordinator to look at `oda coordinator enrolments` (request "
+                f"{request_id})"
             )
         time.sleep(0.5)
 
@@ -207,7 +213,7 @@ def registration(
     body = _signed(load_private_key(key_path), "whoami")
     verify: Any = _context(ca) if ca else True
     try:
-        response = httpx.post(f"https://{address}/v1/oda/whoami", json=body, verify=verify, timeout=timeout)
+        response = httpx.post(f"https://{address}{WHOAMI_PATH}", json=body, verify=verify, timeout=timeout)
     except httpx.HTTPError:
         return None
     if response.status_code != 200:
@@ -229,10 +235,9 @@ def rotate_key(address: str, ca: Path | None, keys: Path, wait: float = WAIT_SEC
     new_public = (nxt / "node.pub").read_text().strip()
     body = {**_signed(load_private_key(current), "rotate", new_public), "new_public_key": new_public}
     client = httpx.Client(base_url=f"https://{address}", verify=_context(ca) if ca else True, timeout=10.0)
-    lines: list[str] = []
     try:
-        answer = _post(client, "/v1/oda/rotate", body)
-        state = _wait_registered(client, str(answer["request"]), wait, lines)
+        answer = _post(client, ROTATE_PATH, body)
+        state = _wait_registered(client, str(answer["request"]), wait)
     finally:
         client.close()
     retired = keys / "retired"
@@ -242,9 +247,8 @@ def rotate_key(address: str, ca: Path | None, keys: Path, wait: float = WAIT_SEC
         (keys / name).replace(retired / f"{stamp}-{name}")
         (nxt / name).replace(keys / name)
     nxt.rmdir()
-    lines.append(f"the new key is registered (node {state['node_id']}) and in {current}")
-    lines.append(
+    return (
+        f"the new key is registered (node {state['node_id']}) and in {current}\n"
         "restart the node (`oda-node start`); the coordinator revokes the old key once the new one "
         f"connects (the old key is kept in {retired})"
     )
-    return "\n".join(lines)

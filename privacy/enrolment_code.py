@@ -13,13 +13,43 @@ import json
 import re
 from dataclasses import dataclass
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+
 from privacy.errors import ConfigError
 
-__all__ = ["CODE_PREFIX", "EnrolmentCode", "signed_message"]
+__all__ = [
+    "CA_PATH",
+    "CODE_PREFIX",
+    "DIST_PATH",
+    "ENROL_PATH",
+    "PARTNER_NAME",
+    "ROTATE_PATH",
+    "WHOAMI_PATH",
+    "EnrolmentCode",
+    "ca_fingerprint",
+    "signed_message",
+]
 
 CODE_PREFIX = "oda1."
 _ADDRESS = re.compile(r"(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}")
-_PARTNER = re.compile(r"[A-Za-z0-9_.-]{1,80}")
+#: What a partner's name may be (as node.yaml's `partner:`).
+PARTNER_NAME = re.compile(r"[A-Za-z0-9_.-]{1,80}")
+#: The coordinator's enrolment endpoints on its public port (the Fleet proxy serves them).
+ENROL_PATH = "/v1/oda/enrol"
+ROTATE_PATH = "/v1/oda/rotate"
+WHOAMI_PATH = "/v1/oda/whoami"
+CA_PATH = "/v1/oda/ca.crt"
+DIST_PATH = "/v1/oda/dist"
+
+
+def ca_fingerprint(pem: bytes) -> str:
+    """SHA-256 of the (first) certificate's DER encoding, in hex: what a code pins.
+
+    Raises:
+        ValueError: `pem` holds no PEM certificate.
+    """
+    return x509.load_pem_x509_certificates(pem)[0].fingerprint(hashes.SHA256()).hex()
 
 
 def signed_message(purpose: str, when: float, extra: str = "") -> bytes:
@@ -68,7 +98,7 @@ class EnrolmentCode:
         if (
             not re.fullmatch(r"[0-9a-f]{64}", parsed.ca_sha256)
             or not _ADDRESS.fullmatch(parsed.address)
-            or not _PARTNER.fullmatch(parsed.partner)
+            or not PARTNER_NAME.fullmatch(parsed.partner)
             or not 16 <= len(parsed.token) <= 100
         ):
             raise ConfigError("the enrolment code is damaged: ask the coordinator for a new one")

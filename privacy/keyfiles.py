@@ -13,13 +13,14 @@ import sys
 from pathlib import Path
 from typing import NamedTuple
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from privacy.errors import ConfigError
 
-__all__ = ["KeyFiles", "owner_only", "write_private_key"]
+__all__ = ["KeyFiles", "load_node_public_key", "owner_only", "write_private_key"]
 
 
 class KeyFiles(NamedTuple):
@@ -73,3 +74,18 @@ def owner_only(path: Path) -> None:
     )
     if done.returncode != 0:
         raise ConfigError(f"cannot restrict {path} to its owner: icacls said {done.stdout}{done.stderr}")
+
+
+def load_node_public_key(openssh: bytes) -> ec.EllipticCurvePublicKey:
+    """A node's public key from its OpenSSH form (`keys/node.pub`), ECDSA on NIST P-384.
+
+    Raises:
+        ConfigError: not an OpenSSH public key, or not on P-384.
+    """
+    try:
+        key = serialization.load_ssh_public_key(openssh.strip())
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise ConfigError(f"not an OpenSSH public key ({exc}); send the node's keys/node.pub") from exc
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP384R1):
+        raise ConfigError("the node key must be ECDSA on NIST P-384 (what `oda-node init` makes)")
+    return key

@@ -28,28 +28,33 @@ import secrets
 import sqlite3
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from privacy.enrolment_code import EnrolmentCode, signed_message
+from privacy.enrolment_code import (
+    CA_PATH,
+    DIST_PATH,
+    ENROL_PATH,
+    PARTNER_NAME,
+    ROTATE_PATH,
+    WHOAMI_PATH,
+    EnrolmentCode,
+    ca_fingerprint,
+    signed_message,
+)
 from privacy.errors import ConfigError, FederationError
+from privacy.keyfiles import load_node_public_key
 
 if TYPE_CHECKING:
     from starlette.routing import Route
 
     from coordinator.deploy.flower import FlowerLink
 
-__all__ = ["DIST_PATH", "ENROL_PATH", "NODES_FILE", "Enrolments", "ca_fingerprint", "enrolment_routes"]
+__all__ = ["NODES_FILE", "Enrolments", "enrolment_routes"]
 
-ENROL_PATH = "/v1/oda/enrol"
-ROTATE_PATH = "/v1/oda/rotate"
-WHOAMI_PATH = "/v1/oda/whoami"
-CA_PATH = "/v1/oda/ca.crt"
-DIST_PATH = "/v1/oda/dist"
 #: The registered keys as the coordinator's loop last read them (for the proxy's `whoami`).
 NODES_FILE = "nodes.json"
 #: How far a signed timestamp may be from the coordinator's clock.
@@ -83,24 +88,10 @@ CREATE TABLE IF NOT EXISTS requests (
 """
 
 
-def ca_fingerprint(pem: bytes) -> str:
-    """SHA-256 of the (first) certificate's DER encoding, in hex: what a code pins."""
-    return x509.load_pem_x509_certificates(pem)[0].fingerprint(hashes.SHA256()).hex()
-
-
-def _load_key(openssh: str) -> ec.EllipticCurvePublicKey:
-    """Raises: ValueError when `openssh` is not an ECDSA P-384 public key in OpenSSH form."""
-    try:
-        key = serialization.load_ssh_public_key(openssh.strip().encode())
-    except (ValueError, UnsupportedAlgorithm) as exc:
-        raise ValueError(f"not an OpenSSH public key ({exc})") from exc
-    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP384R1):
-        raise ValueError("the node key must be ECDSA on NIST P-384 (what `oda-node init` makes)")
-    return key
-
-
-def _pem(key: ec.EllipticCurvePublicKey) -> bytes:
-    return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+def _key_id(key: ec.EllipticCurvePublicKey) -> str:
+    """SHA-256 of a public key's DER (SubjectPublicKeyInfo): how `run/nodes.json` names a key."""
+    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(der).hexdigest()
 
 
 class Enrolments:
@@ -126,7 +117,7 @@ class Enrolments:
             raise ConfigError(
                 f"--expires-hours must be above 0 and at most {MAX_HOURS} (30 days), not {hours:g}"
             )
-        if not partner or len(partner) > 80 or not all(c.isalnum() or c in "_.-" for c in partner):
+        if not PARTNER_NAME.fullmatch(partner):
             raise ConfigError(f"partner name {partner!r}: use letters, digits, '_', '.', '-' (at most 80)")
         token = secrets.token_urlsafe(32)
         now = time.time()
@@ -164,9 +155,9 @@ class Enrolments:
 
         Raises:
             PermissionError: unknown, used or expired code (the message says which and what to do).
-            ValueError: the key is not a P-384 OpenSSH public key.
+            ConfigError: the key is not a P-384 OpenSSH public key.
         """
-        _load_key(public_key)
+        load_node_public_key(public_key.encode())
         digest = hashlib.sha256(token.encode()).hexdigest()
         now = time.time()
         self._db.execute("BEGIN IMMEDIATE")
@@ -209,12 +200,11 @@ class Enrolments:
 
         Raises:
             PermissionError: bad signature, stale time, or the old key is not registered.
-            ValueError: a key is not a P-384 OpenSSH public key.
+            ConfigError: a key is not a P-384 OpenSSH public key.
         """
         old = _verify(old_key, "rotate", when, signature, new_key.strip())
-        _load_key(new_key)
-        nodes = self.registered()
-        entry = nodes.get(hashlib.sha256(old).hexdigest())
+        load_node_public_key(new_key.encode())
+        entry = self.registered().get(_key_id(old))
         if entry is None:
             raise PermissionError("the key that signed this rotation is not registered here")
         request_id = secrets.token_hex(16)
@@ -236,8 +226,7 @@ class Enrolments:
 
     def whoami(self, public_key: str, when: float, signature: bytes) -> dict[str, Any]:
         """Raises: PermissionError for a bad signature or stale time."""
-        der = _verify(public_key, "whoami", when, signature)
-        entry = self.registered().get(hashlib.sha256(der).hexdigest())
+        entry = self.registered().get(_key_id(_verify(public_key, "whoami", when, signature)))
         if entry is None:
             return {"registered": False}
         return {"registered": True, **entry}
@@ -274,7 +263,9 @@ class Enrolments:
             new = next((n for n in nodes if str(n.node_id) == node_id), None)
             if new is None or not new.last_activated_at:
                 continue  # the new key has not connected yet: the old one stays valid
-            old_pem = _pem(_load_key(old_key))
+            old_pem = load_node_public_key(old_key.encode()).public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
             for node in nodes:
                 if node.public_key_pem == old_pem and node.status != "unregistered":
                     link.unregister_node(node.node_id)
@@ -292,11 +283,11 @@ class Enrolments:
 
     def _write_nodes(self, nodes: list[Any]) -> None:
         view = {
-            hashlib.sha256(
-                serialization.load_pem_public_key(n.public_key_pem).public_bytes(
-                    serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-                )
-            ).hexdigest(): {"name": n.name, "node_id": n.node_id, "status": n.status}
+            _key_id(cast(ec.EllipticCurvePublicKey, serialization.load_pem_public_key(n.public_key_pem))): {
+                "name": n.name,
+                "node_id": n.node_id,
+                "status": n.status,
+            }
             for n in nodes
             if n.status != "unregistered"
         }
@@ -314,14 +305,16 @@ def _when(timestamp: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(timestamp))
 
 
-def _verify(public_key: str, purpose: str, when: float, signature: bytes, extra: str = "") -> bytes:
-    """The key's DER once `signature` over `signed_message(purpose, when, extra)` checks out.
+def _verify(
+    public_key: str, purpose: str, when: float, signature: bytes, extra: str = ""
+) -> ec.EllipticCurvePublicKey:
+    """The key, once `signature` over `signed_message(purpose, when, extra)` checks out.
 
     Raises:
         PermissionError: stale timestamp or bad signature.
-        ValueError: not a P-384 OpenSSH key.
+        ConfigError: not a P-384 OpenSSH key.
     """
-    key = _load_key(public_key)
+    key = load_node_public_key(public_key.encode())
     if abs(time.time() - when) > CLOCK_SKEW:
         raise PermissionError(
             f"the signed time is more than {CLOCK_SKEW:.0f} s from the coordinator's clock: set the clock"
@@ -330,7 +323,7 @@ def _verify(public_key: str, purpose: str, when: float, signature: bytes, extra:
         key.verify(signature, signed_message(purpose, when, extra), ec.ECDSA(hashes.SHA384()))
     except InvalidSignature as exc:
         raise PermissionError("the signature does not match the key") from exc
-    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return key
 
 
 def enrolment_routes(folder: Path) -> list[Route]:
@@ -374,7 +367,7 @@ def enrolment_routes(folder: Path) -> list[Route]:
             return JSONResponse(enrolments.enrol(data["token"], data["public_key"]), status_code=202)
         except PermissionError as exc:
             return refused(str(exc))
-        except ValueError as exc:
+        except ConfigError as exc:
             return refused(str(exc), 400)
 
     async def enrol_status(request: Request) -> Response:
@@ -395,7 +388,7 @@ def enrolment_routes(folder: Path) -> list[Route]:
                 answer = enrolments.rotate(key, str(data["new_public_key"]), when, signature)
                 return JSONResponse(answer, status_code=202)
             return JSONResponse(enrolments.whoami(key, when, signature))
-        except (KeyError, ValueError, TypeError) as exc:
+        except (KeyError, ValueError, TypeError, ConfigError) as exc:
             return refused(f"bad {purpose} request: {exc}", 400)
         except PermissionError as exc:
             return refused(str(exc))

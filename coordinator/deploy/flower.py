@@ -30,9 +30,6 @@ from typing import NamedTuple, TypeVar, cast
 import httpx
 import numpy as np
 import numpy.typing as npt
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.cli.build import build_fab_from_files
 from flwr.clientapp import ClientApp
@@ -88,7 +85,8 @@ from coordinator.run.transport import (
     stop_if_cancelled,
     timed_out,
 )
-from privacy.errors import ConfigError, FederationError, ProtocolError
+from privacy.errors import FederationError, ProtocolError
+from privacy.keyfiles import load_node_public_key
 
 __all__ = [
     "FlowerLink",
@@ -377,13 +375,7 @@ class FlowerLink:
             ConfigError: the key is not an EC P-384 public key in OpenSSH form.
             FederationError: the SuperLink cannot be reached or refuses.
         """
-        try:
-            key = serialization.load_ssh_public_key(public_key_openssh.strip())
-        except (ValueError, UnsupportedAlgorithm) as exc:
-            raise ConfigError(f"not an OpenSSH public key ({exc}); send the node's keys/node.pub") from exc
-        if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP384R1):
-            raise ConfigError("the node key must be ECDSA on NIST P-384 (what `oda-node init` makes)")
-        pem = public_key_to_bytes(key)
+        pem = public_key_to_bytes(load_node_public_key(public_key_openssh))
         for node in self.list_nodes():
             if node.public_key_pem == pem and node.status != "unregistered":
                 return node.node_id

@@ -9,7 +9,8 @@ import shutil
 import time
 from pathlib import Path
 
-from coordinator.deploy.enrolment import DIST_PATH, Enrolments
+from coordinator.deploy.enrolment import Enrolments
+from privacy.enrolment_code import DIST_PATH
 from privacy.errors import ConfigError
 from privacy.exit_codes import ExitCode
 

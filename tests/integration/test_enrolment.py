@@ -174,13 +174,12 @@ def _signed(
 
 
 def _register(folder: Path, public: str, name: str) -> None:
-    from coordinator.deploy.enrolment import _load_key, _pem
-
-    der = serialization.load_pem_public_key(_pem(_load_key(public))).public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    """What the coordinator's loop writes for a registered key: the SHA-256 of its DER."""
     import hashlib
 
+    der = serialization.load_ssh_public_key(public.encode()).public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     (folder / "run").mkdir(exist_ok=True)
     view = {hashlib.sha256(der).hexdigest(): {"name": name, "node_id": "7", "status": "online"}}
     (folder / "run" / NODES_FILE).write_text(json.dumps(view))
