@@ -23,6 +23,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 import yaml
@@ -48,10 +49,12 @@ __all__ = [
     "Parameter",
     "RenderedBlueprint",
     "SignedBlueprint",
+    "blueprint_file",
     "bundled_blueprints",
     "content_hash",
     "load_bundled",
     "parse_blueprint",
+    "parse_parameters",
 ]
 
 BLUEPRINT_FORMAT = 1
@@ -138,6 +141,17 @@ class ColumnContract(Model):
     example: dict[str, Any] = Field(
         default_factory=dict, description="how the embedded federation's example data are generated"
     )
+
+    def node_column(self) -> dict[str, object]:
+        """This column as a partner's `node.yaml` declares it: its type and the contract's rules."""
+        entry: dict[str, object] = {"type": self.type, "required": not self.nullable}
+        if self.allowed is not None:
+            entry["allowed"] = list(self.allowed)
+        for rule in ("min", "max"):
+            bound = getattr(self, rule)
+            if bound is not None:
+                entry[rule] = int(bound) if float(bound).is_integer() else bound
+        return entry
 
 
 class DatasetContract(Model):
@@ -473,6 +487,37 @@ def parse_blueprint(data: bytes, source: str) -> LoadedBlueprint:
     if problems:
         raise SpecError(f"{source}: " + "; ".join(problems))
     return LoadedBlueprint(blueprint, content_hash(data), source, text)
+
+
+def blueprint_file(ref: str) -> LoadedBlueprint | None:
+    """The blueprint in the file `ref` names (a `.yaml` path or an existing file), else None.
+
+    Raises:
+        SpecError: the file cannot be read or is not a valid blueprint.
+    """
+    path = Path(ref)
+    if not (ref.endswith((".yaml", ".yml")) or path.is_file()):
+        return None
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SpecError(f"{ref}: cannot read the blueprint: {exc.strerror}") from exc
+    return parse_blueprint(data, str(path))
+
+
+def parse_parameters(pairs: list[str]) -> dict[str, object]:
+    """`NAME=VALUE` pairs (the `--param` options) as a mapping.
+
+    Raises:
+        SpecError: a pair without `=` or without a name.
+    """
+    out: dict[str, object] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise SpecError(f"--param {pair!r}: write NAME=VALUE")
+        out[name.strip()] = value.strip()
+    return out
 
 
 def bundled_blueprints() -> list[str]:

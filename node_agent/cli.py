@@ -212,6 +212,7 @@ def _check_transport(config: NodeConfig) -> None:
 
 
 def _fit(args: argparse.Namespace) -> int:
+    from analyses.blueprint import parse_parameters
     from node_agent.fit import fit_dataset, load_blueprint_for_fit, write_fit
 
     data_dir: Path | None = None
@@ -219,14 +220,8 @@ def _fit(args: argparse.Namespace) -> int:
         from node_agent.config import load_node_config
 
         data_dir = Path(load_node_config(args.config).data_dir)
-    parameters: dict[str, object] = {}
-    for given in args.param:
-        name, sep, value = given.partition("=")
-        if not sep:
-            raise ConfigError(f"--param {given!r}: write NAME=VALUE")
-        parameters[name] = value
     loaded = load_blueprint_for_fit(args.blueprint)
-    fit, contract = fit_dataset(loaded, args.dataset, args.source, data_dir, parameters)
+    fit, contract = fit_dataset(loaded, args.dataset, args.source, data_dir, parse_parameters(args.param))
     print(fit.yaml(contract), end="")
     matched = len(fit.columns) - len(fit.unmatched)
     print(f"# {matched} of {len(fit.columns)} contract columns found in {args.source}", end="")

@@ -30,7 +30,7 @@ from starlette.routing import Route
 
 from node_agent.agent import NodeAgent
 from node_agent.config import NodeConfig, is_loopback
-from privacy.budget import DISPLAY_DELTA, Rho
+from privacy.budget import Rho
 from privacy.errors import ConfigError
 
 __all__ = ["COOKIE", "ConsoleSecrets", "build_console", "serve_console"]
@@ -123,11 +123,10 @@ def _page(config: NodeConfig, agent: NodeAgent, form_token: str, flash: str) -> 
         left = agent.remaining(population)
         parts.append(
             f"<tr data-population='{e(population)}'><td>{e(population)}</td><td>rho {spent.value:.4g}</td>"
-            f"<td>{e(left.describe())}</td><td>rho {cap:g} (epsilon {_epsilon(cap):.3g} at delta "
-            f"{DISPLAY_DELTA:g})</td></tr>"
+            f"<td>{e(left.describe())}</td><td>{e(Rho(cap).describe())}</td></tr>"
         )
     parts.append("</table>")
-    entries, head = agent.audit.verify()
+    entries, head = agent.verified_audit  # verified when the agent opened, for this page
     recent = [x for x in agent.audit.entries() if x.decision in ("released", "undelivered")][-RECENT:]
     parts.append(
         f"<h2>What left the site</h2><p class='muted'>Audit log: {entries} entries, chain intact "
@@ -143,10 +142,6 @@ def _page(config: NodeConfig, agent: NodeAgent, form_token: str, flash: str) -> 
         )
     parts.append("</table></body></html>")
     return "".join(parts)
-
-
-def _epsilon(rho: float) -> float:
-    return Rho(rho).epsilon(DISPLAY_DELTA)
 
 
 def build_console(config: NodeConfig, keys: ConsoleSecrets, hosts: frozenset[str]) -> Starlette:

@@ -22,7 +22,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from analyses.blueprint import ColumnContract, DatasetContract, LoadedBlueprint, load_bundled, parse_blueprint
+from analyses.blueprint import ColumnContract, DatasetContract, LoadedBlueprint, blueprint_file, load_bundled
 from analyses.keysets import load_keyset
 from privacy.errors import ConfigError, SpecError
 
@@ -74,7 +74,7 @@ class DatasetFit:
         """The `datasets:` entry for node.yaml."""
         columns: dict[str, Any] = {}
         for fit in self.columns:
-            rules = _rules(contract.columns[fit.name])
+            rules = contract.columns[fit.name].node_column()
             entry: dict[str, Any] = {}
             if fit.source is not None and fit.source != fit.name:
                 entry["source"] = fit.source
@@ -120,27 +120,13 @@ def _describe(fit: ColumnFit) -> str:
     return text + (f"; {fit.note}" if fit.note else "")
 
 
-def _rules(column: ColumnContract) -> dict[str, Any]:
-    entry: dict[str, Any] = {"type": column.type, "required": not column.nullable}
-    if column.allowed is not None:
-        entry["allowed"] = list(column.allowed)
-    for rule in ("min", "max"):
-        bound = getattr(column, rule)
-        if bound is not None:
-            entry[rule] = int(bound) if float(bound).is_integer() else bound
-    return entry
-
-
 def load_blueprint_for_fit(ref: str) -> LoadedBlueprint:
-    """A blueprint of the shipped catalogue by name, or a blueprint file.
+    """A blueprint file, or a blueprint of the shipped catalogue by name.
 
     Raises:
         SpecError: neither.
     """
-    path = Path(ref)
-    if path.suffix in (".yaml", ".yml") and path.is_file():
-        return parse_blueprint(path.read_bytes(), str(path))
-    return load_bundled(ref)
+    return blueprint_file(ref) or load_bundled(ref)
 
 
 def _read_sample(source: Path) -> pd.DataFrame:

@@ -92,27 +92,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     keygen.add_argument("--publisher", required=True, help="the name recorded with the public key")
 
 
-def _params(pairs: list[str]) -> dict[str, object]:
-    out: dict[str, object] = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep or not name:
-            raise SpecError(f"--param {pair!r}: write NAME=VALUE")
-        out[name.strip()] = value.strip()
-    return out
-
-
 def resolve(ref: str, registry: Path | None) -> SignedBlueprint:
     """A blueprint by file path, registry name (verified) or catalogue name; and its signer."""
-    from analyses.blueprint import SignedBlueprint, load_bundled, parse_blueprint
+    from analyses.blueprint import SignedBlueprint, blueprint_file, load_bundled
 
-    path = Path(ref)
-    if ref.endswith((".yaml", ".yml")) or path.is_file():
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise SpecError(f"{ref}: cannot read the blueprint: {exc.strerror}") from exc
-        return SignedBlueprint(parse_blueprint(data, str(path)), None)
+    loaded = blueprint_file(ref)
+    if loaded is not None:
+        return SignedBlueprint(loaded, None)
     name, _, version = ref.partition("@")
     if registry is not None:
         from coordinator.blueprints.registry import LocalRegistry
@@ -268,7 +254,9 @@ def main(args: argparse.Namespace) -> int:
         print(f"run it with: oda blueprint run {entry.name}@{entry.version} --registry {args.registry}")
         return ExitCode.OK
     loaded, signer = resolve(args.blueprint, args.registry)
-    rendered = loaded.blueprint.render(_params(args.param))
+    from analyses.blueprint import parse_parameters
+
+    rendered = loaded.blueprint.render(parse_parameters(args.param))
     if action == "show":
         _show(loaded, signer, rendered)
         partners = _example_partners(rendered)
@@ -304,7 +292,9 @@ def _run(
     from coordinator.run.transport import Transport
 
     out = args.out / loaded.blueprint.name
-    params = _params(args.param)
+    from analyses.blueprint import parse_parameters
+
+    params = parse_parameters(args.param)
 
     def go(link: Transport, planned: dict[str, dict[str, Rho]] | None) -> int:
         run = run_blueprint(

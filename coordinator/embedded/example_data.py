@@ -33,7 +33,7 @@ from analyses.keysets import load_keyset
 from node_agent.keys import write_key_pair
 from privacy.errors import SpecError
 
-__all__ = ["LAW_ENFORCEMENT_PARTNERS", "example_frame", "node_column", "write_blueprint_federation"]
+__all__ = ["LAW_ENFORCEMENT_PARTNERS", "example_frame", "write_blueprint_federation"]
 
 #: Partners of the embedded federation whose policy marks them as law enforcement.
 LAW_ENFORCEMENT_PARTNERS = frozenset({"police"})
@@ -136,18 +136,6 @@ def example_frame(
     return out
 
 
-def node_column(column: ColumnContract) -> dict[str, object]:
-    """A contract column as `node.yaml` declares it (type, and the contract's rules)."""
-    entry: dict[str, object] = {"type": column.type, "required": not column.nullable}
-    if column.allowed is not None:
-        entry["allowed"] = list(column.allowed)
-    if column.min is not None:
-        entry["min"] = column.min
-    if column.max is not None:
-        entry["max"] = column.max
-    return entry
-
-
 def _contracts(
     blueprints: Iterable[tuple[Blueprint, Mapping[str, ParamValue]]],
 ) -> dict[str, tuple[DatasetContract, dict[str, str | None]]]:
@@ -193,7 +181,7 @@ def write_blueprint_federation(
             declared[dataset] = {
                 "path": f"{dataset}.parquet",
                 "identifier": contract.identifier,
-                "columns": {name: node_column(c) for name, c in contract.columns.items()},
+                "columns": {name: c.node_column() for name, c in contract.columns.items()},
             }
         keys = folder / "keys"
         if not (keys / "node.key").exists():

@@ -168,7 +168,7 @@ def test_ratio_has_a_delta_method_margin_and_is_undefined_over_zero() -> None:
 
 
 def test_example_data_fit_their_contracts() -> None:
-    from coordinator.embedded.example_data import example_frame, node_column
+    from coordinator.embedded.example_data import example_frame
     from node_agent.config import DatasetConfig
     from node_agent.connectors import contract_report
 
@@ -179,7 +179,7 @@ def test_example_data_fit_their_contracts() -> None:
         {
             "path": "x.parquet",
             "identifier": contract.identifier,
-            "columns": {n: node_column(c) for n, c in contract.columns.items()},
+            "columns": {n: c.node_column() for n, c in contract.columns.items()},
         }
     )
     assert [rule for rule, bad in contract_report(frame, config) if bad] == []
