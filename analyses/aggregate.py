@@ -25,16 +25,17 @@ def publication_of(spec: AnalysisSpec, node_floors: Sequence[int]) -> Publicatio
     contributing node's own floor (`policy.min_cell`), which no spec can lower: under `open` it
     is a minimum noisy count, under `tre` and `custom` also a least people threshold."""
     disclosure = spec.disclosure
-    floor = max([disclosure.min_cell, *node_floors])
-    people = disclosure.people_threshold()
-    return Publication(
-        min_cell=floor,
+    publication = Publication(
+        min_cell=disclosure.min_cell,
         round_to=disclosure.round_to,
-        threshold=max([people, *node_floors]) if people > 0 else 0,
+        threshold=disclosure.people_threshold(),
         max_rows=spec.privacy.unit.max_rows,
         false_publication=disclosure.false_publication,
         non_negative=disclosure.clamps(),
     )
+    for floor in node_floors:
+        publication = publication.with_floor(floor)
+    return publication
 
 
 def combine(spec: AnalysisSpec, releases: Sequence[NodeRelease]) -> list[ResultTable]:
@@ -49,7 +50,7 @@ def combine(spec: AnalysisSpec, releases: Sequence[NodeRelease]) -> list[ResultT
     step_frames: list[pd.DataFrame] = []
     for step in spec.steps:
         parts = [
-            PartnerRelease(r.partner, s, max(spec.disclosure.min_cell, r.min_cell))
+            PartnerRelease(r.partner, s, r.min_cell)
             for r in released
             for s in r.steps
             if s.step_id == step.id

@@ -216,14 +216,18 @@ def decode_reply(payload: bytes | str, *, refused: bool = False, stamp: AuditSta
                     for m in s["measurements"]
                 ),
             )
-            for s in data["steps"]
+            for s in map(_known_step, data["steps"])
         )
         return NodeRelease(**{**_known(data, NodeRelease), "steps": steps}).stamped(stamp)
     except (KeyError, TypeError, ValueError) as exc:
         raise ProtocolError(f"malformed release: {exc}") from exc
 
 
-def _known(data: object, cls: type[MeasurementRelease | NodeRelease]) -> dict[str, Any]:
+def _known_step(data: object) -> dict[str, Any]:
+    return _known(data, StepRelease)
+
+
+def _known(data: object, cls: type[MeasurementRelease | StepRelease | NodeRelease]) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise TypeError(f"a {cls.__name__} must be an object")
     names = frozenset(f.name for f in fields(cls))

@@ -52,9 +52,8 @@ def known_fields(data: dict[str, object], names: frozenset[str], what: str, side
     **Minor versions.** A sender leaves out every optional field that holds its default (so an
     older receiver sees the message it always saw), and lists under `optional` the new fields
     a receiver may ignore (each object of the message its own). A field neither known here nor
-    listed there changes the message's
-    meaning: it is refused, naming it, rather than guessed at. Fields known here but missing are
-    filled with their defaults by the caller.
+    listed there changes the message's meaning: it is refused, naming it, rather than guessed
+    at. Fields known here but missing are filled with their defaults by the caller.
 
     Raises:
         ProtocolError: a field this side does not know and may not ignore, or a bad `optional`.

@@ -22,7 +22,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import pandas as pd
@@ -214,11 +214,7 @@ class StepBase(Model):
             frames = []
             notes: list[str] = []
             for part in parts:
-                own = replace(
-                    publication,
-                    min_cell=max(publication.min_cell, part.min_cell),
-                    threshold=max(publication.threshold, part.min_cell) if publication.threshold else 0,
-                )
+                own = publication.with_floor(part.min_cell)
                 frame, notes = self.publish([part.release], own)
                 frame.insert(0, "partner", part.partner)
                 frames.append(frame)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import numpy as np
@@ -16,7 +16,7 @@ import pandas as pd
 
 from analyses.reply import MeasurementRelease
 from privacy.accuracy import pooled_accuracy95
-from privacy.disclosure import noise_aware_threshold, round_to
+from privacy.disclosure import noise_aware_threshold, round_to, suppress_small
 from privacy.errors import ProtocolError
 
 __all__ = ["PooledVector", "Publication", "Published", "ResultTable", "disclose", "pool_vectors"]
@@ -58,6 +58,15 @@ class Publication:
         return max(
             float(self.min_cell),
             noise_aware_threshold(self.threshold, self.max_rows, sd, self.false_publication),
+        )
+
+    def with_floor(self, floor: int) -> Publication:
+        """These rules raised to a node's own floor (`policy.min_cell`), which no spec lowers: a
+        least noisy count, and under a people threshold a least threshold too."""
+        return replace(
+            self,
+            min_cell=max(self.min_cell, floor),
+            threshold=max(self.threshold, floor) if self.threshold > 0 else 0,
         )
 
     def note(self, sd: float) -> str | None:
@@ -119,11 +128,9 @@ def disclose(
     column of `frame` (a sum step publishes none)."""
     cut = publication.cut(count_sd)
     noisy = frame[count_col].to_numpy(dtype=float) if counts is None else np.asarray(counts, dtype=float)
-    suppressing = publication.min_cell > 0 or publication.threshold > 0
     for col in value_cols:
         values = [
-            math.nan if suppressing and (math.isnan(c) or c < cut) else v
-            for v, c in zip(frame[col].to_numpy(dtype=float), noisy, strict=True)
+            suppress_small(v, c, cut) for v, c in zip(frame[col].to_numpy(dtype=float), noisy, strict=True)
         ]
         if publication.non_negative and col in clamp_cols:
             values = [v if math.isnan(v) else max(v, 0.0) for v in values]

@@ -11,14 +11,15 @@ import math
 __all__ = ["noise_aware_threshold", "round_to", "suppress_small"]
 
 
-def suppress_small(value: float, count: float, min_cell: int) -> float:
-    """`value`, or NaN when its (noisy) count is below `min_cell` (0 turns suppression off).
+def suppress_small(value: float, count: float, least: float) -> float:
+    """`value`, or NaN when its (noisy) count is missing or below `least`, the least count a
+    published cell has (a minimum cell, or a noise-aware threshold; 0 or less turns it off).
 
     Noisy counts may be negative; they are left as they are (clamping would bias pooled sums).
     """
-    if min_cell <= 0:
+    if least <= 0:
         return value
-    if math.isnan(count) or count < min_cell:
+    if math.isnan(count) or count < least:
         return math.nan
     return value
 

@@ -208,8 +208,8 @@ def test_a_replayed_request_is_refused_and_spends_nothing(agent: NodeAgent) -> N
     assert agent.ledger.spent("incidents").value == spent
 
 
-def test_a_glm_round_cannot_be_replayed(agent: NodeAgent) -> None:
-    spec = """
+#: A three-round federated logistic model on the synthetic partners' incidents.
+GLM_SPEC = """
 version: 1
 name: glm
 dataset: incidents
@@ -219,6 +219,10 @@ steps:
     id: m
     model: {family: logistic, target: category, positive: violence, rounds: 3, features: [{column: age, bounds: [0, 100]}]}
 """
+
+
+def test_a_glm_round_cannot_be_replayed(agent: NodeAgent) -> None:
+    spec = GLM_SPEC
     state = {"run": "run1", "phase": "fit", "round": 0, "coefficients": [0.0, 0.0]}
     first = release_of(agent.handle(AnalysisRequest(1, "run1-fit0", "c", spec, state)))
     assert isinstance(first, NodeRelease)

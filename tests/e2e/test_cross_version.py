@@ -26,6 +26,7 @@ from coordinator.deploy.service import free_port
 from coordinator.embedded.federation import EmbeddedFederation
 from coordinator.embedded.synthetic import write_federation
 from coordinator.run.orchestrator import run_analysis
+from tests.adversarial.test_attacks import GLM_SPEC
 from tests.e2e.test_secure_transport import _wait_for_text, running_coordinator
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -34,16 +35,7 @@ ROOT = Path(__file__).resolve().parents[2]
 #: Stop 22's landing: the release before protocol minor versions.
 PREVIOUS = "396a0f7"
 COUNT = (ROOT / "configs" / "analyses" / "incidents_by_area.yaml").read_text()
-MODEL = """\
-version: 1
-name: violence_by_age
-dataset: incidents
-privacy: {rho: 0.5, unit: {identifier: person_id, max_rows: 5}}
-steps:
-  - kind: model
-    id: m
-    model: {family: logistic, target: category, positive: violence, rounds: 3, features: [{column: age, bounds: [0, 100]}]}
-"""
+MODEL = GLM_SPEC
 
 
 @pytest.fixture(scope="module")

@@ -138,3 +138,12 @@ def test_rendered_blueprints_carry_no_field_of_a_later_minor_version_at_its_defa
         for analysis in blueprint.render({}).analyses:
             disclosure = yaml.safe_load(analysis.text)["disclosure"]
             assert not later & set(disclosure), (name, disclosure)
+
+
+def test_a_step_of_a_release_follows_the_same_rule() -> None:
+    body = json.loads(encode_release(_release("police", {"count": (10, 20)}, 2.0)))
+    body["steps"][0]["weighting"] = "by_area"
+    with pytest.raises(ProtocolError, match="field 'weighting', which this coordinator does not know"):
+        decode_reply(json.dumps(body))
+    body["steps"][0]["optional"] = ["weighting"]
+    assert decode_reply(json.dumps(body)) == _release("police", {"count": (10, 20)}, 2.0)
