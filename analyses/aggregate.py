@@ -9,15 +9,17 @@ are pooled each, then joined on their shared public key columns.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import pandas as pd
 
-from analyses.reply import NodeRelease
+from analyses.reply import NodeRelease, StepRelease
 from analyses.spec import AnalysisSpec
-from analyses.step import PartnerRelease, check_lengths
-from analyses.tables import Publication, ResultTable
+from analyses.step import PartnerRelease, StepBase, check_lengths
+from analyses.tables import CHECK, Publication, ResultTable
+from privacy.errors import InternalError
 
-__all__ = ["combine", "publication_of"]
+__all__ = ["combine", "publication_of", "withhold_own_cells"]
 
 
 def publication_of(spec: AnalysisSpec, node_floors: Sequence[int]) -> Publication:
@@ -32,10 +34,44 @@ def publication_of(spec: AnalysisSpec, node_floors: Sequence[int]) -> Publicatio
         max_rows=spec.privacy.unit.max_rows,
         false_publication=disclosure.false_publication,
         non_negative=disclosure.clamps(),
+        dominance=disclosure.dominates(),
     )
     for floor in node_floors:
         publication = publication.with_floor(floor)
     return publication
+
+
+def withhold_own_cells(spec: AnalysisSpec, step: StepBase, release: StepRelease, floor: int) -> StepRelease:
+    """A node's release of `step` with the cells its own rules suppress withheld, for a
+    `by_partner` analysis, whose table shows each partner's cells as they are.
+
+    The node publishes its own release exactly as the coordinator would (the spec's profile
+    raised to the node's floor, `policy.min_cell`, which no spec lowers), and every cell that
+    comes out suppressed leaves as 0 in every measurement, listed in `withheld` with its rule.
+    The decision reads only the node's noisy release and public bounds: no budget. Pooled and
+    joined analyses are left to the coordinator, which applies every node's floor to the
+    pooled cells (a partner's cells are not published there on their own).
+    """
+    if spec.combine != "by_partner" or step.flow != "once":
+        return release
+    publication = replace(publication_of(spec, [floor]), max_rows=spec.unit_of(step).max_rows)
+    try:
+        frame = step.publish([release], publication).frame
+    except InternalError:
+        return release
+    if CHECK not in frame.columns or frame.empty:
+        return release
+    outcomes = [str(o) for o in frame[CHECK]]
+    rows = [i for i, o in enumerate(outcomes) if o.startswith("suppressed:")]
+    if not rows:
+        return release
+    per_row = step.cells() // len(frame)
+    zero = {j for i in rows for j in range(i * per_row, (i + 1) * per_row)}
+    measurements = tuple(
+        replace(m, values=tuple(0 if j in zero else v for j, v in enumerate(m.values)))
+        for m in release.measurements
+    )
+    return replace(release, measurements=measurements, withheld=tuple((i, outcomes[i]) for i in rows))
 
 
 def combine(spec: AnalysisSpec, releases: Sequence[NodeRelease]) -> list[ResultTable]:
@@ -61,7 +97,8 @@ def combine(spec: AnalysisSpec, releases: Sequence[NodeRelease]) -> list[ResultT
                 ResultTable(step.id, step.key_frame().iloc[0:0], ("no partner released this step",))
             )
             continue
-        published = step.tables(parts, spec.combine, publication)
+        own_unit = replace(publication, max_rows=spec.unit_of(step).max_rows)
+        published = step.tables(parts, spec.combine, own_unit)
         tables += published
         if spec.combine == "join" and len(published) == 1:
             frame = published[0].frame

@@ -15,6 +15,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import NamedTuple
 
+from analyses.aggregate import withhold_own_cells
 from analyses.local_data import Exact, LocalData
 from analyses.reply import MeasurementRelease, StepRelease
 from analyses.spec import AnalysisSpec
@@ -73,9 +74,11 @@ def release_steps(
     steps: Sequence[StepBase],
     data: Mapping[str, LocalData],
     state: RoundLike | None = None,
+    floor: int = 0,
 ) -> list[StepRelease]:
     """Release `steps` of `spec`, each on the prepared data of its dataset: every measurement
-    one OpenDP integer-Gaussian release."""
+    one OpenDP integer-Gaussian release; of a `by_partner` analysis, with the cells the node's
+    own rules (its `floor`, `policy.min_cell`) suppress withheld (`withhold_own_cells`)."""
     planned: list[Planned] = []
     noisy: list[Future[NoisyVector]] = []
     with ThreadPoolExecutor(max_workers=NOISE_THREADS, thread_name_prefix="oda-noise") as pool:
@@ -86,8 +89,13 @@ def release_steps(
     for p, future in zip(planned, noisy, strict=True):
         release = measurement_release(p.name, p.exact.unit_value, future.result(), p.exact.rounding)
         out.setdefault(p.step.id, []).append(release)
-    kinds = {s.id: s.kind for s in steps}
-    return [StepRelease(step_id, kinds[step_id], "hidden", tuple(ms)) for step_id, ms in out.items()]
+    by_id = {s.id: s for s in steps}
+    return [
+        withhold_own_cells(
+            spec, by_id[step_id], StepRelease(step_id, by_id[step_id].kind, "hidden", tuple(ms)), floor
+        )
+        for step_id, ms in out.items()
+    ]
 
 
 def measurement_release(

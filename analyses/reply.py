@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal, get_args
 
 from analyses.request import PROTOCOL_VERSIONS, known_fields
+from privacy.disclosure import OUTCOMES
 from privacy.errors import (
     ApprovalDenied,
     ApprovalPending,
@@ -42,6 +43,8 @@ __all__ = [
     "refusal_of",
 ]
 
+#: The outcomes a node may give a withheld cell.
+SUPPRESSED = tuple(o for o in OUTCOMES if o.startswith("suppressed:"))
 #: Largest reply a coordinator reads (a 200,000-cell release is a few MB).
 MAX_REPLY_BYTES = 64_000_000
 
@@ -96,6 +99,11 @@ class StepRelease:
     kind: str
     rows_used: Literal["hidden"]
     measurements: tuple[MeasurementRelease, ...]
+    #: Cells of a `by_partner` table the node withheld under its own rules before release, by
+    #: row of the step's table, with the rule (`suppressed:threshold`): their values are sent
+    #: as 0. Left out when empty. A coordinator that does not know it refuses the release (it
+    #: changes the values' meaning), naming the field.
+    withheld: tuple[tuple[int, str], ...] = ()
 
     def measurement(self, name: str) -> MeasurementRelease:
         return next(m for m in self.measurements if m.name == name)
@@ -180,6 +188,9 @@ def encode_release(release: NodeRelease) -> bytes:
     """A release's bytes (canonical JSON, the audit stamp left out): made once, audited, sent."""
     body = asdict(release)
     del body["audit_seq"], body["audit_head"]
+    for step in body["steps"]:
+        if not step["withheld"]:
+            del step["withheld"]
     return json.dumps(body, sort_keys=True).encode()
 
 
@@ -215,12 +226,34 @@ def decode_reply(payload: bytes | str, *, refused: bool = False, stamp: AuditSta
                     MeasurementRelease(**{**_known(m, MeasurementRelease), "values": tuple(m["values"])})
                     for m in s["measurements"]
                 ),
+                withheld=_withheld(s.get("withheld", [])),
             )
             for s in map(_known_step, data["steps"])
         )
         return NodeRelease(**{**_known(data, NodeRelease), "steps": steps}).stamped(stamp)
     except (KeyError, TypeError, ValueError) as exc:
         raise ProtocolError(f"malformed release: {exc}") from exc
+
+
+#: Most withheld cells a release may list (the most cells a step has).
+MAX_WITHHELD = 200_000
+
+
+def _withheld(data: object) -> tuple[tuple[int, str], ...]:
+    """A release's withheld cells: [row, rule] pairs, each rule a suppression outcome."""
+    if not isinstance(data, list) or len(data) > MAX_WITHHELD:
+        raise ValueError(f"withheld must be a list of at most {MAX_WITHHELD:,} [row, rule] pairs")
+    out = []
+    for pair in data:
+        if not (isinstance(pair, list) and len(pair) == 2):
+            raise ValueError("each withheld cell is a [row, rule] pair")
+        row, rule = pair
+        if type(row) is not int or row < 0 or rule not in SUPPRESSED:
+            raise ValueError(
+                f"withheld cell {str(pair)[:80]} is not [row >= 0, one of {', '.join(SUPPRESSED)}]"
+            )
+        out.append((row, rule))
+    return tuple(out)
 
 
 def _known_step(data: object) -> dict[str, Any]:

@@ -83,8 +83,10 @@ class DisclosureSpec(Model):
     `profile: open` suppresses cells whose noisy count is under `min_cell`. `profile: tre`
     follows UK trusted-research-environment output rules: a cell is published only when its
     noisy count clears `noise_aware_threshold`, so a cell of fewer than `threshold` (10) people is
-    published with probability at most `false_publication` (1%), and no negative count or sum is
-    published. `custom` sets `threshold`, `false_publication` and `non_negative` itself.
+    published with probability at most `false_publication` (1%); no negative count or sum is
+    published; sum and mean cells follow the dominance rules (`privacy.disclosure`); models need
+    10 residual degrees of freedom. `custom` sets `threshold`, `false_publication`,
+    `non_negative` and `dominance` itself.
     """
 
     min_cell: int = Field(default=10, ge=0, le=1000)
@@ -109,6 +111,12 @@ class DisclosureSpec(Model):
         json_schema_extra=since("1.1"),
         description="publish no negative count or sum (default: true under tre)",
     )
+    dominance: bool | None = Field(
+        default=None,
+        json_schema_extra=since("1.1"),
+        description="suppress sum and mean cells one or two people could dominate (n-k and p% rules; "
+        "default: true under tre)",
+    )
 
     @model_validator(mode="after")
     def _profile(self) -> DisclosureSpec:
@@ -118,8 +126,10 @@ class DisclosureSpec(Model):
             )
         if self.profile == "custom" and self.threshold is None:
             raise ValueError("profile: custom needs a threshold (people under a published cell)")
-        if self.profile == "open" and (self.threshold is not None or self.non_negative is not None):
-            raise ValueError("threshold and non_negative belong to the tre and custom profiles")
+        if self.profile == "open" and any(
+            v is not None for v in (self.threshold, self.non_negative, self.dominance)
+        ):
+            raise ValueError("threshold, non_negative and dominance belong to the tre and custom profiles")
         return self
 
     def people_threshold(self) -> int:
@@ -131,6 +141,10 @@ class DisclosureSpec(Model):
     def clamps(self) -> bool:
         """Whether negative counts and sums are published as 0."""
         return self.non_negative if self.non_negative is not None else self.profile == "tre"
+
+    def dominates(self) -> bool:
+        """Whether sum and mean cells follow the dominance rules."""
+        return self.dominance if self.dominance is not None else self.profile == "tre"
 
 
 class AnalysisSpec(Model):

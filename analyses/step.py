@@ -32,7 +32,7 @@ from analyses._model import Model
 from analyses.keys import KeySpec
 from analyses.local_data import Exact, LocalData
 from analyses.reply import StepRelease
-from analyses.tables import Publication, Published, ResultTable
+from analyses.tables import Publication, Published, ResultTable, withhold
 from privacy.errors import InternalError, ProtocolError, SpecError
 from privacy.unit import MAX_ROWS_LIMIT, PrivacyUnit
 
@@ -216,6 +216,7 @@ class StepBase(Model):
             for part in parts:
                 own = publication.with_floor(part.min_cell)
                 frame, notes = self.publish([part.release], own)
+                withhold(frame, part.release.withheld, self.key_columns())
                 frame.insert(0, "partner", part.partner)
                 frames.append(frame)
             table = pd.concat(frames, ignore_index=True)
@@ -241,3 +242,6 @@ def check_lengths(step: StepBase, parts: Sequence[StepRelease]) -> None:
                 raise ProtocolError(
                     f"step {step.id!r}: a release has {len(m.values)} cells, the spec defines {expected}"
                 )
+        rows = len(step.key_frame())
+        if any(row >= rows for row, _ in part.withheld):
+            raise ProtocolError(f"step {step.id!r}: a release withholds a cell past the table's {rows} rows")

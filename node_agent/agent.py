@@ -397,7 +397,7 @@ class NodeAgent:
                 if step.keeps_local_output:
                     self.write_scores(spec, step)
             data = {name: LocalData(self.frame(name)) for name in datasets}
-            return tuple(release_steps(spec, steps, data, admission.state))
+            return tuple(release_steps(spec, steps, data, admission.state, self.config.policy.min_cell))
 
         released = self._debited(admission, bundle_hash, compute, check)
         log.info(

@@ -7,8 +7,42 @@ rules in the public sector require them.
 from __future__ import annotations
 
 import math
+from typing import Literal, get_args
 
-__all__ = ["noise_aware_threshold", "round_to", "suppress_small"]
+__all__ = [
+    "DOMINANCE_K",
+    "DOMINANCE_N",
+    "DOMINANCE_P",
+    "OUTCOMES",
+    "RESIDUAL_DF",
+    "Outcome",
+    "dominance_floor",
+    "lower_bound",
+    "noise_aware_threshold",
+    "round_to",
+    "suppress_small",
+]
+
+#: ACRO's defaults for magnitude tables: a cell is dominated when its `n` largest contributors
+#: hold more than `k` of its total (the n-k rule), or when the total less its two largest is under
+#: `p` of the largest (the p% rule: the second could estimate the first too closely).
+DOMINANCE_N = 2
+DOMINANCE_K = 0.9
+DOMINANCE_P = 0.1
+#: Least residual degrees of freedom of a published model (ONS SRS, ACRO).
+RESIDUAL_DF = 10
+
+#: What the checks said of a published cell or model: published, suppressed by a named rule, or
+#: published for a person to review (no rule can decide it from what was released).
+Outcome = Literal[
+    "pass",
+    "review",
+    "suppressed:min_cell",
+    "suppressed:threshold",
+    "suppressed:dominance",
+    "suppressed:residual_df",
+]
+OUTCOMES: tuple[str, ...] = get_args(Outcome)
 
 
 def suppress_small(value: float, count: float, least: float) -> float:
@@ -47,3 +81,24 @@ def noise_aware_threshold(threshold: int, max_rows: int, sd: float, false_public
     if not 0 < false_publication < 1:
         raise ValueError(f"false_publication must be in (0, 1), not {false_publication}")
     return (threshold - 1) * max_rows + sd * math.sqrt(2 * math.log(1 / false_publication))
+
+
+def lower_bound(noisy: float, sd: float, false_publication: float) -> float:
+    """A value `noisy` of `sd`-subgaussian noise less the margin that it exceeds the truth by
+    with probability at most `false_publication` (the same margin as `noise_aware_threshold`)."""
+    return noisy - sd * math.sqrt(2 * math.log(1 / false_publication))
+
+
+def dominance_floor(
+    contributor_max: float, n: int = DOMINANCE_N, k: float = DOMINANCE_K, p: float = DOMINANCE_P
+) -> float:
+    """The least total of a non-negative cell that neither dominance rule can flag, when no
+    contributor adds more than `contributor_max` (a person's rows times the clipping bound).
+
+    The `n` largest contributors hold at most `n * contributor_max`, so a total of at least
+    `n * contributor_max / k` passes the n-k rule whatever the data; the total less the two
+    largest is least when both are `contributor_max`, so one of at least `(2 + p) *
+    contributor_max` passes the p% rule. A node never looks at its exact contributions: the
+    check is a function of the released noisy sum and public bounds, so it costs no budget.
+    """
+    return contributor_max * max(n / k, 2 + p)

@@ -28,7 +28,7 @@ from analyses.local_data import Exact, LocalData, bincount, clamped, rounding_pe
 from analyses.operators._bounded import BoundedStep
 from analyses.reply import StepRelease
 from analyses.step import RoundLike, StepBase
-from analyses.tables import PooledVector, Publication, Published, disclose, pool_vectors
+from analyses.tables import Magnitude, PooledVector, Publication, Published, disclose, pool_vectors
 from privacy.accuracy import Z95, ratio_accuracy95
 from privacy.errors import ProtocolError
 from privacy.unit import PrivacyUnit
@@ -179,11 +179,16 @@ class SumStep(_SumLike):
         noise = Z95 * math.sqrt(s.scale**2 + (self.centre() * c.scale) ** 2)
         rows = np.maximum(c.values + c.accuracy95, 0.0)
         frame["sum_accuracy95"] = noise + rows * rounding
-        if publication.threshold > 0:  # the count under each sum is released, though not published
-            clamp = ("sum",) if self.bounds[0] >= 0 else ()
-            notes = disclose(frame, "sum", ["sum"], publication, c.scale, clamp, counts=c.values)
-        else:
-            notes = ["sums are not suppressed by count: no count is published with them"]
+        # the count under each sum is released, though not published: cells are cut by it
+        clamp = ("sum",) if self.bounds[0] >= 0 else ()
+        magnitude = Magnitude(
+            frame["sum"].to_numpy(dtype=float), noise / Z95, self.bounds, publication.max_rows
+        )
+        notes = disclose(frame, "sum", ["sum"], publication, c.scale, clamp, c.values, magnitude)
+        if publication.min_cell > 0 and publication.threshold <= 0:
+            notes.append(
+                f"sums of cells whose noisy count of rows is under {publication.min_cell} are suppressed"
+            )
         if rounding:
             notes.append(f"accuracy includes rounding of at most {rounding:.3g} per row")
         return Published(frame, notes)
@@ -205,7 +210,15 @@ class MeanStep(_SumLike):
             ratio_accuracy95(sv, cv, s.scale, c.scale) + rounding
             for sv, cv in zip(s.values, c.values, strict=True)
         ]
-        disclosed = disclose(frame, "count", ["mean", "count"], publication, c.scale, clamp_cols=("count",))
+        magnitude = Magnitude(
+            s.values + centre * c.values,
+            math.sqrt(s.scale**2 + (centre * c.scale) ** 2),
+            self.bounds,
+            publication.max_rows,
+        )
+        disclosed = disclose(
+            frame, "count", ["mean", "count"], publication, c.scale, ("count",), magnitude=magnitude
+        )
         note = (
             f"mean = {centre:g} + pooled noisy sum of (value - {centre:g}) / pooled noisy count; "
             "accuracy by the delta method" + (f", plus {rounding:.3g} for rounding" if rounding else "")

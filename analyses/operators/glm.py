@@ -223,6 +223,20 @@ class EvaluateStep(_FittedModelStep):
         return f"evaluate a {self.model.family} model of {self.model.target} ({self.cells()} cells)"
 
 
+def evaluation_rows(
+    model: ModelSpec, bins: int, scores: Mapping[str, MeasurementRelease]
+) -> tuple[float, float]:
+    """The noisy number of records the evaluation counted, pooled over partners, and its noise
+    scale: every record lands in one bin of a classifier's histograms, and in one bin of the
+    first (error) histogram of a linear or Poisson model."""
+    cells = 2 * bins if model.family == "logistic" else bins
+    rows = sum(
+        float(np.sum(np.asarray(m.values[:cells], dtype=np.float64))) * m.unit_value for m in scores.values()
+    )
+    sd = math.sqrt(sum(cells * (m.scale * m.unit_value) ** 2 for m in scores.values()))
+    return rows, sd
+
+
 def evaluation_tables(
     model: ModelSpec, bins: int, scores: Mapping[str, MeasurementRelease], prefix: str = ""
 ) -> list[ResultTable]:

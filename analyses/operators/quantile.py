@@ -24,7 +24,7 @@ from analyses.local_data import Exact, LocalData, bincount, clamped
 from analyses.operators._bounded import BoundedStep
 from analyses.reply import StepRelease
 from analyses.step import RoundLike
-from analyses.tables import Publication, Published, pool_vectors
+from analyses.tables import CHECK, Publication, Published, pool_vectors
 from privacy.accuracy import Z95
 from privacy.unit import PrivacyUnit
 
@@ -63,7 +63,7 @@ class QuantileStep(BoundedStep):
         return {"histogram": Exact(bincount(combined, groups * self.bins), unit.max_rows)}
 
     def publish(self, releases: Sequence[StepRelease], publication: Publication) -> Published:
-        return _quantile_frame(self, releases, self.key_frame(), publication.min_cell)
+        return _quantile_frame(self, releases, self.key_frame(), publication)
 
 
 def monotone_cumulative(cumulative: np.ndarray) -> np.ndarray:
@@ -187,18 +187,27 @@ def _crossing(curve: np.ndarray, j: int) -> float:
 
 
 def _quantile_frame(
-    step: QuantileStep, releases: Sequence[StepRelease], keys: pd.DataFrame, min_cell: int
+    step: QuantileStep, releases: Sequence[StepRelease], keys: pd.DataFrame, publication: Publication
 ) -> Published:
+    """Each group's quantiles; a group whose noisy total is under the publication's cut (its
+    noise: the bins' scales in quadrature) is suppressed; under a people threshold the others are
+    marked `review`, since a quantile is an order statistic a person should look at."""
     pooled = pool_vectors([r.measurement("histogram") for r in releases])
     hist = pooled.values.reshape(-1, step.bins)
     low, high = step.bounds
+    total_sd = pooled.scale * math.sqrt(step.bins)
+    least = max(publication.cut(total_sd), 1.0)
+    kept = "review" if publication.threshold > 0 else "pass"
     rows = []
     for g in range(hist.shape[0]):
         total = float(hist[g].sum())
-        row: dict[str, float] = {"count": total}
+        row: dict[str, float | str] = {
+            "count": max(total, 0.0) if publication.non_negative else total,
+            CHECK: kept if total >= least else publication.small_rule(),
+        }
         for q in step.quantiles:
             label = f"q{round(q * 100):02d}"
-            if total < max(min_cell, 1):
+            if total < least:
                 row[label] = row[f"{label}_low"] = row[f"{label}_high"] = math.nan
                 continue
             found = quantile_from_histogram(hist[g], q, pooled.scale, low, high)
@@ -207,10 +216,14 @@ def _quantile_frame(
     frame = pd.concat([keys.reset_index(drop=True), pd.DataFrame(rows)], axis=1)
     if keys.shape[1] == 0:
         frame = pd.DataFrame(rows)
+    frame = frame[[c for c in frame.columns if c != CHECK] + [CHECK]]
     notes = [
         f"quantiles read from a pooled noisy histogram of {step.bins} bins over {list(step.bounds)}; "
         "[low, high] is a 95% interval"
     ]
+    note = publication.note(total_sd)
+    if note:
+        notes += [note, "quantiles are order statistics: each published group is marked review"]
     return Published(frame, notes)
 
 

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 import numpy as np
 import pandas as pd
 
+from analyses.aggregate import publication_of
 from analyses.glm import (
     GlmModel,
     LocalStats,
@@ -26,12 +27,12 @@ from analyses.glm import (
     newton_rounds,
     noise_limited,
 )
-from analyses.operators.glm import ModelStep, evaluation_tables
+from analyses.operators.glm import ModelStep, evaluation_rows, evaluation_tables
 from analyses.operators.sgd import SgdStep
 from analyses.reply import NodeRelease, Refusal
 from analyses.sgd import SgdModel, initial_weights
 from analyses.spec import AnalysisSpec, LoadedSpec
-from analyses.tables import ResultTable
+from analyses.tables import CHECK, ModelCheck, ResultTable, model_check
 from coordinator.run.replies import collect, require_holders
 from coordinator.run.results import AnalysisResult
 from coordinator.run.transport import RunContext, Transport
@@ -105,8 +106,11 @@ def run_model(
     half = intervals95(step.model, hessian, noise_sd)
     limited = noise_limited(step.model, hessian, noise_sd)
     scores = {r.partner: r.steps[0].measurement("scores") for r in evaluation}
+    rows, rows_sd = evaluation_rows(step.model, step.evaluate_bins, scores)
+    publication = publication_of(spec, [r.min_cell for r in evaluation])
+    check = model_check(publication, rows, rows_sd, step.model.dimension())
     tables = [
-        _coefficients(step, beta, half, limited),
+        _coefficients(step, beta, half, limited, check),
         *evaluation_tables(step.model, step.evaluate_bins, scores),
     ]
     spent = _spent(every_release)
@@ -123,7 +127,9 @@ def run_model(
             "fitted_at": datetime.now(UTC).isoformat(timespec="seconds"),
         },
     )
-    result = AnalysisResult(loaded, run_id, tables, every_release, refusals, model=model)
+    if check.outcome != "pass":
+        return AnalysisResult(loaded, run_id, tables, every_release, refusals, model_check=check)
+    result = AnalysisResult(loaded, run_id, tables, every_release, refusals, model=model, model_check=check)
     result.model_card = model_card(spec, step, model, tables, spent)
     return result
 
@@ -150,12 +156,23 @@ def run_sgd(loaded: LoadedSpec, transport: Transport, context: RunContext, timeo
     for release in releases:
         round_name = release.request_id.rsplit("-", 1)[-1]
         per_round[round_name] = per_round.get(round_name, 0) + 1
+    last = (
+        [r for r in releases if r.request_id.rsplit("-", 1)[-1] == list(per_round)[-1]] if per_round else []
+    )
+    counts = [r.steps[0].measurement("count") for r in last]
+    check = model_check(
+        publication_of(spec, [r.min_cell for r in last]),
+        sum(float(sum(m.values)) * m.unit_value for m in counts),
+        math.sqrt(sum((m.scale * m.unit_value) ** 2 for m in counts)),
+        len(weights),
+    )
     table = ResultTable(
         "training",
-        pd.DataFrame({"round": list(per_round), "partners": list(per_round.values())}),
+        pd.DataFrame({"round": list(per_round), "partners": list(per_round.values()), CHECK: check.outcome}),
         (
             f"FedAvg over {step.rounds} rounds; each partner spent: "
             + ", ".join(f"{p} rho {v:.4g}" for p, v in spent.items()),
+            check.note() + " (rows: the last round's noisy counts)",
         ),
     )
     model = SgdModel(
@@ -169,7 +186,9 @@ def run_sgd(loaded: LoadedSpec, transport: Transport, context: RunContext, timeo
             "rounds": step.rounds,
         },
     )
-    result = AnalysisResult(loaded, run_id, [table], releases, refusals, model=model)
+    if check.outcome != "pass":
+        return AnalysisResult(loaded, run_id, [table], releases, refusals, model_check=check)
+    result = AnalysisResult(loaded, run_id, [table], releases, refusals, model=model, model_check=check)
     result.model_card = (
         f"# Model card: {spec.name}\n\nA {'logistic regression' if step.hidden == 0 else f'network with {step.hidden} hidden units'} "
         f"for `{step.model.target}` = {step.model.positive!r}, trained by FedAvg (Flower) over {step.rounds} rounds; "
@@ -186,14 +205,20 @@ def _spent(releases: Sequence[NodeRelease]) -> dict[str, float]:
     return {p: round(v, 12) for p, v in sorted(spent.items())}
 
 
-def _coefficients(step: ModelStep, beta: np.ndarray, half: np.ndarray, limited: np.ndarray) -> ResultTable:
+def _coefficients(
+    step: ModelStep, beta: np.ndarray, half: np.ndarray, limited: np.ndarray, check: ModelCheck
+) -> ResultTable:
+    """The coefficients table; a model that fails its residual degrees of freedom check has
+    its estimates and intervals suppressed."""
+    hidden = np.full(len(beta), np.nan) if check.outcome != "pass" else None
     frame = pd.DataFrame(
         {
             "term": step.model.names(),
-            "estimate": beta,
-            "ci95_low": beta - half,
-            "ci95_high": beta + half,
-            "noise_limited": limited > 0.5,
+            "estimate": beta if hidden is None else hidden,
+            "ci95_low": beta - half if hidden is None else hidden,
+            "ci95_high": beta + half if hidden is None else hidden,
+            "noise_limited": limited > 0.5 if hidden is None else [None] * len(beta),
+            CHECK: check.outcome,
         }
     )
     notes = (
@@ -202,6 +227,7 @@ def _coefficients(step: ModelStep, beta: np.ndarray, half: np.ndarray, limited: 
         "95% intervals include the sampling variance and the DP noise of the last round",
         "noise_limited: the data hold less information on this term than the DP noise; its "
         "estimate is shrunk towards 0 and its interval is optimistic (more budget or rows help)",
+        check.note(),
     )
     return ResultTable("coefficients", frame, notes)
 

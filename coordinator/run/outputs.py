@@ -6,10 +6,72 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from analyses.aggregate import publication_of
+from analyses.tables import CHECK
 from coordinator.run.results import AnalysisResult
 from coordinator.run.transport import Quorum
+from privacy.disclosure import DOMINANCE_K, DOMINANCE_N, DOMINANCE_P
 
-__all__ = ["write_outputs"]
+__all__ = ["disclosure", "write_outputs"]
+
+
+def _outcomes(frame: object) -> dict[str, int]:
+    """How many cells (or models) of a table each check outcome has."""
+    import pandas as pd
+
+    if not isinstance(frame, pd.DataFrame):
+        return {}
+    columns = [c for c in frame.columns if str(c) == CHECK or str(c).endswith(f"_{CHECK}")]
+    counts: dict[str, int] = {}
+    for column in columns:
+        for outcome, n in frame[column].value_counts().items():
+            counts[str(outcome)] = counts.get(str(outcome), 0) + int(n)
+    return dict(sorted(counts.items()))
+
+
+def _keys(result: AnalysisResult, name: str, frame: object) -> list[str]:
+    """The key (dimension) columns of a published table: its step's, with `partner` for a
+    `by_partner` table; of a joined table, the keys its steps share."""
+    import pandas as pd
+
+    spec = result.spec
+    step = next((s for s in spec.steps if s.id == name), None)
+    if step is not None:
+        keys = list(step.key_columns())
+        return ["partner", *keys] if spec.combine == "by_partner" else keys
+    every = {k for s in spec.steps for k in s.key_columns()}
+    return [str(c) for c in frame.columns if c in every] if isinstance(frame, pd.DataFrame) else []
+
+
+def disclosure(result: AnalysisResult) -> dict[str, object]:
+    """The manifest's account of the disclosure rules a run's outputs followed, and what each
+    data-dependent decision cost: every rule reads only released noisy values and public bounds."""
+    spec = result.spec
+    released = [r for r in result.releases if r.status == "released"]
+    publication = publication_of(spec, [r.min_cell for r in released])
+    out: dict[str, object] = {
+        "profile": spec.disclosure.profile,
+        "min_cell": publication.min_cell,
+        "people_threshold": publication.threshold,
+        "false_publication": publication.false_publication if publication.threshold else None,
+        "non_negative": publication.non_negative,
+        "round_to": publication.round_to,
+        "node_floors": {r.partner: r.min_cell for r in released},
+        "dominance": (
+            {
+                "n": DOMINANCE_N,
+                "k": DOMINANCE_K,
+                "p": DOMINANCE_P,
+                "decided_from": "each cell's released noisy total and the step's public bounds",
+                "privacy_cost": "0: post-processing of DP releases (no exact contribution is read)",
+            }
+            if publication.dominance
+            else None
+        ),
+    }
+    if result.model_check is not None:
+        out["model"] = result.model_check.to_json()
+    return out
 
 
 def write_outputs(result: AnalysisResult, out_dir: Path, quorum: Quorum | None = None) -> Path:
@@ -29,6 +91,8 @@ def write_outputs(result: AnalysisResult, out_dir: Path, quorum: Quorum | None =
                 "parquet": parquet_path.name,
                 "rows": len(table.frame),
                 "notes": list(table.notes),
+                "checks": _outcomes(table.frame),
+                "keys": _keys(result, table.name, table.frame),
             }
         )
     spec = result.spec
@@ -37,6 +101,7 @@ def write_outputs(result: AnalysisResult, out_dir: Path, quorum: Quorum | None =
         "spec_hash": spec.hash,
         "request_id": result.request_id,
         "combine": spec.combine,
+        "datasets": sorted({spec.dataset_of(s) for s in spec.steps}),
         "budget_per_node": {"rho": spec.privacy.budget().value, "describe": spec.privacy.budget().describe()},
         "privacy_unit": spec.privacy.unit.model_dump(),
         "nodes": [
@@ -76,6 +141,7 @@ def write_outputs(result: AnalysisResult, out_dir: Path, quorum: Quorum | None =
         ],
         "refused_or_timed_out": [asdict(r) for r in result.refusals],
         "tables": files,
+        "disclosure": disclosure(result),
         "seconds": round(result.seconds, 3),
     }
     if quorum is not None:

@@ -9,7 +9,7 @@ from analyses.glm import GlmModel
 from analyses.reply import NodeRelease, Refusal
 from analyses.sgd import SgdModel
 from analyses.spec import AnalysisSpec, LoadedSpec
-from analyses.tables import ResultTable
+from analyses.tables import ModelCheck, ResultTable
 
 __all__ = ["AnalysisResult"]
 
@@ -27,6 +27,8 @@ class AnalysisResult:
     seconds: float = 0.0
     model: GlmModel | SgdModel | None = None
     model_card: str = ""
+    #: A model's residual degrees of freedom check (its model is withheld when it fails).
+    model_check: ModelCheck | None = None
     #: Why the run's quorum was not met (its tables are then withheld), or None.
     quorum_unmet: str | None = None
 

@@ -163,7 +163,7 @@ def test_the_threshold_and_its_probability_are_stated_with_the_table() -> None:
         ("{profile: custom}", "profile: custom needs a threshold"),
         (
             "{profile: open, threshold: 10}",
-            "threshold and non_negative belong to the tre and custom profiles",
+            "threshold, non_negative and dominance belong to the tre and custom profiles",
         ),
         ("{profile: tre, false_publication: 0.5}", "less than or equal to 0.2"),
     ],

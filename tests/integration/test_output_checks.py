@@ -1,0 +1,226 @@
+"""Output checks of issue 16 through real node agents and the coordinator's run (in process):
+dominance on sums and means, a node's own floor on its `by_partner` cells before they leave,
+residual degrees of freedom for models, and what the manifest says of each decision."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analyses.reply import NodeRelease, decode_reply, encode_release
+from analyses.request import AnalysisRequest
+from coordinator.embedded.twin import InProcessTransport
+from coordinator.run.orchestrator import run_analysis
+from node_agent.agent import NodeAgent
+from node_agent.config import load_node_config
+from tests.conftest import release_of
+
+MakeAgents = Callable[[dict[str, tuple[pd.DataFrame, int]]], list[NodeAgent]]
+
+NODE_YAML = """
+version: 1
+partner: {partner}
+data_dir: data
+state_dir: state
+datasets:
+  claims:
+    path: claims.parquet
+    identifier: person_id
+    columns:
+      person_id: {{source: person_id, type: int}}
+      category: {{source: category, type: str}}
+      cost: {{source: cost, type: float}}
+      age: {{source: age, type: float}}
+      flag: {{source: flag, type: str}}
+policy:
+  allowed_datasets: [claims]
+  allowed_analyses: ["*"]
+  max_rho_per_analysis: 10.0
+  total_rho_cap: {{claims: 100.0}}
+  min_cell: {floor}
+"""
+
+
+def _claims(seed: int, rows: dict[str, list[float]]) -> pd.DataFrame:
+    """One row per person: each category's listed costs, with fractional ages and a flag."""
+    rng = np.random.default_rng(seed)
+    records = [(category, cost) for category, costs in rows.items() for cost in costs]
+    return pd.DataFrame(
+        {
+            "person_id": np.arange(len(records)) + 1000 * seed,
+            "category": [c for c, _ in records],
+            "cost": [v for _, v in records],
+            "age": rng.uniform(18, 90, len(records)).round(1),
+            "flag": rng.choice(["yes", "no"], len(records)),
+        }
+    )
+
+
+@pytest.fixture
+def make_agents(tmp_path: Path) -> Iterator[MakeAgents]:
+    made: list[NodeAgent] = []
+
+    def make(partners: dict[str, tuple[pd.DataFrame, int]]) -> list[NodeAgent]:
+        for partner, (frame, floor) in partners.items():
+            folder = tmp_path / partner
+            (folder / "data").mkdir(parents=True)
+            frame.to_parquet(folder / "data" / "claims.parquet", index=False)
+            (folder / "node.yaml").write_text(NODE_YAML.format(partner=partner, floor=floor))
+            made.append(NodeAgent(load_node_config(folder / "node.yaml")))
+        return made
+
+    yield make
+    for agent in made:
+        agent.close()
+
+
+MAGNITUDES = """
+version: 1
+name: costs
+dataset: claims
+combine: {combine}
+privacy: {{rho: 8, unit: {{identifier: person_id, max_rows: 1}}}}
+disclosure: {disclosure}
+steps:
+  - {{kind: sum, id: total, column: cost, bounds: [0, 1000], precision: 0.5,
+      by: [{{column: category, values: [dominated, spread, small]}}]}}
+  - {{kind: mean, id: average, column: cost, bounds: [0, 1000], precision: 0.5,
+      by: [{{column: category, values: [dominated, spread, small]}}]}}
+  - {{kind: count, id: people, by: [{{column: category, values: [dominated, spread, small]}}]}}
+"""
+#: One record holds 95% of the `dominated` cell's sum at police: 950 of 1,000 over 41 people;
+#: the `spread` cell is 40 people of 100 each; `small` has 4 people.
+POLICE = {"dominated": [950.0] + [1.25] * 40, "spread": [100.0] * 40, "small": [3.5, 7.25, 1.0, 2.0]}
+
+
+def _cells(frame: pd.DataFrame, column: str = "check") -> dict[str, str]:
+    return dict(zip(frame["category"], frame[column], strict=True))
+
+
+def test_a_dominated_cell_is_suppressed_for_dominance_and_the_manifest_accounts_for_it(
+    make_agents: MakeAgents, tmp_path: Path
+) -> None:
+    agents = make_agents({"police": (_claims(1, POLICE), 5)})
+    spec = MAGNITUDES.format(combine="pool", disclosure="{profile: tre}")
+    result = run_analysis(spec, InProcessTransport(agents), out_dir=tmp_path / "out")
+    tables = {t.name: t.frame for t in result.tables}
+    for step in ("total", "average"):
+        assert _cells(tables[step]) == {
+            "dominated": "suppressed:dominance",
+            "spread": "pass",
+            "small": "suppressed:threshold",
+        }, step
+        assert np.isnan(tables[step].set_index("category").loc["dominated"].iloc[0])
+    assert _cells(tables["people"])["dominated"] == "pass"  # a count has no dominance rule
+    spread = tables["total"].set_index("category").loc["spread", "sum"]
+    assert abs(spread - 4000) <= tables["total"].set_index("category").loc["spread", "sum_accuracy95"]
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    dominance = manifest["disclosure"]["dominance"]
+    assert (dominance["n"], dominance["k"], dominance["p"]) == (2, 0.9, 0.1)
+    assert dominance["privacy_cost"].startswith("0: post-processing")
+    checks = {t["table"]: t["checks"] for t in manifest["tables"]}
+    assert checks["total"] == {"pass": 1, "suppressed:dominance": 1, "suppressed:threshold": 1}
+    notes = next(t["notes"] for t in manifest["tables"] if t["table"] == "total")
+    assert any("privacy cost 0" in n and "dominance" in n for n in notes)
+
+
+def test_the_open_profile_applies_no_dominance_rule(make_agents: MakeAgents) -> None:
+    agents = make_agents({"police": (_claims(1, POLICE), 0)})
+    result = run_analysis(
+        MAGNITUDES.format(combine="pool", disclosure="{min_cell: 0}"), InProcessTransport(agents)
+    )
+    assert set(_cells(result.tables[1].frame).values()) == {"pass"}
+
+
+def test_a_node_withholds_its_own_small_by_partner_cells_before_they_leave(make_agents: MakeAgents) -> None:
+    """The spec asks for no suppression at all; the node's floor of 10 still holds, in the
+    very bytes it releases, and the coordinator's table says which rule withheld each cell."""
+    fire = {"dominated": [5.0] * 30, "spread": [10.0] * 30, "small": [1.0] * 25}
+    agents = make_agents({"police": (_claims(1, POLICE), 10), "fire": (_claims(2, fire), 10)})
+    for disclosure, rule in (
+        ("{min_cell: 0}", "suppressed:min_cell"),
+        ("{profile: tre}", "suppressed:threshold"),
+    ):
+        spec = MAGNITUDES.format(combine="by_partner", disclosure=disclosure)
+        request = AnalysisRequest(1, f"r-{rule}", "central", spec)
+        release = release_of(agents[0].handle(request))
+        sent = decode_reply(encode_release(release))
+        assert isinstance(sent, NodeRelease)
+        people = next(s for s in sent.steps if s.step_id == "people")
+        assert people.withheld == ((2, rule),)
+        assert people.measurement("count").values[2] == 0
+        total = next(s for s in sent.steps if s.step_id == "total")
+        assert (2, rule) in total.withheld
+        assert total.measurement("sum").values[2] == 0 and total.measurement("count").values[2] == 0
+
+        result = run_analysis(spec, InProcessTransport(agents))
+        frame = next(t.frame for t in result.tables if t.name == "people")
+        police = frame[frame.partner == "police"]
+        assert _cells(police)["small"] == rule
+        assert np.isnan(police.set_index("category").loc["small", "count"])
+        assert _cells(frame[frame.partner == "fire"])["small"] == "pass"  # 25 people clear the floor
+
+
+def test_a_pooled_table_keeps_every_nodes_floor_when_the_spec_asks_for_none(make_agents: MakeAgents) -> None:
+    agents = make_agents(
+        {"police": (_claims(1, POLICE), 10), "fire": (_claims(2, {"spread": [1.0] * 30}), 0)}
+    )
+    result = run_analysis(
+        MAGNITUDES.format(combine="pool", disclosure="{min_cell: 0}"), InProcessTransport(agents)
+    )
+    people = next(t.frame for t in result.tables if t.name == "people")
+    assert _cells(people) == {"dominated": "pass", "spread": "pass", "small": "suppressed:min_cell"}
+
+
+MODEL = """
+version: 1
+name: flagged
+dataset: claims
+privacy: {{rho: 10, unit: {{identifier: person_id, max_rows: 1}}}}
+disclosure: {disclosure}
+steps:
+  - kind: model
+    id: flag
+    model:
+      family: logistic
+      target: flag
+      positive: "yes"
+      rounds: 3
+      features:
+        - {{column: age, bounds: [18, 90]}}
+        - {{column: cost, bounds: [0, 1000]}}
+"""
+
+
+def test_a_model_on_too_few_rows_is_suppressed_for_residual_degrees_of_freedom(
+    make_agents: MakeAgents, tmp_path: Path
+) -> None:
+    few = {"spread": [float(v) for v in range(12)]}  # 12 people, 3 parameters: under 10 df
+    agents = make_agents({"police": (_claims(3, few), 0)})
+    result = run_analysis(
+        MODEL.format(disclosure="{profile: tre}"), InProcessTransport(agents), out_dir=tmp_path / "few"
+    )
+    coefficients = result.tables[0].frame
+    assert set(coefficients["check"]) == {"suppressed:residual_df"}
+    assert coefficients["estimate"].isna().all()
+    assert result.model is None and not (tmp_path / "few" / "model.json").exists()
+    model = json.loads((tmp_path / "few" / "manifest.json").read_text())["disclosure"]["model"]
+    assert model["outcome"] == "suppressed:residual_df" and model["residual_df"] < 10
+    assert model["parameters"] == 3
+
+
+def test_a_model_on_enough_rows_passes_its_check(make_agents: MakeAgents, tmp_path: Path) -> None:
+    many = {"spread": [float(v % 97) for v in range(400)]}
+    agents = make_agents({"police": (_claims(4, many), 0)})
+    result = run_analysis(
+        MODEL.format(disclosure="{profile: tre}"), InProcessTransport(agents), out_dir=tmp_path / "many"
+    )
+    assert set(result.tables[0].frame["check"]) == {"pass"}
+    assert (tmp_path / "many" / "model.json").exists()
+    model = json.loads((tmp_path / "many" / "manifest.json").read_text())["disclosure"]["model"]
+    assert model["outcome"] == "pass" and 350 < model["residual_df"] < 420
