@@ -8,9 +8,13 @@ comparison is constant-time. Failed logins are limited per client address (`Logi
 Roles:
 
     admin     users and nodes, and everything an analyst and a reviewer can do
-    analyst   submit runs, cancel its own, read its own runs and results
-    reviewer  read every run and result (output checking)
-    reader    the blueprint catalogue and published outputs only
+    analyst   submit runs, cancel its own, read its own runs and results (and the reviews of
+              their outputs)
+    reviewer  read every run and result, and approve, reject or ask for changes to each output
+              of a run they did not submit (output checking, `coordinator.service.review`)
+    reader    the blueprint catalogue and published (approved) outputs only
+
+Every role reads published outputs.
 """
 
 from __future__ import annotations
@@ -42,12 +46,16 @@ __all__ = [
 USER_NAME = re.compile(r"[a-z][a-z0-9._-]{0,63}")
 _TOKEN = re.compile(r"oda_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
 
-Permission = Literal["submit", "read_runs", "read_all_runs", "cancel_any", "admin", "catalogue"]
+Permission = Literal[
+    "submit", "read_runs", "read_all_runs", "cancel_any", "admin", "catalogue", "review", "published"
+]
 _GRANTS: dict[Role, frozenset[Permission]] = {
-    "admin": frozenset({"submit", "read_runs", "read_all_runs", "cancel_any", "admin", "catalogue"}),
-    "analyst": frozenset({"submit", "read_runs", "catalogue"}),
-    "reviewer": frozenset({"read_runs", "read_all_runs", "catalogue"}),
-    "reader": frozenset({"catalogue"}),
+    "admin": frozenset(
+        {"submit", "read_runs", "read_all_runs", "cancel_any", "admin", "catalogue", "review", "published"}
+    ),
+    "analyst": frozenset({"submit", "read_runs", "catalogue", "published"}),
+    "reviewer": frozenset({"read_runs", "read_all_runs", "catalogue", "review", "published"}),
+    "reader": frozenset({"catalogue", "published"}),
 }
 
 

@@ -49,6 +49,7 @@ from coordinator.service.views import (
     AccountOut,
     ApiError,
     CancelIn,
+    DecisionIn,
     ErrorOut,
     RunList,
     RunOut,
@@ -81,6 +82,25 @@ def _table_file(row: RunRow, name: str) -> Path:
             return Path(row.results_dir) / str(table["file"])
     known = ", ".join(t["name"] for t in json.loads(row.tables_json)) or "none yet"
     raise ApiError(404, f"run {row.id} has no table {name!r}; its tables: {known}")
+
+
+def _table_response(path: Path, name: str, format: str) -> Response:
+    """A table file as JSON (columns and rows), CSV or Parquet."""
+    if format == "parquet":
+        return FileResponse(path, media_type="application/vnd.apache.parquet", filename=f"{name}.parquet")
+    import pandas as pd
+
+    frame = pd.read_parquet(path)
+    if format == "csv":
+        buffer = io.StringIO()
+        frame.to_csv(buffer, index=False)
+        return Response(
+            buffer.getvalue(),
+            media_type="text/csv",
+            headers={"Content-Disposition": f'attachment; filename="{name}.csv"'},
+        )
+    rows = [[_json_cell(v) for v in row] for row in frame.itertuples(index=False, name=None)]
+    return JSONResponse({"name": name, "columns": [str(c) for c in frame.columns], "rows": rows})
 
 
 def _json_cell(value: object) -> object:
@@ -149,6 +169,8 @@ Reader = Annotated[Account, Depends(needs("read_runs"))]
 Submitter = Annotated[Account, Depends(needs("submit"))]
 Catalogue = Annotated[Account, Depends(needs("catalogue"))]
 Admin = Annotated[Account, Depends(needs("admin"))]
+Reviewer = Annotated[Account, Depends(needs("review"))]
+Public = Annotated[Account, Depends(needs("published"))]
 
 
 def build_app(state: ServiceState) -> FastAPI:
@@ -341,22 +363,50 @@ def build_app(state: ServiceState) -> FastAPI:
         format: Annotated[Literal["json", "csv", "parquet"], Query()] = "json",
     ) -> Response:
         """One table, with its accuracy columns: JSON (columns and rows), CSV or Parquet."""
-        path = _table_file(readable_run(state, run_id, who), name)
-        if format == "parquet":
-            return FileResponse(path, media_type="application/vnd.apache.parquet", filename=f"{name}.parquet")
-        import pandas as pd
+        return _table_response(_table_file(readable_run(state, run_id, who), name), name, format)
 
-        frame = pd.read_parquet(path)
-        if format == "csv":
-            buffer = io.StringIO()
-            frame.to_csv(buffer, index=False)
-            return Response(
-                buffer.getvalue(),
-                media_type="text/csv",
-                headers={"Content-Disposition": f'attachment; filename="{name}.csv"'},
-            )
-        rows = [[_json_cell(v) for v in row] for row in frame.itertuples(index=False, name=None)]
-        return JSONResponse({"name": name, "columns": [str(c) for c in frame.columns], "rows": rows})
+    @app.get(f"{API_PREFIX}/runs/{{run_id}}/review", responses=errors)
+    def review(run_id: str, who: Reader) -> dict[str, object]:
+        """The review screen of a run: each output with its status, the decisions and reasons so
+        far, its disclosure checks, the privacy spent, its accuracy and its differencing risk.
+        Reviewers see every run's; an analyst sees their own (rejections reach them here)."""
+        from coordinator.service.review import review_screen
+
+        return review_screen(state.store, readable_run(state, run_id, who))
+
+    @app.post(f"{API_PREFIX}/runs/{{run_id}}/review", responses=errors)
+    def decide(run_id: str, body: DecisionIn, who: Reviewer) -> dict[str, object]:
+        """Approve an output, reject it, or request changes (with a reason)."""
+        from coordinator.service.review import decide as record
+
+        return record(
+            state.store, readable_run(state, run_id, who), who, body.output, body.decision, body.reason
+        ).to_json()
+
+    @app.get(f"{API_PREFIX}/published", responses=errors)
+    def published(_: Public) -> list[dict[str, object]]:
+        """Every approved output: the only results the reader role sees."""
+        from coordinator.service.review import published as approved
+
+        return approved(state.store)
+
+    @app.get(
+        f"{API_PREFIX}/published/{{run_id}}/{{name}}",
+        responses={
+            **errors,
+            200: {"model": TableOut, "content": {"text/csv": {}, "application/vnd.apache.parquet": {}}},
+        },
+    )
+    def published_table(
+        run_id: Annotated[str, PathParam(max_length=40)],
+        name: Annotated[str, PathParam(max_length=300)],
+        _: Public,
+        format: Annotated[Literal["json", "csv", "parquet"], Query()] = "json",
+    ) -> Response:
+        """One approved output: JSON, CSV or Parquet."""
+        from coordinator.service.review import published_file
+
+        return _table_response(published_file(state.store, run_id, name), name, format)
 
     @app.get(f"{API_PREFIX}/runs/{{run_id}}/manifest", responses=errors)
     def manifest(run_id: str, who: Reader) -> dict[str, object]:

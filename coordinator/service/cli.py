@@ -12,7 +12,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from privacy.errors import ConfigError
 from privacy.exit_codes import ExitCode
@@ -53,7 +53,10 @@ def client_of(args: argparse.Namespace) -> Client:
 
 
 def add_runs_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    runs = sub.add_parser("runs", help="runs on the analyst service: list, show, cancel, fetch, watch")
+    runs = sub.add_parser(
+        "runs",
+        help="runs on the analyst service: list, show, cancel, fetch, watch, review, approve, reject, changes",
+    )
     actions = runs.add_subparsers(dest="action", required=True)
     lst = actions.add_parser("list", help="runs, newest first")
     lst.add_argument("--state", action="append", help="only runs in this state (repeatable)")
@@ -65,9 +68,16 @@ def add_runs_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         ("watch", "follow a run live until it ends"),
         ("cancel", "cancel a run: partners still deciding withdraw it and spend nothing"),
         ("fetch", "download a run's tables (Parquet), manifest and report"),
+        ("review", "a run's output review: each output's status, checks, decisions and differencing risk"),
+        ("approve", "as a reviewer: approve one output of a run"),
+        ("reject", "as a reviewer: reject one output of a run, with a reason the analyst reads"),
+        ("changes", "as a reviewer: ask for changes to one output of a run, with a reason"),
     ):
         p = actions.add_parser(name, help=text)
         p.add_argument("run_id")
+        if name in ("approve", "reject", "changes"):
+            p.add_argument("output", help="the output's name (`oda runs review RUN` lists them)")
+            p.add_argument("--reason", required=name != "approve", help="why (the analyst reads it)")
         add_connection(p)
         if name == "cancel":
             p.add_argument("--reason", default="", help="why (every partner's inbox shows it)")
@@ -133,6 +143,22 @@ def _print_run(run: Run) -> None:
         print(f"  table {t['name']} ({t['rows']} rows)")
 
 
+def _print_review(screen: dict[str, Any]) -> None:
+    print(
+        f"{screen['run']}  (analyst {screen['owner']}, {screen['state']}); debited: {screen['privacy_debited']}"
+    )
+    for o in screen["outputs"]:
+        print(
+            f"  {o['name']:<32} {o['status']:<18} {len(o['approvals'])} of {o['required_approvals']} approvals"
+        )
+        print("    checks: " + (", ".join(f"{k} {n}" for k, n in o["checks"].items()) or "-"))
+        for d in o["decisions"]:
+            print(f"    {d['reviewer']}: {d['decision']}" + (f": {d['reason']}" if d["reason"] else ""))
+        for r in o["differencing"]:
+            where = f"published in run {r['run']}" if r["published"] else "this run"
+            print(f"    shares {', '.join(r['shared_keys'])} with {r['output']} ({where}): {r['risk']}")
+
+
 def _watch(run: Run) -> None:
     from rich.console import Console
     from rich.live import Live
@@ -179,6 +205,14 @@ def runs_main(args: argparse.Namespace) -> int:
             )
         elif args.action == "watch":
             _watch(run)
+        elif args.action == "review":
+            _print_review(run.review())
+        elif args.action in ("approve", "reject", "changes"):
+            decision = "approve" if args.action == "approve" else args.action
+            out = run.decide(args.output, decision, args.reason)
+            print(
+                f"{run.id} {out['name']}: {out['status']} ({len(out['approvals'])} of {out['required_approvals']} approvals)"
+            )
         else:
             return _fetch(run, args.out / run.id)
     finally:

@@ -208,6 +208,21 @@ class Client:
     def blueprint(self, ref: str) -> dict[str, object]:
         return cast(dict[str, object], self._json("GET", f"/blueprints/{ref}"))
 
+    def published(self) -> list[dict[str, object]]:
+        """Every approved output (run, name, analysis, rows, approved_by): what readers see."""
+        return cast(list[dict[str, object]], self._json("GET", "/published"))
+
+    def published_table(self, run_id: str, name: str) -> pd.DataFrame:
+        """One approved output as a DataFrame.
+
+        Raises:
+            UserError: no such output, or it is not (yet) approved.
+        """
+        import pandas as pd
+
+        response = self.request("GET", f"/published/{run_id}/{name}", params={"format": "parquet"})
+        return pd.read_parquet(io.BytesIO(response.content))
+
 
 class RunTables(Mapping[str, "pd.DataFrame"]):
     """A finished run's tables by name, fetched (as Parquet) the first time each is read."""
@@ -281,6 +296,16 @@ class Run:
 
     def manifest(self) -> dict[str, object]:
         return cast(dict[str, object], self.client._json("GET", f"/runs/{self.id}/manifest"))  # noqa: SLF001
+
+    def review(self) -> dict[str, Any]:
+        """The run's review screen: each output's status, decisions and reasons, checks, cost,
+        accuracy and differencing risk."""
+        return cast(dict[str, Any], self.client._json("GET", f"/runs/{self.id}/review"))  # noqa: SLF001
+
+    def decide(self, output: str, decision: str, reason: str | None = None) -> dict[str, Any]:
+        """As a reviewer: `approve` an output, `reject` it or ask for `changes` (with a reason)."""
+        body = {"output": output, "decision": decision, "reason": reason}
+        return cast(dict[str, Any], self.client._json("POST", f"/runs/{self.id}/review", json=body))  # noqa: SLF001
 
     def file(self, path: str) -> bytes:
         """A file of the run's results (`report.html`, `exports/...`)."""

@@ -3,8 +3,9 @@
 `/console/login` takes a token and keeps it in an HttpOnly, Secure, SameSite=Strict cookie;
 every page then authenticates as the API does. Pages: runs (with states), one run (per-partner
 progress that follows the run's event stream, tables with their accuracy columns, report and
-downloads), the blueprint catalogue (contracts, parameters, governance, cost) and, for admins,
-the nodes. No CDN, no framework: one stylesheet inline and a few lines of script.
+downloads, and the output review with a reviewer's decision form), the published (approved)
+outputs every role reads, the blueprint catalogue (contracts, parameters, governance, cost) and,
+for admins, the nodes. No CDN, no framework: one stylesheet inline and a few lines of script.
 """
 
 from __future__ import annotations
@@ -134,6 +135,8 @@ def add_console(app: FastAPI, state: ServiceState, account: Callable[[Request], 
             for name in ("report.html", "manifest.json", "provenance.json"):
                 if (root / name).is_file():
                     files.append(name)
+        from coordinator.service.review import review_screen
+
         return page(
             "run.html",
             who,
@@ -141,7 +144,45 @@ def add_console(app: FastAPI, state: ServiceState, account: Callable[[Request], 
             tables=shown,
             files=files,
             last_event=state.store.last_event_id(run_id),
+            review=review_screen(state.store, row) if row.state == "done" else None,
+            may_review=allowed(who, "review") and row.owner != who.name,
+            error=request.query_params.get("error"),
         )
+
+    @app.post("/console/runs/{run_id}/review", include_in_schema=False)
+    async def review(run_id: str, request: Request) -> Response:
+        """A reviewer's decision from the run page's form; back to the page, with the error if any."""
+        who = signed_in(request)
+        if isinstance(who, Response):
+            return who
+        row = state.store.run(run_id)
+        if row is None or not may_read_run(who, row):
+            return page("error.html", who, 404, error=f"no run {run_id!r} that you can read")
+        form = parse_qs((await request.body())[:8000].decode(errors="replace"))
+        from coordinator.service.review import decide
+
+        target = f"/console/runs/{quote(run_id, safe='')}"
+        try:
+            decide(
+                state.store,
+                row,
+                who,
+                (form.get("output") or [""])[0],
+                (form.get("decision") or [""])[0],
+                (form.get("reason") or [""])[0],
+            )
+        except ApiError as exc:
+            return RedirectResponse(f"{target}?error={quote(exc.message, safe='')}#review", status_code=303)
+        return RedirectResponse(f"{target}#review", status_code=303)
+
+    @app.get("/console/published", include_in_schema=False)
+    def published_page(request: Request) -> Response:
+        who = signed_in(request)
+        if isinstance(who, Response):
+            return who
+        from coordinator.service.review import published
+
+        return page("published.html", who, published=published(state.store))
 
     @app.get("/console/blueprints", include_in_schema=False)
     def blueprints(request: Request) -> Response:

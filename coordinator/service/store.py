@@ -41,6 +41,7 @@ __all__ = [
     "Base",
     "EventRow",
     "PartnerSeenRow",
+    "ReviewRow",
     "Role",
     "RunRow",
     "RunStore",
@@ -132,6 +133,21 @@ class EventRow(Base):
     at: Mapped[float] = mapped_column(Float)
     kind: Mapped[str] = mapped_column(String(32))
     data_json: Mapped[str] = mapped_column(Text, default="{}")
+
+
+class ReviewRow(Base):
+    """One reviewer's decision on one output of a run: `approve`, `reject` or `changes` (request
+    changes), with the reason; a reviewer's latest decision on an output is the one that counts."""
+
+    __tablename__ = "output_reviews"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(String(40), ForeignKey("runs.id"), index=True)
+    output: Mapped[str] = mapped_column(String(300))
+    reviewer: Mapped[str] = mapped_column(String(64))
+    decision: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    at: Mapped[float] = mapped_column(Float)
 
 
 class PartnerSeenRow(Base):
@@ -334,6 +350,36 @@ class RunStore:
                     .limit(limit)
                 )
             )
+
+    # --- output review -----------------------------------------------------------------------
+
+    def add_review(self, row: ReviewRow) -> None:
+        """Record a decision, and an event on the run (its analyst's stream shows it)."""
+        with self.session() as s:
+            s.add(row)
+            data = {
+                "output": row.output,
+                "reviewer": row.reviewer,
+                "decision": row.decision,
+                "reason": row.reason,
+            }
+            s.add(
+                EventRow(
+                    run_id=row.run_id, at=row.at, kind="review", data_json=json.dumps(data, sort_keys=True)
+                )
+            )
+
+    def reviews(self, run_id: str) -> list[ReviewRow]:
+        with self.session() as s:
+            return list(s.scalars(select(ReviewRow).where(ReviewRow.run_id == run_id).order_by(ReviewRow.id)))
+
+    def reviewed_runs(self) -> list[str]:
+        """The runs with at least one approval, oldest decision first."""
+        with self.session() as s:
+            ids = s.scalars(
+                select(ReviewRow.run_id).where(ReviewRow.decision == "approve").order_by(ReviewRow.id)
+            )
+            return list(dict.fromkeys(ids))
 
     def partner_seen(
         self,

@@ -14,6 +14,7 @@ __all__ = [
     "AccountOut",
     "ApiError",
     "CancelIn",
+    "DecisionIn",
     "ErrorOut",
     "PartnerOut",
     "RefusalOut",
@@ -64,6 +65,20 @@ class RefusalOut(BaseModel):
     partner: str
     kind: str
     message: str
+
+
+class DecisionIn(BaseModel):
+    """A reviewer's decision on one output of a run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    output: str = Field(
+        min_length=1, max_length=300, description="the output's name (`oda runs review` lists them)"
+    )
+    decision: Literal["approve", "reject", "changes"] = Field(
+        description="approve; reject; or request changes (reject and changes need a reason)"
+    )
+    reason: str | None = Field(default=None, max_length=2000)
 
 
 class RunOut(BaseModel):
