@@ -26,6 +26,7 @@ from privacy.disclosure import (
     lower_bound,
     noise_aware_threshold,
     round_to,
+    too_small,
 )
 from privacy.errors import ProtocolError
 
@@ -191,7 +192,7 @@ def disclose(
     """
     cut = publication.cut(count_sd)
     noisy = frame[count_col].to_numpy(dtype=float) if counts is None else np.asarray(counts, dtype=float)
-    small = np.isnan(noisy) | (noisy < cut) if cut > 0 else np.zeros(len(noisy), dtype=bool)
+    small = np.array([too_small(float(c), cut) for c in noisy], dtype=bool)
     check = np.where(small, publication.small_rule(), "pass").astype(object)
     notes: list[str] = []
     if publication.dominance and magnitude is not None:

@@ -21,6 +21,7 @@ __all__ = [
     "noise_aware_threshold",
     "round_to",
     "suppress_small",
+    "too_small",
 ]
 
 #: ACRO's defaults for magnitude tables: a cell is dominated when its `n` largest contributors
@@ -51,11 +52,13 @@ def suppress_small(value: float, count: float, least: float) -> float:
 
     Noisy counts may be negative; they are left as they are (clamping would bias pooled sums).
     """
-    if least <= 0:
-        return value
-    if math.isnan(count) or count < least:
-        return math.nan
-    return value
+    return math.nan if too_small(count, least) else value
+
+
+def too_small(count: float, least: float) -> bool:
+    """Whether a cell of (noisy) `count` is suppressed under the least count `least` (a missing
+    count is; 0 or less turns the rule off)."""
+    return least > 0 and (math.isnan(count) or count < least)
 
 
 def round_to(value: float, base: int) -> float:

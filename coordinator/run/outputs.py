@@ -1,4 +1,5 @@
-"""What a run leaves on disk: `manifest.json`, and one CSV and one Parquet per table."""
+"""What a run leaves on disk: `manifest.json`, one CSV and one Parquet per table, and the
+ACRO-compatible `acro/results.json` (`coordinator.run.acro`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 from analyses.aggregate import publication_of
 from analyses.tables import CHECK
+from coordinator.run.acro import write_acro_results
 from coordinator.run.results import AnalysisResult
 from coordinator.run.transport import Quorum
 from privacy.disclosure import DOMINANCE_K, DOMINANCE_N, DOMINANCE_P
@@ -79,6 +81,7 @@ def write_outputs(result: AnalysisResult, out_dir: Path, quorum: Quorum | None =
     `quorum` was not met has no tables, and its manifest says why and what each partner spent."""
     out_dir.mkdir(parents=True, exist_ok=True)
     files = []
+    keys: dict[str, list[str]] = {}
     for table in result.tables:
         csv_path = out_dir / f"{table.name}.csv"
         parquet_path = out_dir / f"{table.name}.parquet"
@@ -92,7 +95,7 @@ def write_outputs(result: AnalysisResult, out_dir: Path, quorum: Quorum | None =
                 "rows": len(table.frame),
                 "notes": list(table.notes),
                 "checks": _outcomes(table.frame),
-                "keys": _keys(result, table.name, table.frame),
+                "keys": keys.setdefault(table.name, _keys(result, table.name, table.frame)),
             }
         )
     spec = result.spec
@@ -158,6 +161,8 @@ def write_outputs(result: AnalysisResult, out_dir: Path, quorum: Quorum | None =
             "card": "model_card.md",
             "format": json.loads(result.model.to_json())["format"],
         }
+    acro = write_acro_results(result, out_dir, keys)
+    manifest["acro_results"] = str(acro.relative_to(out_dir))
     path = out_dir / "manifest.json"
     path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return path
