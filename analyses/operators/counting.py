@@ -125,6 +125,11 @@ class _SumLike(BoundedStep):
     def measurements(self) -> tuple[str, ...]:
         return ("sum", "count")
 
+    def clipping(self) -> str:
+        """The note that says which values were summed: each clipped to the public bounds."""
+        low, high = self.bounds
+        return f"{self.column} is clipped to [{low:g}, {high:g}] before summing: a value outside counts as the bound"
+
     def exact(self, data: LocalData, unit: PrivacyUnit, state: RoundLike | None) -> dict[str, Exact]:
         cells = data.cells(self.by, unit)
         groups = self.groups()
@@ -191,7 +196,7 @@ class SumStep(_SumLike):
             )
         if rounding:
             notes.append(f"accuracy includes rounding of at most {rounding:.3g} per row")
-        return Published(frame, notes)
+        return Published(frame, [self.clipping(), *notes])
 
 
 class MeanStep(_SumLike):
@@ -223,7 +228,7 @@ class MeanStep(_SumLike):
             f"mean = {centre:g} + pooled noisy sum of (value - {centre:g}) / pooled noisy count; "
             "accuracy by the delta method" + (f", plus {rounding:.3g} for rounding" if rounding else "")
         )
-        return Published(frame, [note, *disclosed])
+        return Published(frame, [self.clipping(), note, *disclosed])
 
 
 class HistogramStep(StepBase):

@@ -111,7 +111,7 @@ def run_model(
     check = model_check(publication, rows, rows_sd, step.model.dimension())
     tables = [
         _coefficients(step, beta, half, limited, check),
-        *evaluation_tables(step.model, step.evaluate_bins, scores),
+        *_reviewed(evaluation_tables(step.model, step.evaluate_bins, scores), publication.threshold > 0),
     ]
     spent = _spent(every_release)
     model = GlmModel(
@@ -203,6 +203,21 @@ def _spent(releases: Sequence[NodeRelease]) -> dict[str, float]:
     for r in releases:
         spent[r.partner] = spent.get(r.partner, 0.0) + r.cost_rho
     return {p: round(v, 12) for p, v in sorted(spent.items())}
+
+
+def _reviewed(tables: list[ResultTable], threshold: bool) -> list[ResultTable]:
+    """A model's evaluation tables with their check column: under a people threshold each row is
+    marked `review` (its counts come from score histograms, whose small bins a person checks)."""
+    out = []
+    for table in tables:
+        frame = table.frame.assign(**{CHECK: "review" if threshold else "pass"})
+        notes = (
+            (*table.notes, "rows are marked review: a person checks that no score bin is a small group")
+            if threshold
+            else table.notes
+        )
+        out.append(ResultTable(table.name, frame, notes))
+    return out
 
 
 def _coefficients(

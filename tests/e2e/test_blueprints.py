@@ -88,6 +88,11 @@ def test_every_blueprint_runs_and_costs_what_was_shown(runs: Runs, name: str) ->
     assert "<svg" in report and run.loaded.blueprint.title in report
     provenance = json.loads((out / "provenance.json").read_text())
     assert provenance["blueprint"]["sha256"] == run.loaded.sha256
+    for analysis in run.results:  # the catalogue runs under the tre profile, every table checked
+        manifest = json.loads((out / "analyses" / analysis / "manifest.json").read_text())
+        assert manifest["disclosure"]["profile"] == "tre" and manifest["disclosure"]["people_threshold"] == 10
+        assert all(t["checks"] for t in manifest["tables"]), analysis
+        assert (out / "analyses" / analysis / manifest["acro_results"]).is_file()
     assert {a["status"] for a in provenance["analyses"]} == {"done"}
     exports = sorted((out / "exports").glob("*.csv"))
     assert len(exports) >= 2
@@ -235,19 +240,19 @@ def test_pull_from_another_coordinator_verifies_hash_and_signature(
     done = _pull(runs, "road_safety", mine, published["pub"])
     assert done.returncode == 0, done.stderr
     assert "verified" in done.stdout
-    assert (mine / "road_safety" / "1.0.0" / "blueprint.yaml").read_bytes() == published[
+    assert (mine / "road_safety" / "1.1.0" / "blueprint.yaml").read_bytes() == published[
         "source"
     ].read_bytes()
     listed = _oda("blueprint", "list", "--registry", str(mine)).stdout
     assert "West Midlands ODA" in listed
-    shown = _oda("blueprint", "show", "road_safety@1.0.0", "--registry", str(mine))
+    shown = _oda("blueprint", "show", "road_safety@1.1.0", "--registry", str(mine))
     assert shown.returncode == 0 and "signed by West Midlands ODA" in shown.stdout
 
 
 def test_a_tampered_blueprint_is_refused_on_pull(
     runs: Runs, published: dict[str, Path], tmp_path: Path
 ) -> None:
-    served = published["registry"] / "road_safety" / "1.0.0" / "blueprint.yaml"
+    served = published["registry"] / "road_safety" / "1.1.0" / "blueprint.yaml"
     original = served.read_bytes()
     at = original.index(b"default: 0.6")
     tampered = original[:at] + b"default: 0.9" + original[at + len(b"default: 0.6") :]
@@ -257,7 +262,7 @@ def test_a_tampered_blueprint_is_refused_on_pull(
     served.write_bytes(tampered)
     try:
         mine = tmp_path / "my-registry"
-        done = _pull(runs, "road_safety@1.0.0", mine, published["pub"])
+        done = _pull(runs, "road_safety@1.1.0", mine, published["pub"])
     finally:
         served.write_bytes(original)
     assert done.returncode == 15, done.stderr
@@ -268,7 +273,7 @@ def test_a_tampered_blueprint_is_refused_on_pull(
 def test_a_wrong_signature_is_refused_on_pull(runs: Runs, published: dict[str, Path], tmp_path: Path) -> None:
     from coordinator.blueprints.registry import write_publisher_key
 
-    signature_path = published["registry"] / "road_safety" / "1.0.0" / "signature.json"
+    signature_path = published["registry"] / "road_safety" / "1.1.0" / "signature.json"
     original = signature_path.read_text()
     # a forger signs with their own key but claims the trusted publisher's public key
     forger, _ = write_publisher_key(tmp_path / "forger", "forger")

@@ -231,26 +231,26 @@ def test_a_registry_keeps_versions_immutable_and_verifies_on_read(tmp_path: Path
     key, _ = _publisher(tmp_path)
     registry = LocalRegistry(tmp_path / "reg")
     entry = registry.publish(ROAD, key, "ODA")
-    assert (entry.name, entry.version) == ("road_safety", "1.0.0")
+    assert (entry.name, entry.version) == ("road_safety", "1.1.0")
     assert registry.publish(ROAD, key, "ODA").sha256 == entry.sha256  # the same bytes again: fine
     changed = ROAD.replace(b"default: 0.6", b"default: 0.5")
     with pytest.raises(
         SpecError, match=r"already published .* with different content: published versions never change"
     ):
         registry.publish(changed, key, "ODA")
-    newer = changed.replace(b"version: 1.0.0", b"version: 1.1.0")
+    newer = changed.replace(b"version: 1.1.0", b"version: 1.2.0")
     registry.publish(newer, key, "ODA")
-    assert registry.versions("road_safety") == ["1.0.0", "1.1.0"]
+    assert registry.versions("road_safety") == ["1.1.0", "1.2.0"]
     loaded, signer = registry.load("road_safety", None, registry.trusted_keys())
-    assert loaded.blueprint.version == "1.1.0" and "ODA" in signer
-    (tmp_path / "reg" / "road_safety" / "1.0.0" / "blueprint.yaml").write_bytes(changed)
+    assert loaded.blueprint.version == "1.2.0" and "ODA" in signer
+    (tmp_path / "reg" / "road_safety" / "1.1.0" / "blueprint.yaml").write_bytes(changed)
     with pytest.raises(SignatureError, match="tampered"):
-        registry.load("road_safety", "1.0.0", registry.trusted_keys())
-    with pytest.raises(SpecError, match=re.escape("has road_safety versions 1.0.0, 1.1.0, not 2.0.0")):
-        registry.read("road_safety", "2.0.0")
-    (tmp_path / "reg" / "road_safety" / "1.1.0" / "signature.json").write_text("[1, 2]")
-    with pytest.raises(SignatureError, match="the signature is not a JSON object; refused"):
         registry.load("road_safety", "1.1.0", registry.trusted_keys())
+    with pytest.raises(SpecError, match=re.escape("has road_safety versions 1.1.0, 1.2.0, not 2.0.0")):
+        registry.read("road_safety", "2.0.0")
+    (tmp_path / "reg" / "road_safety" / "1.2.0" / "signature.json").write_text("[1, 2]")
+    with pytest.raises(SignatureError, match="the signature is not a JSON object; refused"):
+        registry.load("road_safety", "1.2.0", registry.trusted_keys())
 
 
 def test_key_files_are_checked(tmp_path: Path) -> None:
@@ -309,3 +309,10 @@ def test_blueprint_show_prints_contracts_governance_and_cost(capsys: pytest.Capt
     assert "lawful_basis: DPA 2018 Part 3" in out
     assert "employment (str, may be missing)" in out
     assert "police: rho 0.2 (epsilon" in out
+
+
+@pytest.mark.parametrize("name", bundled_blueprints())
+def test_every_catalogue_blueprint_states_its_disclosure_profile(name: str) -> None:
+    loaded = load_bundled(name)
+    assert loaded.blueprint.disclosure.profile == "tre"
+    assert "\ndisclosure: {profile: tre}\n" in loaded.text  # stated, not left to the default
