@@ -51,6 +51,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="partners' node.yaml files (default: the embedded federation's example partners)",
     )
     cost.add_argument("--json", action="store_true", help="print the costs as JSON")
+    cost.add_argument(
+        "--coordinator",
+        type=Path,
+        default=None,
+        help="a coordinator folder: also what the run may cost one resident of each of its populations, "
+        "against the federation's cap and what earlier runs spent",
+    )
     run = actions.add_parser("run", help="run a blueprint and write its report, exports and provenance")
     common(run)
     run.add_argument(
@@ -281,8 +288,35 @@ def main(args: argparse.Namespace) -> int:
         else:
             where = "from their node.yaml" if args.nodes else "the embedded federation's example partners"
             _print_cost(rendered, planned, where, partners)
+        if args.coordinator is not None:
+            _print_populations(
+                args.coordinator,
+                {a: {d: c.value for d, c in per.items()} for a, per in rendered.dataset_cost().items()},
+            )
         return ExitCode.OK
     return _run(args, loaded, signer, rendered)
+
+
+def _print_populations(folder: Path, planned: dict[str, dict[str, float]]) -> None:
+    """What a run may cost one resident of each of the coordinator's populations."""
+    from coordinator.deploy.config import load_coordinator
+    from coordinator.service.populations import preview
+    from coordinator.service.serve import open_store
+
+    config = load_coordinator(folder)
+    store = open_store(folder, config)
+    try:
+        shown = preview(planned, config.populations, store.population_spent())
+    finally:
+        store.close()
+    if not shown:
+        print("no population of this federation is touched (coordinator.yaml populations:)")
+    for name, p in shown.items():
+        verdict = "REFUSED: over the cap" if p["would_exceed"] else "within the cap"
+        print(
+            f"population {name}: rho {p['per_resident_rho']:.4g} a resident (held by up to "
+            f"{len(p['holders'])} agencies); spent {p['spent_rho']:.4g} of {p['cap_rho']:g}; {verdict}"  # type: ignore[arg-type]
+        )
 
 
 def _run(

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from analyses.documents import load_document
 from coordinator.deploy.pki import create_ca, issue_server_certificate
@@ -17,6 +17,34 @@ from privacy.errors import ConfigError
 __all__ = ["CONFIG_NAME", "CoordinatorConfig", "init_coordinator", "load_coordinator"]
 
 CONFIG_NAME = "coordinator.yaml"
+
+
+class PopulationPolicy(BaseModel):
+    """People several agencies may hold (residents), and the most privacy loss one of them may
+    bear over every run, summed over every agency that could hold them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    datasets: dict[str, list[str]] = Field(
+        min_length=1,
+        max_length=200,
+        description="logical dataset -> the partners that may hold it (a resident may be in each)",
+    )
+    max_rho: float = Field(
+        gt=0, le=100, description="the federation-wide cap: zCDP rho one resident may bear"
+    )
+
+    @field_validator("datasets")
+    @classmethod
+    def _holders(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for dataset, partners in value.items():
+            if not partners or len(partners) > 1000 or len(set(partners)) != len(partners):
+                raise ValueError(f"dataset {dataset!r}: list the partners that may hold it, each once")
+        return value
+
+    def holders(self) -> list[str]:
+        """Every partner that may hold one of the population's datasets."""
+        return sorted({p for partners in self.datasets.values() for p in partners})
 
 
 class CoordinatorConfig(BaseModel):
@@ -59,6 +87,12 @@ class CoordinatorConfig(BaseModel):
         description="the run store: a SQLAlchemy URL (postgresql+psycopg://...); null: runs.db in this folder",
     )
     concurrency: int = Field(default=2, ge=1, le=32, description="runs the analyst API executes at once")
+    populations: dict[str, PopulationPolicy] = Field(
+        default_factory=dict,
+        max_length=50,
+        description="federation-wide accounting: people held by several agencies, each capped in the rho "
+        "they may bear over every run (the analyst API refuses a run that would exceed it)",
+    )
     blueprints: str = Field(
         default="blueprints",
         description="the blueprint registry folder this coordinator publishes (read-only over HTTPS at "

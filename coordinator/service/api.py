@@ -37,6 +37,7 @@ from coordinator.service.accounts import (
     may_read_run,
 )
 from coordinator.service.console import COOKIE, add_console
+from coordinator.service.populations import charges, preview
 from coordinator.service.state import ServiceState
 from coordinator.service.store import TERMINAL, RunRow, RunStore, State
 from coordinator.service.submission import (
@@ -58,7 +59,7 @@ from coordinator.service.views import (
     iso,
     run_out,
 )
-from privacy.errors import OdaError
+from privacy.errors import BudgetExhausted, OdaError
 
 #: Text a filter may hold: anything but NUL, which PostgreSQL's text type cannot hold (a search
 #: for it failed inside instead of saying why).
@@ -188,7 +189,8 @@ def build_app(state: ServiceState) -> FastAPI:
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
+        body = {"error": exc.message} | ({"error_type": exc.error_type} if exc.error_type else {})
+        return JSONResponse(body, status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -254,15 +256,28 @@ def build_app(state: ServiceState) -> FastAPI:
 
     @app.post(f"{API_PREFIX}/cost", responses=errors)
     def cost(submission: Submission, _: Submitter) -> dict[str, object]:
-        """What a submission would cost each partner, before anything is queued or sent."""
-        return _prepare(submission)[1]
+        """What a submission would cost each partner, before anything is queued or sent, and
+        what it may cost one resident of each shared population against the federation's cap."""
+        row, out = _prepare(submission)
+        if state.populations:
+            out["populations"] = preview(
+                json.loads(row.planned_json), state.populations, state.store.population_spent()
+            )
+        return out
 
     @app.post(f"{API_PREFIX}/runs", status_code=201, responses=errors)
     def submit(submission: Submission, who: Submitter) -> RunOut:
-        """Queue a run (checked completely first: a bad spec or parameter is refused here)."""
+        """Queue a run (checked completely first: a bad spec or parameter is refused here, and
+        so is a run that would take a shared population over the federation's cap)."""
         row, _ = _prepare(submission)
         row.owner = who.name
-        state.store.add_run(row)
+        caps = {name: p.max_rho for name, p in state.populations.items()}
+        try:
+            state.store.add_run_within_caps(
+                row, charges(row.id, json.loads(row.planned_json), state.populations), caps
+            )
+        except BudgetExhausted as exc:
+            raise ApiError(409, str(exc), error_type="BudgetExhausted") from exc
         state.wake()
         return run_out(row)
 

@@ -50,11 +50,16 @@ def _spec_text(spec: str | Path) -> str:
 
 
 def _error(response: httpx.Response) -> OdaError:
+    error_type = None
     try:
-        message = str(response.json().get("error", response.text))
+        body = response.json()
+        message = str(body.get("error", response.text))
+        error_type = body.get("error_type")
     except (ValueError, AttributeError):
         message = response.text[:500] or response.reason_phrase
     status = response.status_code
+    if error_type == "BudgetExhausted":
+        return errors.BudgetExhausted(message)
     if status in (401, 403, 429):
         return AccessDenied(f"{status}: {message}")
     if status in (400, 422):

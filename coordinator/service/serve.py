@@ -77,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
 
         return fleet(link.list_nodes(), store.partners_seen())
 
-    state = ServiceState(store, federation, folder / "results", registry, worker.wake, nodes)
+    state = ServiceState(
+        store, federation, folder / "results", registry, worker.wake, nodes, populations=config.populations
+    )
     app = build_app(state)
     host, _, port = config.api_listen.rpartition(":")
     server = uvicorn.Server(

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from coordinator.deploy.config import PopulationPolicy
 from coordinator.service.accounts import LoginLimiter
 from coordinator.service.store import RunStore
 from coordinator.service.submission import DEFAULT_DEADLINE_SECONDS
@@ -26,3 +27,5 @@ class ServiceState:
     nodes: Callable[[], list[dict[str, object]]] | None = None
     limiter: LoginLimiter = field(default_factory=LoginLimiter)
     default_deadline: int = DEFAULT_DEADLINE_SECONDS
+    #: Federation-wide accounting (`coordinator.yaml` `populations:`).
+    populations: dict[str, PopulationPolicy] = field(default_factory=dict)

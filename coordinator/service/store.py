@@ -19,18 +19,31 @@ UTC seconds since the epoch. Nothing here knows Flower or HTTP.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal, cast, get_args
 
-from sqlalchemy import Float, ForeignKey, Integer, String, Text, create_engine, event, select, update
+from sqlalchemy import (
+    Boolean,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    event,
+    func,
+    select,
+    update,
+)
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from privacy.errors import ConfigError
+from privacy.errors import BudgetExhausted, ConfigError
 
 __all__ = [
     "ACTIVE",
@@ -41,6 +54,7 @@ __all__ = [
     "Base",
     "EventRow",
     "PartnerSeenRow",
+    "PopulationChargeRow",
     "ReviewRow",
     "Role",
     "RunRow",
@@ -150,6 +164,22 @@ class ReviewRow(Base):
     at: Mapped[float] = mapped_column(Float)
 
 
+class PopulationChargeRow(Base):
+    """What one run may cost one resident of a shared population: planned when it is queued
+    (every partner that may hold them, at the run's planned rho), lowered to what those partners
+    actually debited once the run ends (`settled`)."""
+
+    __tablename__ = "population_charges"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(String(40), ForeignKey("runs.id"), index=True)
+    population: Mapped[str] = mapped_column(String(64), index=True)
+    rho: Mapped[float] = mapped_column(Float)
+    holders_json: Mapped[str] = mapped_column(Text)
+    settled: Mapped[bool] = mapped_column(Boolean, default=False)
+    at: Mapped[float] = mapped_column(Float)
+
+
 class PartnerSeenRow(Base):
     """What the coordinator last heard from a partner (the fleet view)."""
 
@@ -178,6 +208,8 @@ class RunStore:
         #: Bumped after every write in this process: event streams wait for it to change
         #: instead of querying the database (the worker and the API share the process).
         self.version = 0
+        #: Serialises the federation cap's check-then-write (one service process writes runs).
+        self._caps = threading.Lock()
 
     @classmethod
     def open(cls, url: str) -> RunStore:
@@ -236,10 +268,7 @@ class RunStore:
     # --- runs --------------------------------------------------------------------------------
 
     def add_run(self, row: RunRow) -> RunRow:
-        with self.session() as s:
-            s.add(row)
-            s.flush()  # the run before its first event (the foreign key)
-            s.add(EventRow(run_id=row.id, at=row.created_at, kind="state", data_json=_state_data(row)))
+        self.add_run_within_caps(row, [], {})
         return row
 
     def run(self, run_id: str) -> RunRow | None:
@@ -351,6 +380,45 @@ class RunStore:
                 )
             )
 
+    # --- federation-wide accounting ----------------------------------------------------------
+
+    def add_run_within_caps(
+        self, row: RunRow, charges: list[PopulationChargeRow], caps: dict[str, float]
+    ) -> None:
+        """Queue `row` with its population charges, unless one would take a population over its
+        cap (checked and written under one lock: two submissions cannot both slip under it).
+
+        Raises:
+            BudgetExhausted: naming the population, what it has spent, the run's charge and the cap.
+        """
+        with self._caps:
+            spent = self.population_spent()
+            for charge in charges:
+                total = spent.get(charge.population, 0.0) + charge.rho
+                if total > caps[charge.population] + 1e-12:
+                    raise BudgetExhausted(
+                        f"federation cap: this run may cost a resident of {charge.population!r} rho "
+                        f"{charge.rho:.6g} over every agency that may hold them; {spent.get(charge.population, 0.0):.6g} "
+                        f"of the cap of {caps[charge.population]:g} is spent, so it would reach {total:.6g}. "
+                        "Nothing was queued or sent: ask for less (a smaller rho) or ask the federation to raise the cap"
+                    )
+            with self.session() as s:
+                s.add(row)
+                s.flush()  # the run before its first event and its charges (the foreign keys)
+                s.add(EventRow(run_id=row.id, at=row.created_at, kind="state", data_json=_state_data(row)))
+                for charge in charges:
+                    s.add(charge)
+
+    def population_spent(self) -> dict[str, float]:
+        """population -> rho one resident may have borne over every run so far."""
+        with self.session() as s:
+            rows = s.execute(
+                select(PopulationChargeRow.population, func.sum(PopulationChargeRow.rho)).group_by(
+                    PopulationChargeRow.population
+                )
+            )
+            return {str(p): float(v or 0.0) for p, v in rows}
+
     # --- output review -----------------------------------------------------------------------
 
     def add_review(self, row: ReviewRow) -> None:
@@ -443,13 +511,29 @@ def _locked(s: Session, run_id: str) -> RunRow:
     return row
 
 
+def _settle(s: Session, run: RunRow) -> None:
+    """Lower a run's population charges, as it ends, to what the partners that may hold each
+    population actually debited (a partner's whole debit for the run: an upper bound on its
+    share), in the same transaction as its terminal state."""
+    debited = run.debited()
+    for charge in s.scalars(
+        select(PopulationChargeRow).where(
+            PopulationChargeRow.run_id == run.id, PopulationChargeRow.settled.is_(False)
+        )
+    ):
+        charge.rho = min(charge.rho, sum(debited.get(p, 0.0) for p in json.loads(charge.holders_json)))
+        charge.settled = True
+
+
 def _move(s: Session, row: RunRow, state: State, reason: str | None) -> None:
-    """Put `row` in `state` (timing a terminal one) and record the change as an event."""
+    """Put `row` in `state` (timing a terminal one, and settling its population charges) and
+    record the change as an event."""
     row.state = state
     if reason is not None:
         row.reason = reason
     if state in TERMINAL:
         row.finished_at = time.time()
+        _settle(s, row)
     s.add(EventRow(run_id=row.id, at=time.time(), kind="state", data_json=_state_data(row)))
 
 

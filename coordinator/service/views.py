@@ -30,11 +30,15 @@ __all__ = [
 class ApiError(Exception):
     """An error answered as `{"error": message}` with `status`."""
 
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, status: int, message: str, headers: dict[str, str] | None = None, error_type: str | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.headers = headers
+        #: The oda error a client raises for it (`BudgetExhausted`), when the status is not enough.
+        self.error_type = error_type
 
 
 # --- response models (the OpenAPI document is generated from them) ---------------------------
@@ -43,6 +47,7 @@ class ApiError(Exception):
 class ErrorOut(BaseModel):
     error: str
     problems: list[str] | None = None
+    error_type: str | None = Field(default=None, description="the oda error it stands for (BudgetExhausted)")
 
 
 class PartnerOut(BaseModel):
