@@ -47,13 +47,13 @@ def test_psi_per_area_finds_the_true_overlaps_and_dp_counts_cover_them() -> None
         held = world.holdings[agency]
         return {
             area: padded(
-                keyed_identifiers(held.loc[held.area == area, "resident_id"].tolist(), KEY), 400, area
+                keyed_identifiers(held.loc[held.area == area, "resident_id"].tolist(), KEY), 128, area
             )
             for area in AREAS
         }
 
     requester, holder = OverlapRequester(sets("police")), OverlapHolder(sets("care"))
-    setup = holder.setup(400)
+    setup = holder.setup(128)
     sizes = requester.sizes(setup, holder.respond(requester.request()))
     truth = world.overlap(["police", "care"]).reindex(AREAS, fill_value=0).to_numpy()
     assert sizes == truth.tolist()  # every agency's spelling normalised; padding matches nothing
