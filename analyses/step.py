@@ -32,7 +32,7 @@ from analyses._model import Model
 from analyses.keys import KeySpec
 from analyses.local_data import Exact, LocalData
 from analyses.reply import StepRelease
-from analyses.tables import Publication, Published, ResultTable, withhold
+from analyses.tables import CHECK, Publication, Published, ResultTable, withhold
 from privacy.errors import InternalError, ProtocolError, SpecError
 from privacy.unit import MAX_ROWS_LIMIT, PrivacyUnit
 
@@ -205,6 +205,15 @@ class StepBase(Model):
     def publish(self, releases: Sequence[StepRelease], publication: Publication) -> Published:
         """The step's table from the pooled releases of some partners, and its notes."""
         raise InternalError(f"{self.kind} steps are not published as one table")
+
+    def outcomes(self, release: StepRelease, publication: Publication) -> list[str] | None:
+        """What the disclosure checks make of each row of one partner's table (None: the step has
+        no such table), as `publish` would say; a kind overrides it when it can say so cheaper."""
+        try:
+            frame = self.publish([release], publication).frame
+        except InternalError:
+            return None
+        return [str(o) for o in frame[CHECK]] if CHECK in frame.columns else None
 
     def tables(
         self, parts: Sequence[PartnerRelease], combine: str, publication: Publication

@@ -62,6 +62,17 @@ class QuantileStep(BoundedStep):
         combined = np.where(valid, cells * self.bins + bin_of, groups * self.bins)
         return {"histogram": Exact(bincount(combined, groups * self.bins), unit.max_rows)}
 
+    def outcomes(self, release: StepRelease, publication: Publication) -> list[str] | None:
+        """Each group's check from its noisy total alone (the quantiles need not be read)."""
+        histogram = release.measurement("histogram")
+        totals = (
+            np.asarray(histogram.values, dtype=float).reshape(-1, self.bins).sum(axis=1)
+            * histogram.unit_value
+        )
+        least = _least(self, histogram.scale * histogram.unit_value, publication)
+        kept = "review" if publication.threshold > 0 else "pass"
+        return [kept if t >= least else publication.small_rule() for t in totals]
+
     def publish(self, releases: Sequence[StepRelease], publication: Publication) -> Published:
         return _quantile_frame(self, releases, self.key_frame(), publication)
 
@@ -186,6 +197,12 @@ def _crossing(curve: np.ndarray, j: int) -> float:
     return float(j + (np.clip(-a / (b - a), 0.0, 1.0) if b != a else 0.5))
 
 
+def _least(step: QuantileStep, scale: float, publication: Publication) -> float:
+    """The least noisy total a published group has: the cut for a total of `bins` noisy cells
+    of noise `scale` (their scales in quadrature), and at least 1."""
+    return max(publication.cut(scale * math.sqrt(step.bins)), 1.0)
+
+
 def _quantile_frame(
     step: QuantileStep, releases: Sequence[StepRelease], keys: pd.DataFrame, publication: Publication
 ) -> Published:
@@ -195,8 +212,7 @@ def _quantile_frame(
     pooled = pool_vectors([r.measurement("histogram") for r in releases])
     hist = pooled.values.reshape(-1, step.bins)
     low, high = step.bounds
-    total_sd = pooled.scale * math.sqrt(step.bins)
-    least = max(publication.cut(total_sd), 1.0)
+    least = _least(step, pooled.scale, publication)
     kept = "review" if publication.threshold > 0 else "pass"
     rows = []
     for g in range(hist.shape[0]):
@@ -221,7 +237,7 @@ def _quantile_frame(
         f"quantiles read from a pooled noisy histogram of {step.bins} bins over {list(step.bounds)}; "
         "[low, high] is a 95% interval"
     ]
-    note = publication.note(total_sd)
+    note = publication.note(pooled.scale * math.sqrt(step.bins))
     if note:
         notes += [note, "quantiles are order statistics: each published group is marked review"]
     return Published(frame, notes)

@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from analyses.tables import CHECK, ResultTable
@@ -68,40 +69,41 @@ def _value_columns(frame: pd.DataFrame, check: str, keys: list[str]) -> list[str
 
 def _table_record(uid: str, table: ResultTable, keys: list[str], command: str) -> dict[str, Any]:
     frame = table.frame.reset_index(drop=True)
+    checks = _check_columns(frame)
+    columns = [str(c) for c in frame.columns if str(c) not in checks]
+    outcome = {column: np.full(len(frame), "ok", dtype=object) for column in columns}
     cells: dict[str, list[list[int]]] = {rule: [] for rule in _RULES}
-    outcome = pd.DataFrame(
-        "ok", index=frame.index, columns=[c for c in frame.columns if str(c) not in _check_columns(frame)]
-    )
     reviewed = 0
-    for check in _check_columns(frame):
-        columns = _value_columns(frame, check, keys)
-        for row, result in enumerate(frame[check].astype(str)):
-            rules = [rule for rule, outcomes in _RULES.items() if result in outcomes]
-            for column in columns:
-                position = [row, list(outcome.columns).index(column)]
-                for rule in rules:
-                    cells[rule].append(position)
-                if rules:
-                    outcome.loc[row, column] = "".join(f"{rule}; " for rule in rules)
-                elif result == "review":
-                    outcome.loc[row, column] = "review; "
-            reviewed += result == "review"
-        for column in columns:
-            below = pd.to_numeric(frame[column], errors="coerce").lt(0).to_numpy()
-            cells["negative"] += [[int(r), list(outcome.columns).index(column)] for r in below.nonzero()[0]]
+    for check in checks:
+        results = frame[check].astype(str).to_numpy()
+        reviewed += int((results == "review").sum())
+        for column in _value_columns(frame, check, keys):
+            position = columns.index(column)
+            said = np.full(len(frame), "", dtype=object)
+            negative_values = pd.to_numeric(frame[column], errors="coerce").lt(0).to_numpy()
+            cells["negative"] += [[int(r), position] for r in negative_values.nonzero()[0]]
+            for rule, held in _RULES.items():
+                if not held:
+                    continue  # negative (above) and the rules oda has no counterpart of
+                hit = np.isin(results, held)
+                cells[rule] += [[int(r), position] for r in hit.nonzero()[0]]
+                said = np.where(hit, said + f"{rule}; ", said)
+            said = np.where((said == "") & (results == "review"), "review; ", said)
+            outcome[column] = np.where(said == "", "ok", said)
     negative = len(cells["negative"])
+    outcome_frame = pd.DataFrame(outcome, index=frame.index)
     summary = {rule: len(positions) for rule, positions in cells.items()}
     suppressed = any(summary[r] for r in ("threshold", "p-ratio", "nk-rule"))
     status = "review" if suppressed or reviewed or negative else "pass"
-    said = "; ".join(
+    text = "; ".join(
         f"{rule}: {n} cells suppressed"
         for rule, n in summary.items()
         if n and rule not in ("negative", "missing")
     )
     if negative:
-        said = f"negative values found; {said}".rstrip("; ")
+        text = f"negative values found; {text}".rstrip("; ")
     if reviewed:
-        said = f"{said}; {reviewed} rows to review".lstrip("; ")
+        text = f"{text}; {reviewed} rows to review".lstrip("; ")
     return {
         "uid": uid,
         "status": status,
@@ -113,9 +115,9 @@ def _table_record(uid: str, table: ResultTable, keys: list[str], command: str) -
                 "sdc": {"summary": {"suppressed": suppressed, **summary}, "cells": cells},
             }
         ],
-        "outcome": json.loads(outcome.to_json()),
+        "outcome": json.loads(outcome_frame.to_json()),
         "command": command,
-        "summary": f"{status}; {said}" if said else status,
+        "summary": f"{status}; {text}" if text else status,
         "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
         "comments": list(table.notes),
         "exception": (

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analyses.reply import NodeRelease, decode_reply, encode_release
+from analyses.reply import NodeRelease, StepRelease, decode_reply, encode_release
 from analyses.request import AnalysisRequest
 from coordinator.embedded.twin import InProcessTransport
 from coordinator.run.orchestrator import run_analysis
@@ -223,3 +223,29 @@ def test_a_withheld_cell_past_the_table_is_refused() -> None:
         check_lengths(spec.steps[2], [release.steps[0]])
     ok = decode_reply(_release_with([[2, "suppressed:threshold"]]))
     assert isinstance(ok, NodeRelease) and ok.steps[0].withheld == ((2, "suppressed:threshold"),)
+
+
+def test_a_nodes_cheap_outcomes_are_what_the_coordinators_table_says(make_agents: MakeAgents) -> None:
+    """A node decides what to withhold with `StepBase.outcomes`; quantiles skip reading the
+    quantiles, so the shortcut must agree with the full table, cell by cell."""
+    from analyses import AnalysisSpec
+    from analyses.aggregate import publication_of
+    from analyses.documents import parse_document
+
+    agents = make_agents({"police": (claims(1, POLICE), 10)})
+    spec_text = MAGNITUDES.format(combine="by_partner", disclosure="{profile: tre}").replace(
+        "  - {kind: count, id: people,",
+        "  - {kind: quantile, id: ages, column: age, bounds: [0, 100], quantiles: [0.5],\n"
+        "      by: [{column: category, values: [dominated, spread, small]}]}\n"
+        "  - {kind: count, id: people,",
+    )
+    spec = parse_document(spec_text, AnalysisSpec, source="t")
+    release = release_of(agents[0].handle(AnalysisRequest(1, "r-cheap", "central", spec_text)))
+    publication = publication_of(spec, [0])
+    for step in spec.steps:
+        sent = next(s for s in release.steps if s.step_id == step.id)
+        unwithheld = StepRelease(sent.step_id, sent.kind, "hidden", sent.measurements)
+        frame = step.publish([unwithheld], publication).frame
+        assert step.outcomes(unwithheld, publication) == list(frame["check"]), step.id
+    ages = next(s for s in release.steps if s.step_id == "ages")
+    assert ages.withheld == ((2, "suppressed:threshold"),)
