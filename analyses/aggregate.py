@@ -21,16 +21,19 @@ from analyses.tables import Publication, ResultTable
 __all__ = ["combine", "publication_of", "withhold_own_cells"]
 
 
-def publication_of(spec: AnalysisSpec, node_floors: Sequence[int]) -> Publication:
+def publication_of(
+    spec: AnalysisSpec, node_floors: Sequence[int], step: StepBase | None = None
+) -> Publication:
     """The rules published cells follow: the spec's disclosure settings, raised to every
     contributing node's own floor (`policy.min_cell`), which no spec can lower: under `open` it
-    is a minimum noisy count, under `tre` and `custom` also a least people threshold."""
+    is a minimum noisy count, under `tre` and `custom` also a least people threshold. With
+    `step`, a person's rows are that step's privacy unit's (a step may set its own)."""
     disclosure = spec.disclosure
     publication = Publication(
         min_cell=disclosure.min_cell,
         round_to=disclosure.round_to,
         threshold=disclosure.people_threshold(),
-        max_rows=spec.privacy.unit.max_rows,
+        max_rows=(spec.unit_of(step) if step is not None else spec.privacy.unit).max_rows,
         false_publication=disclosure.false_publication,
         non_negative=disclosure.clamps(),
         dominance=disclosure.dominates(),
@@ -53,7 +56,7 @@ def withhold_own_cells(spec: AnalysisSpec, step: StepBase, release: StepRelease,
     """
     if spec.combine != "by_partner" or step.flow != "once":
         return release
-    publication = replace(publication_of(spec, [floor]), max_rows=spec.unit_of(step).max_rows)
+    publication = publication_of(spec, [floor], step)
     outcomes = step.outcomes(release, publication)
     if not outcomes:
         return release
@@ -76,7 +79,7 @@ def combine(spec: AnalysisSpec, releases: Sequence[NodeRelease]) -> list[ResultT
         ProtocolError: releases do not match the spec (wrong shapes or units).
     """
     released = [r for r in releases if r.status == "released"]
-    publication = publication_of(spec, [r.min_cell for r in released])
+    floors = [r.min_cell for r in released]
     tables: list[ResultTable] = []
     step_frames: list[pd.DataFrame] = []
     for step in spec.steps:
@@ -92,8 +95,7 @@ def combine(spec: AnalysisSpec, releases: Sequence[NodeRelease]) -> list[ResultT
                 ResultTable(step.id, step.key_frame().iloc[0:0], ("no partner released this step",))
             )
             continue
-        own_unit = replace(publication, max_rows=spec.unit_of(step).max_rows)
-        published = step.tables(parts, spec.combine, own_unit)
+        published = step.tables(parts, spec.combine, publication_of(spec, floors, step))
         tables += published
         if spec.combine == "join" and len(published) == 1:
             frame = published[0].frame

@@ -38,6 +38,7 @@ __all__ = [
     "Publication",
     "Published",
     "ResultTable",
+    "check_columns",
     "disclose",
     "model_check",
     "pool_vectors",
@@ -47,6 +48,11 @@ __all__ = [
 #: The column of every published step table that says what the disclosure checks made of the
 #: cell: `pass`, `review`, or `suppressed:<rule>` (`privacy.disclosure.OUTCOMES`).
 CHECK = "check"
+
+
+def check_columns(frame: pd.DataFrame) -> list[str]:
+    """A table's check columns: `check`, and a joined table's `<step>_check`."""
+    return [str(c) for c in frame.columns if str(c) == CHECK or str(c).endswith(f"_{CHECK}")]
 
 
 @dataclass(frozen=True)

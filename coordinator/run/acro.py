@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analyses.tables import CHECK, ResultTable
+from analyses.tables import CHECK, ResultTable, check_columns
 from coordinator.run.results import AnalysisResult
 
 __all__ = ["ACRO_VERSION", "write_acro_results"]
@@ -50,26 +50,16 @@ _RULES: dict[str, tuple[str, ...]] = {
 }
 
 
-def _check_columns(frame: pd.DataFrame) -> list[str]:
-    return [str(c) for c in frame.columns if str(c) == CHECK or str(c).endswith(f"_{CHECK}")]
-
-
-def _value_columns(frame: pd.DataFrame, check: str, keys: list[str]) -> list[str]:
-    """The value columns a check column covers (a joined table's `step_check` covers `step_*`)."""
+def _value_columns(columns: list[str], check: str, keys: list[str]) -> list[str]:
+    """Of a table's `columns` (its check columns left out), the value columns a check column
+    covers (a joined table's `step_check` covers `step_*`)."""
     prefix = check[: -len(CHECK)]
-    return [
-        str(c)
-        for c in frame.columns
-        if str(c) not in keys
-        and str(c) not in _check_columns(frame)
-        and str(c).startswith(prefix)
-        and not str(c).endswith("_accuracy95")
-    ]
+    return [c for c in columns if c not in keys and c.startswith(prefix) and not c.endswith("_accuracy95")]
 
 
 def _table_record(uid: str, table: ResultTable, keys: list[str], command: str) -> dict[str, Any]:
     frame = table.frame.reset_index(drop=True)
-    checks = _check_columns(frame)
+    checks = check_columns(frame)
     columns = [str(c) for c in frame.columns if str(c) not in checks]
     outcome = {column: np.full(len(frame), "ok", dtype=object) for column in columns}
     cells: dict[str, list[list[int]]] = {rule: [] for rule in _RULES}
@@ -77,7 +67,7 @@ def _table_record(uid: str, table: ResultTable, keys: list[str], command: str) -
     for check in checks:
         results = frame[check].astype(str).to_numpy()
         reviewed += int((results == "review").sum())
-        for column in _value_columns(frame, check, keys):
+        for column in _value_columns(columns, check, keys):
             position = columns.index(column)
             said = np.full(len(frame), "", dtype=object)
             negative_values = pd.to_numeric(frame[column], errors="coerce").lt(0).to_numpy()

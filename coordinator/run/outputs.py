@@ -8,7 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from analyses.aggregate import publication_of
-from analyses.tables import CHECK
+from analyses.tables import check_columns
 from coordinator.run.acro import write_acro_results
 from coordinator.run.results import AnalysisResult
 from coordinator.run.transport import Quorum
@@ -23,9 +23,8 @@ def _outcomes(frame: object) -> dict[str, int]:
 
     if not isinstance(frame, pd.DataFrame):
         return {}
-    columns = [c for c in frame.columns if str(c) == CHECK or str(c).endswith(f"_{CHECK}")]
     counts: dict[str, int] = {}
-    for column in columns:
+    for column in check_columns(frame):
         for outcome, n in frame[column].value_counts().items():
             counts[str(outcome)] = counts.get(str(outcome), 0) + int(n)
     return dict(sorted(counts.items()))
