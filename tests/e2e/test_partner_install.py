@@ -33,7 +33,8 @@ from coordinator.run.orchestrator import run_analysis
 from privacy.exit_codes import ExitCode
 from tests.e2e.test_secure_transport import SPEC, _wait_for_text, running_coordinator
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+# builds a wheel from the source tree, which writes its build/ folder: one build at a time
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.xdist_group("source_build")]
 
 ROOT = Path(__file__).resolve().parents[2]
 ODA = [sys.executable, "-m", "coordinator.cli"]

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+# builds a wheel from the source tree, which writes its build/ folder: one build at a time
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.xdist_group("source_build")]
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -80,7 +80,11 @@ class Namespaces:
     def __init__(self, partners: list[str]) -> None:
         Namespaces._made_here += 1
         tag = f"{os.getpid() % 10_000}{Namespaces._made_here % 100}"
-        self.k = 1 + (os.getpid() + Namespaces._made_here) % 250
+        # a /24 of its own: under pytest-xdist each worker (gw0, gw1, ...) takes its own range of
+        # 50, so two workers' bridges never share a subnet (the names above differ by PID)
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+        band = int(worker) % 5 if worker.isdigit() else 0
+        self.k = 1 + band * 50 + (os.getpid() + Namespaces._made_here) % 50
         self.bridge = f"odab{tag}"
         self.host = f"10.231.{self.k}.1"
         self.partners = {
