@@ -217,6 +217,12 @@ class OutputSpec(Model):
     denominator: str | None = None
     per: float = Field(default=1.0, gt=0, description="ratio multiplier, e.g. 1000 for 'per 1,000'")
     map: bool = Field(default=False, description="index or ratio: also draw it as a map")
+    where: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=8,
+        description="only the table's rows whose columns hold these values (a map of one group of "
+        "a long table: `known_to_agencies: '3+'`)",
+    )
     caption: str = ""
 
     @model_validator(mode="after")

@@ -104,6 +104,9 @@ class StepRelease:
     #: as 0. Left out when empty. A coordinator that does not know it refuses the release (it
     #: changes the values' meaning), naming the field.
     withheld: tuple[tuple[int, str], ...] = ()
+    #: What this node passes on, through the coordinator, to other partners (an overlap step's
+    #: blinded points, as JSON text): opaque to the coordinator. Left out when empty.
+    relay: str = ""
 
     def measurement(self, name: str) -> MeasurementRelease:
         return next(m for m in self.measurements if m.name == name)
@@ -191,6 +194,8 @@ def encode_release(release: NodeRelease) -> bytes:
     for step in body["steps"]:
         if not step["withheld"]:
             del step["withheld"]
+        if not step["relay"]:
+            del step["relay"]
     return json.dumps(body, sort_keys=True).encode()
 
 
@@ -227,6 +232,7 @@ def decode_reply(payload: bytes | str, *, refused: bool = False, stamp: AuditSta
                     for m in s["measurements"]
                 ),
                 withheld=_withheld(s.get("withheld", [])),
+                relay=_relay(s.get("relay", "")),
             )
             for s in map(_known_step, data["steps"])
         )
@@ -254,6 +260,13 @@ def _withheld(data: object) -> tuple[tuple[int, str], ...]:
             )
         out.append((row, rule))
     return tuple(out)
+
+
+def _relay(data: object) -> str:
+    """A release's relay: text (its size is bounded by the reply's)."""
+    if not isinstance(data, str):
+        raise ValueError("relay must be text")
+    return data
 
 
 def _known_step(data: object) -> dict[str, Any]:

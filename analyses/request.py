@@ -16,6 +16,7 @@ from privacy.errors import ProtocolError
 
 __all__ = [
     "MAX_PURPOSE_CHARS",
+    "MAX_RELAY_CHARS",
     "MAX_REQUESTER_CHARS",
     "MAX_REQUEST_BYTES",
     "MAX_SPEC_CHARS",
@@ -33,15 +34,20 @@ REQUEST_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 MAX_REQUESTER_CHARS = 200
 #: Longest spec a request may carry.
 MAX_SPEC_CHARS = 1_000_000
-#: Largest request message, before it is parsed.
+#: Largest request message, before it is parsed (besides a relay, below).
 MAX_REQUEST_BYTES = 2_000_000
+#: Longest relay a request may carry: what the coordinator passes on from other partners for an
+#: overlap step (blinded points, base64), at most a 4M-point list and its tag.
+MAX_RELAY_CHARS = 180_000_000
 #: Most entries in a request's round state (a model's coefficients and a few fields).
 MAX_STATE_ITEMS = 4096
 #: Longest purpose an analyst may state for a run (shown in the node's inbox and audit log).
 MAX_PURPOSE_CHARS = 500
 #: Fields a request may carry; `run_id` and `purpose` are optional and left out when unset, so
 #: a request without them has the same bytes as before they existed.
-_FIELDS = frozenset({"protocol", "request_id", "requester", "spec_yaml", "state", "run_id", "purpose"})
+_FIELDS = frozenset(
+    {"protocol", "request_id", "requester", "spec_yaml", "state", "run_id", "purpose", "relay"}
+)
 #: The field in which a message lists its fields a receiver that does not know them may ignore.
 OPTIONAL = "optional"
 
@@ -85,11 +91,14 @@ class AnalysisRequest:
     run_id: str | None = None
     #: Why the analyst runs it, in their words.
     purpose: str | None = None
+    #: What the coordinator relays to this node from other partners (an overlap step's blinded
+    #: lists, as JSON text the step's node code reads with its own bounds); different per node.
+    relay: str | None = None
 
     def to_bytes(self) -> bytes:
         """The request as the node receives it (canonical JSON; unset optional fields left out)."""
         data = asdict(self)
-        for optional in ("run_id", "purpose"):
+        for optional in ("run_id", "purpose", "relay"):
             if data[optional] is None:
                 del data[optional]
         return json.dumps(data, sort_keys=True).encode()
@@ -138,6 +147,8 @@ class AnalysisRequest:
                 f"purpose must be printable text of at most {MAX_PURPOSE_CHARS} characters"
                 f" (got {_preview(self.purpose)})"
             )
+        if self.relay is not None and (not isinstance(self.relay, str) or len(self.relay) > MAX_RELAY_CHARS):
+            raise ProtocolError(f"relay must be text of at most {MAX_RELAY_CHARS:,} characters")
         if not isinstance(self.spec_yaml, str):
             raise ProtocolError(f"spec_yaml must be YAML text, got {type(self.spec_yaml).__name__}")
         if len(self.spec_yaml) > MAX_SPEC_CHARS:
@@ -156,8 +167,10 @@ class AnalysisRequest:
             ProtocolError: too large, malformed, a field of the wrong type or out of bounds, or an
                 unknown protocol version.
         """
-        if not isinstance(text, str | bytes) or len(text) > MAX_REQUEST_BYTES:
-            raise ProtocolError(f"a request must be JSON text of at most {MAX_REQUEST_BYTES:,} bytes")
+        if not isinstance(text, str | bytes) or len(text) > MAX_REQUEST_BYTES + MAX_RELAY_CHARS:
+            raise ProtocolError(
+                f"a request must be JSON text of at most {MAX_REQUEST_BYTES:,} bytes and a relay"
+            )
         try:
             data = json.loads(text)
         except RecursionError as exc:

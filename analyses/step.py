@@ -14,7 +14,8 @@ coordinator's tables) calls the methods below and never asks which kind it holds
 - summary: one line for the partner deciding on the request.
 
 `flow` says how an analysis of this step runs: one request (`once`), rounds the coordinator
-drives (`rounds`: round state in each request), or Flower's FedAvg (`fedavg`).
+drives (`rounds`: round state in each request), Flower's FedAvg (`fedavg`), or the phases of
+a linkage ring (`ring`: each phase's state and, per node, what other partners relayed).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ __all__ = [
 ColumnType = Literal["int", "float", "str", "datetime"]
 #: A dataset's declared columns and their types, as a node's catalogue has them.
 DatasetSchema = Mapping[str, ColumnType]
-Flow = Literal["once", "rounds", "fedavg"]
+Flow = Literal["once", "rounds", "fedavg", "ring"]
 
 NUMERIC = ("int", "float")
 
@@ -79,6 +80,11 @@ class RoundLike(Model):
 
     def first_request_id(self) -> str:
         raise NotImplementedError
+
+    def continues_approved(self) -> bool:
+        """Whether this request goes on without a person's approval at a node whose policy asks
+        for one (a later phase of a run whose first request was approved)."""
+        return False
 
 
 @dataclass(frozen=True)
@@ -124,6 +130,10 @@ class StepBase(Model):
     def measurements(self) -> tuple[str, ...]:
         """The names of the vectors one request releases, in order."""
         raise NotImplementedError
+
+    def measurement_cells(self, name: str) -> int | None:
+        """How many values measurement `name` has (None: the step's tables check it)."""
+        return self.cells()
 
     def measurement_weights(self) -> tuple[float, ...]:
         """How a request's budget is shared among the step's measurements (equally by default)."""
@@ -244,10 +254,10 @@ class StepBase(Model):
 
 def check_lengths(step: StepBase, parts: Sequence[StepRelease]) -> None:
     """Raises: ProtocolError when a release's vectors do not have the step's number of cells."""
-    expected = step.cells()
     for part in parts:
         for m in part.measurements:
-            if len(m.values) != expected:
+            expected = step.measurement_cells(m.name)
+            if expected is not None and len(m.values) != expected:
                 raise ProtocolError(
                     f"step {step.id!r}: a release has {len(m.values)} cells, the spec defines {expected}"
                 )

@@ -1,11 +1,13 @@
-"""Time and bytes of one PSI-cardinality exchange (`privacy.psi`) between two agencies.
+"""Time and bytes of one overlap ring (`privacy.psi`) between three agencies.
 
-For 10k and 100k identifiers per agency (and 1M with `--full`, about 20 minutes on 2 cores),
-half of them shared: the holder's setup, the requester's request, the holder's response and the
-requester's count, each timed once in this process, with the bytes each message puts on the
-wire (relayed through the coordinator, so each crosses two links), and how both grow from one
-size to the next. The baseline in the same process is keying the identifiers (HMAC-SHA256),
-which any linkage must do. Prints figures; asserts nothing.
+For 10k and 100k identifiers per agency (and 1M with `--full`, about 40 minutes on 2 cores),
+a third of each agency's residents shared with each other agency and a tenth with both: every
+agency blinds its list, blinds the two others' in turn (the last hop sealed to the counter), and
+the counter counts. Each phase is timed at each agency in this process; in a federation the
+agencies work in parallel, so a run takes the slowest agency's time per phase (the critical
+path, printed). Bytes are what crosses the coordinator (each list up from one agency and down to
+the next, base64 as relayed). The baseline in the same process is keying the identifiers
+(HMAC-SHA256), which any linkage must do. Prints figures; asserts nothing.
 """
 
 from __future__ import annotations
@@ -13,56 +15,79 @@ from __future__ import annotations
 import sys
 import time
 
-from privacy.psi import OverlapHolder, OverlapRequester, keyed_identifiers
+from privacy.psi import Blinder, SealKey, keyed_identifiers, pattern_counts, ring_sources, sealed_for
 
 KEY = b"partnership-linkage-key-32-bytes"
+PARTIES = ["care", "health", "police"]
 
 
-def exchange(n: int) -> dict[str, float]:
-    ids_a = [f"RES{i:09d}X" for i in range(n)]
-    ids_b = [f"RES{i:09d}X" for i in range(n // 2, n // 2 + n)]
+def holdings(n: int) -> dict[str, list[str]]:
+    """Each agency's n identifiers: a third shared pairwise, a tenth with both others."""
+    both, pair = n // 10, n // 3
+    shared = [f"ALL{i:09d}" for i in range(both)]
+    out = {}
+    for i, p in enumerate(PARTIES):
+        nxt = PARTIES[(i + 1) % 3]
+        prv = PARTIES[(i - 1) % 3]
+        mine = [f"{p}{i:09d}" for i in range(n - both - 2 * pair)]
+        out[p] = (
+            shared
+            + [f"{p}{nxt}{k:09d}" for k in range(pair)]
+            + [f"{prv}{p}{k:09d}" for k in range(pair)]
+            + mine
+        )
+    return out
+
+
+def ring(n: int) -> dict[str, float]:
+    ids = holdings(n)
     started = time.perf_counter()
-    a, b = keyed_identifiers(ids_a, KEY), keyed_identifiers(ids_b, KEY)
-    keyed = time.perf_counter() - started
-    requester, holder = OverlapRequester({"all": a}), OverlapHolder({"all": b})
-    t0 = time.perf_counter()
-    setup = holder.setup(n)
-    t1 = time.perf_counter()
-    request = requester.request()
-    t2 = time.perf_counter()
-    response = holder.respond(request)
-    t3 = time.perf_counter()
-    (size,) = requester.sizes(setup, response)
-    t4 = time.perf_counter()
-    assert size >= n // 2  # a false positive may add one in a billion per item
-    moved = sum(len(m["all"]) for m in (setup, request, response))
-    return {
-        "keying": keyed,
-        "setup": t1 - t0,
-        "request": t2 - t1,
-        "response": t3 - t2,
-        "count": t4 - t3,
-        "total": t4 - t0,
-        "setup_bytes": len(setup["all"]),
-        "request_bytes": len(request["all"]),
-        "response_bytes": len(response["all"]),
-        "bytes": moved,
-    }
+    keyed = {p: keyed_identifiers(ids[p], KEY) for p in PARTIES}
+    keying = (time.perf_counter() - started) / len(PARTIES)
+    secrets = {p: Blinder.fresh() for p in PARTIES}
+    seal = SealKey.fresh()
+    phases: dict[str, float] = {}
+    moved = 0
+    lists = {}
+    slowest = 0.0
+    for p in PARTIES:
+        t = time.perf_counter()
+        lists[p] = secrets[p].blind([keyed[p]], n, ["all"])
+        slowest = max(slowest, time.perf_counter() - t)
+        moved += len(lists[p])
+    phases["blind"] = slowest
+    for hop in (1, 2):
+        slowest = 0.0
+        for applier, owner in ring_sources(PARTIES, hop).items():
+            t = time.perf_counter()
+            out = secrets[applier].reblind(lists[owner], 1, n)
+            if hop == 2:
+                out = sealed_for(seal.public, out)
+            slowest = max(slowest, time.perf_counter() - t)
+            moved += 2 * len(lists[owner]) if hop == 1 else len(lists[owner]) + len(out)
+            lists[owner] = out
+        phases[f"hop{hop}"] = slowest
+    moved += sum(len(v) for v in lists.values())  # down to the counter
+    t = time.perf_counter()
+    counts = pattern_counts([seal.open(lists[p]) for p in PARTIES], 1, n)
+    phases["count"] = time.perf_counter() - t
+    assert int(counts[0, -1]) == n // 10  # every resident known to all three found
+    return {**phases, "total": sum(phases.values()), "keying": keying, "bytes": moved * 4 / 3}
 
 
 def main() -> None:
     sizes = [10_000, 100_000] + ([1_000_000] if "--full" in sys.argv else [])
-    print("PSI cardinality, one area, half the identifiers shared (privacy.psi over openmined-psi 2.0.6)")
+    print("overlap ring, 3 agencies, one area (privacy.psi over PyNaCl/libsodium edwards25519)")
     print(
-        f"{'ids/agency':>11} {'setup s':>8} {'request s':>9} {'response s':>10} {'count s':>8} {'total s':>8} "
+        f"{'ids/agency':>11} {'blind s':>8} {'hop1 s':>7} {'hop2 s':>7} {'count s':>8} {'run s':>7} "
         f"{'x keying':>9} {'MB moved':>9} {'B/id':>6}"
     )
     previous: dict[str, float] | None = None
     for n in sizes:
-        r = exchange(n)
+        r = ring(n)
         print(
-            f"{n:>11,} {r['setup']:>8.2f} {r['request']:>9.2f} {r['response']:>10.2f} {r['count']:>8.2f} "
-            f"{r['total']:>8.2f} {r['total'] / r['keying']:>9.0f} {r['bytes'] / 1e6:>9.2f} {r['bytes'] / n:>6.1f}"
+            f"{n:>11,} {r['blind']:>8.2f} {r['hop1']:>7.2f} {r['hop2']:>7.2f} {r['count']:>8.2f} {r['total']:>7.2f} "
+            f"{r['total'] / r['keying']:>9.0f} {r['bytes'] / 1e6:>9.2f} {r['bytes'] / n:>6.1f}"
         )
         if previous is not None:
             print(
@@ -70,7 +95,7 @@ def main() -> None:
                 f"in bytes for x{n / previous['n']:.0f} identifiers"
             )
         previous = {**r, "n": n}
-    print("each message crosses two links (partner -> coordinator -> partner); double the bytes for the wire")
+    print("run s: the critical path (agencies work in parallel); bytes: every relay through the coordinator")
 
 
 if __name__ == "__main__":

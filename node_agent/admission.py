@@ -106,9 +106,10 @@ def admit(
         if not state.opens_run():
             opened = state.first_request_id()
             if not ledger.released(opened, spec.hash):
+                first = "blind phase of overlap" if rounds.flow == "ring" else "first round of model"
                 raise PolicyRefusal(
-                    f"this node did not release the first round of model run {state.run} ({opened}), so it "
-                    "takes no part in the run's later requests; nothing was spent"
+                    f"this node did not release the {first} run {state.run} ({opened}), "
+                    "so it takes no part in the run's later requests; nothing was spent"
                 )
         else:
             population = config.population_of(spec.dataset_of(rounds))

@@ -239,7 +239,8 @@ class NodeAgent:
         """
         try:
             admission = self.admit(request)
-            if admission.steps and self.config.policy.approval == "manual":
+            goes_on = admission.state is not None and admission.state.continues_approved()
+            if admission.steps and self.config.policy.approval == "manual" and not goes_on:
                 return self._file(admission, bundle_hash)
             return self._run(admission, bundle_hash)
         except Exception as exc:
@@ -382,6 +383,12 @@ class NodeAgent:
             with self._lock:
                 return self._audited(request, release, bundle_hash)
         rounds = admission.rounds_step
+        if rounds is not None and rounds.flow == "ring":
+            from node_agent.linkage import run_phase  # PyNaCl is imported only by overlap steps
+
+            released = run_phase(self, admission, bundle_hash)
+            log.info("released %s (%s) to %s", spec.name, request.request_id, request.requester)
+            return released
         if rounds is not None and rounds.flow == "fedavg":
             raise SpecError(
                 "an sgd step is trained by FedAvg train messages (`oda run` sends them), not queries"
@@ -399,7 +406,7 @@ class NodeAgent:
             data = {name: LocalData(self.frame(name)) for name in datasets}
             return tuple(release_steps(spec, steps, data, admission.state, self.config.policy.min_cell))
 
-        released = self._debited(admission, bundle_hash, compute, check)
+        released = self.debited(admission, bundle_hash, compute, check)
         log.info(
             "released %s (%s) to %s: %s",
             spec.name,
@@ -409,7 +416,7 @@ class NodeAgent:
         )
         return released
 
-    def _debited(
+    def debited(
         self,
         admission: Admission,
         bundle_hash: str,
@@ -459,6 +466,15 @@ class NodeAgent:
                 f"release of {spec.name!r} failed after its budget was reserved: {exc}"
             ) from exc
 
+    def free_release(
+        self, admission: Admission, bundle_hash: str, steps: tuple[StepRelease, ...]
+    ) -> Released:
+        """Audit and return a release that spends nothing: a later phase of a run whose first
+        request paid for everything it releases (an overlap step's hops and count)."""
+        release = self._release(admission.request, admission.spec.hash, steps, Rho(0.0), None, "released")
+        with self._lock:
+            return self._audited(admission.request, release, bundle_hash)
+
     def train(
         self, request: AnalysisRequest, weights: npt.NDArray[np.float64], bundle_hash: str = ""
     ) -> Trained:
@@ -506,7 +522,7 @@ class NodeAgent:
             )
             return (StepRelease(step.id, step.kind, "hidden", measurements),)
 
-        released = self._debited(admission, bundle_hash, compute, check)
+        released = self.debited(admission, bundle_hash, compute, check)
         request = admission.request
         log.info(
             "trained %s (%s) for %s: %s",

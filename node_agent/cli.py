@@ -44,6 +44,10 @@ _COMMANDS = [
     ("report", "write the HTML transparency report for the data protection officer"),
     ("reload", "apply node.yaml changes to the running node; requests held for approval are kept"),
     ("console", "a live page for the data protection officer on loopback: inbox, budget, what left"),
+    (
+        "linkage-key",
+        "make the partnership's linkage key for overlap steps, to share with partners out of band",
+    ),
 ]
 
 
@@ -115,6 +119,8 @@ def _parser() -> argparse.ArgumentParser:
             cmd.add_argument("--out", type=Path, default=None, help="export file (.csv or .jsonl)")
         if name == "report":
             cmd.add_argument("--out", type=Path, default=Path("transparency-report.html"))
+        if name == "linkage-key":
+            cmd.add_argument("file", type=Path, help="where to write the new key (never overwritten)")
     return parser
 
 
@@ -465,6 +471,18 @@ def main(argv: list[str] | None = None) -> int:
             return _audit(args.config, args.action, args.out)
         if command == "report":
             return _report(args.config, args.out)
+        if command == "linkage-key":
+            from node_agent.linkage import new_linkage_key
+
+            new_linkage_key(args.file)
+            print(
+                f"wrote a new 256-bit linkage key to {args.file} (owner-only). Every partner that takes part"
+            )
+            print(
+                "in overlap steps needs the same key: share it out of band (never through the coordinator),"
+            )
+            print("and point linkage.key_file in each node.yaml at it.")
+            return ExitCode.OK
         return _start(args.config, args.coordinator)
     except KeyboardInterrupt:
         logging.disable(logging.CRITICAL)  # Flower's threads would log their own ending after this line

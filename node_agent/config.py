@@ -24,6 +24,7 @@ __all__ = [
     "ALL_STEP_KINDS",
     "ColumnSpec",
     "DatasetConfig",
+    "LinkageConfig",
     "NodeConfig",
     "PolicyConfig",
     "RenewalConfig",
@@ -230,6 +231,17 @@ class TransportConfig(_Model):
     )
 
 
+class LinkageConfig(_Model):
+    """The partnership's linkage key, which every partner holds and the coordinator never does:
+    overlap steps key identifiers with it before anything is blinded (`privacy.psi`)."""
+
+    key_file: str = Field(
+        min_length=1,
+        description="file holding the key (64 or more hex digits), relative to node.yaml; "
+        "`oda-node linkage-key NEW_FILE` makes one to share with the other partners out of band",
+    )
+
+
 class NodeConfig(_Model):
     """The whole of `node.yaml`."""
 
@@ -242,6 +254,9 @@ class NodeConfig(_Model):
     transport: TransportConfig = TransportConfig()
     datasets: dict[str, DatasetConfig] = Field(min_length=1)
     policy: PolicyConfig
+    linkage: LinkageConfig | None = Field(
+        default=None, description="overlap steps only: the partnership's linkage key; default: none (refused)"
+    )
 
     @model_validator(mode="after")
     def _policy_matches(self) -> NodeConfig:
@@ -285,8 +300,18 @@ class NodeConfig(_Model):
                 "ca_cert": str((base / self.transport.ca_cert).resolve()) if self.transport.ca_cert else None,
             }
         )
+        linkage = (
+            self.linkage.model_copy(update={"key_file": str((base / self.linkage.key_file).resolve())})
+            if self.linkage is not None
+            else None
+        )
         return self.model_copy(
-            update={"data_dir": str(data_dir), "state_dir": str(state_dir), "transport": transport}
+            update={
+                "data_dir": str(data_dir),
+                "state_dir": str(state_dir),
+                "transport": transport,
+                "linkage": linkage,
+            }
         )
 
 

@@ -49,6 +49,8 @@ def _draw(run: BlueprintRun, output: OutputSpec) -> Figure:
         return _model_figure(run, output)
     table = run.table(output.id if output.kind in ("index", "ratio", "profile") else output.table or "")
     frame = table.frame
+    for column, wanted in output.where.items():
+        frame = frame[frame[column].astype(str) == wanted].reset_index(drop=True)
     notes = [*table.notes]
     if output.kind == "table":
         return Figure(output, html_table(frame), notes)

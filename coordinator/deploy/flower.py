@@ -23,8 +23,8 @@ import ssl
 import threading
 import time
 import weakref
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from typing import NamedTuple, TypeVar, cast
 
 import httpx
@@ -155,11 +155,13 @@ def exchange(
     timeout: float,
     watch: RunWatch | None = None,
     names: dict[int, str] | None = None,
+    relays: Mapping[str, str] | None = None,
 ) -> list[NodeReply]:
     """Send a request to every node of the federation and collect one reply each, telling
     `watch` (nodes named by `names` where known) and stopping when it cancels the run. A node
     in `names` (the registered nodes) that is not connected gets no request and is answered
-    for as offline, so a run names every partner it did not hear from.
+    for as offline, so a run names every partner it did not hear from. With `relays` (node
+    name, or id where unnamed -> relay), only those nodes get the request, each its own relay.
 
     Raises:
         RunCancelled: `watch` cancelled the run; the nodes still to answer were told to
@@ -167,16 +169,28 @@ def exchange(
     """
     node_ids = list(grid.get_node_ids())
     label = (names or {}).get
+
+    def named(node: int) -> str:
+        return label(node) or str(node)
+
+    expected = sorted(relays) if relays is not None else sorted(set((names or {}).values()))
+    connected = {named(n) for n in node_ids}
     offline = [
         NodeReply(
             name, Refusal(name, "timeout", "Offline", "offline: not connected when the request went out")
         )
-        for node, name in sorted((names or {}).items())
-        if node not in node_ids
+        for name in expected
+        if name not in connected
     ]
-    content = RecordDict({"request": ConfigRecord({"json": request.to_json()})})
+    if relays is not None:
+        node_ids = [n for n in node_ids if named(n) in relays]
+
+    def content(node: int) -> RecordDict:
+        sent = request if relays is None else replace(request, relay=relays[named(node)])
+        return RecordDict({"request": ConfigRecord({"json": sent.to_json()})})
+
     ttl = max(timeout + TTL_MARGIN, 30.0)
-    messages = [Message(content, n, MESSAGE_TYPE, ttl=ttl, group_id="") for n in node_ids]
+    messages = [Message(content(n), n, MESSAGE_TYPE, ttl=ttl, group_id="") for n in node_ids]
     ids = _push(grid, messages)
     pending = {mid: n for mid, n in zip(ids, node_ids, strict=True) if mid}
     if watch is not None:
@@ -424,9 +438,14 @@ class FlowerLink:
         return {n.node_id: n.name for n in self.list_nodes() if n.name and n.status != "unregistered"}
 
     def broadcast(
-        self, request: AnalysisRequest, timeout: float, watch: RunWatch | None = None
+        self,
+        request: AnalysisRequest,
+        timeout: float,
+        watch: RunWatch | None = None,
+        relays: Mapping[str, str] | None = None,
     ) -> list[NodeReply]:
-        """Start a run, send `request` to every node, and return their replies.
+        """Start a run, send `request` to every node (or, with `relays`, to those named, each
+        with its own relay), and return their replies.
 
         Raises:
             FederationError: the SuperLink cannot be reached or refuses the run.
@@ -435,7 +454,7 @@ class FlowerLink:
         names = self.names()
         grid, finish = self._open_run()
         try:
-            return exchange(grid, request, timeout, watch, names)
+            return exchange(grid, request, timeout, watch, names, relays)
         except httpx.HTTPError as exc:
             raise FederationError(f"lost the SuperLink at {self.address}: {exc}") from exc
         finally:
@@ -570,10 +589,14 @@ class GridTransport:
             time.sleep(POLL_INTERVAL)
 
     def broadcast(
-        self, request: AnalysisRequest, timeout: float, watch: RunWatch | None = None
+        self,
+        request: AnalysisRequest,
+        timeout: float,
+        watch: RunWatch | None = None,
+        relays: Mapping[str, str] | None = None,
     ) -> list[NodeReply]:
         self._wait_for_nodes()
-        return exchange(self._grid, request, timeout, watch)
+        return exchange(self._grid, request, timeout, watch, relays=relays)
 
     def fedavg(
         self,

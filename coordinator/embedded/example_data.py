@@ -5,6 +5,10 @@ Every column of a blueprint's dataset contract says how its example values are d
 in `example_holders`, with a `node.yaml` declaring exactly the contract's columns. Generators:
 
 - `id` (people with repeat rows: `repeat`, the mean rows per person),
+- `resident` (distinct residents of one population of `people` shared by every partner, as text
+  identifiers; residents with more `need`, a skew, are held by more partners: for linkage),
+- `home` (the home area of the resident in column `of`, the same at every partner: `people` as
+  that column's, more often in more deprived areas: `deprivation`),
 - `area` (public keys of the column's key set, more often in more deprived areas: `deprivation`),
 - `time` (a year of timestamps with an hour-of-day `profile`: night, day, evening, school),
 - `choice` (the contract's `allowed` values with probabilities `p`),
@@ -31,6 +35,7 @@ import yaml
 from analyses.blueprint import Blueprint, ColumnContract, DatasetContract, ParamValue
 from analyses.keysets import load_keyset
 from node_agent.keys import write_key_pair
+from node_agent.linkage import new_linkage_key
 from privacy.errors import SpecError
 
 __all__ = ["LAW_ENFORCEMENT_PARTNERS", "example_frame", "write_blueprint_federation"]
@@ -67,6 +72,26 @@ def _draw(
         if people >= rows:
             return rng.permutation(rows).astype(np.int64)
         return rng.integers(0, people, size=rows).astype(np.int64)
+    if gen == "resident":
+        people = int(spec["people"])
+        if rows > people:
+            raise SpecError(f"column {name!r}: gen resident draws {rows} rows from {people} people")
+        shared = np.random.default_rng([zlib.crc32(name.encode()), people])
+        need = shared.beta(0.6, float(spec.get("need", 2.0)), people) + 0.02
+        chosen = rng.choice(people, size=rows, replace=False, p=need / need.sum())
+        return np.asarray([f"R{i:09d}" for i in chosen], dtype=object)
+    if gen == "home":
+        if keyset is None:
+            raise SpecError(f"column {name!r}: gen home needs the column's keyset")
+        areas = np.asarray(load_keyset(keyset))
+        weights = np.exp(float(spec.get("deprivation", 0.0)) * _deprivation(keyset, 7))
+        people = int(spec["people"])
+        homes = np.random.default_rng([zlib.crc32(keyset.encode()), people]).choice(
+            len(areas), size=people, p=weights / weights.sum()
+        )
+        index = homes[[int(str(r)[1:]) for r in frame[str(spec["of"])]]]
+        deprivation[:] = _deprivation(keyset, 7)[index]
+        return areas[index]
     if gen == "area":
         if keyset is None:
             raise SpecError(f"column {name!r}: gen area needs the column's keyset")
@@ -186,6 +211,12 @@ def write_blueprint_federation(
         keys = folder / "keys"
         if not (keys / "node.key").exists():
             write_key_pair(keys)
+        shared = root / "linkage.key"  # the partnership's key, agreed out of band in life
+        if not shared.exists():
+            new_linkage_key(shared)
+        if not (keys / "linkage.key").exists():
+            shutil.copyfile(shared, keys / "linkage.key")
+            (keys / "linkage.key").chmod(0o600)
         config: dict[str, Any] = {"version": 1, "partner": partner, "data_dir": "data", "state_dir": "state"}
         if coordinator is not None:
             config["coordinator"] = coordinator
@@ -204,6 +235,7 @@ def write_blueprint_federation(
                     "min_cell": 5,
                     "law_enforcement": partner in LAW_ENFORCEMENT_PARTNERS,
                 },
+                "linkage": {"key_file": "keys/linkage.key"},
             }
         )
         path = folder / "node.yaml"

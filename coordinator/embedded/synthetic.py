@@ -8,6 +8,7 @@ so the demo exercises the column mapping of `node.yaml`.
 
 from __future__ import annotations
 
+import functools
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,11 +17,14 @@ import numpy as np
 import pandas as pd
 
 from analyses.keysets import load_keyset
+from coordinator.embedded.residents import MultiAgency, multi_agency_residents
 from node_agent.keys import write_key_pair
+from node_agent.linkage import new_linkage_key
 
 __all__ = [
     "PARTNERS",
     "area_deprivation",
+    "federation_residents",
     "generate_partner",
     "write_federation",
     "write_many",
@@ -145,6 +149,46 @@ def _write_data(data: Path, kind: str, rows: int, seed: int, stream: int) -> Non
     marker.touch()
 
 
+#: How each partner names the residents it knows and their area (linkage, issue 17).
+_RESIDENT_SOURCES = {
+    "police": ("nominal_ref", "home_lsoa"),
+    "fire": ("occupier_ref", "lsoa_code"),
+    "council": ("client_ref", "lsoa"),
+}
+
+
+def _write_residents(data: Path, partner: str, rows: int, seed: int) -> None:
+    """The residents `partner` knows (`residents.parquet`): one draw of families known to the
+    three partners with known overlaps (`residents.multi_agency_residents`), the same for all
+    three partners of one federation (same rows and seed), each writing identifiers its own way."""
+    marker = data / f".residents-{rows}-seed-{seed}"
+    if marker.exists():
+        return
+    world = federation_residents(rows, seed)
+    ident, area = _RESIDENT_SOURCES[partner]
+    held = world.holdings[partner].rename(columns={"resident_id": ident, "area": area})
+    held.to_parquet(data / "residents.parquet", index=False)
+    for old in data.glob(".residents-*"):
+        old.unlink()
+    marker.touch()
+
+
+@functools.lru_cache(maxsize=4)
+def federation_residents(rows: int, seed: int) -> MultiAgency:
+    """The residents behind a federation of `rows` and `seed`: its partners' holdings, and the
+    true overlaps the tests check the DP counts against."""
+    return multi_agency_residents(PARTNERS, list(load_keyset(KEYSET)), max(rows // 4, 300), seed=seed + 1000)
+
+
+def _linkage_key(root: Path) -> str:
+    """The federation's linkage key (hex), made once under `root` and shared by its partners:
+    what a partnership agrees out of band. The coordinator's folder never holds it."""
+    path = root / "linkage.key"
+    if not path.exists():
+        new_linkage_key(path)
+    return path.read_text().strip()
+
+
 def _node_yaml(partner: str, coordinator: str | None, poll: float, tls: bool) -> str:
     names = _SOURCE_NAMES[partner]
     col_types = {
@@ -159,9 +203,17 @@ def _node_yaml(partner: str, coordinator: str | None, poll: float, tls: bool) ->
         f"      {logical}: {{source: {names[logical]}, type: {ctype}}}"
         for logical, ctype in col_types.items()
     )
+    ident, home = _RESIDENT_SOURCES[partner]
+    residents = f"""
+  residents:
+    path: residents.parquet
+    identifier: resident_id
+    columns:
+      resident_id: {{source: {ident}, type: str}}
+      area: {{source: {home}, type: str}}"""
     households = ""
-    allowed = "[incidents]"
-    caps = "{incidents: 5.0}"
+    allowed = "[incidents, residents]"
+    caps = "{incidents: 5.0, residents: 5.0}"
     if partner == "council":
         households = """
   households:
@@ -172,8 +224,8 @@ def _node_yaml(partner: str, coordinator: str | None, poll: float, tls: bool) ->
       area: {type: str}
       deprivation_score: {type: int}
       members: {type: int}"""
-        allowed = "[incidents, households]"
-        caps = "{incidents: 5.0, households: 5.0}"
+        allowed = "[incidents, residents, households]"
+        caps = "{incidents: 5.0, residents: 5.0, households: 5.0}"
     coordinator_line = f"coordinator: {coordinator}\n" if coordinator else ""
     if tls:
         coordinator_line += "transport: {ca_cert: keys/ca.crt, node_key: keys/node.key}\n"
@@ -189,13 +241,14 @@ datasets:
     path: incidents.parquet
     identifier: person_id
     columns:
-{columns}{households}
+{columns}{residents}{households}
 policy:
   allowed_datasets: {allowed}
   allowed_analyses: ["*"]
   max_rho_per_analysis: 1.0
   total_rho_cap: {caps}
   min_cell: 5
+linkage: {{key_file: keys/linkage.key}}
 """
 
 
@@ -219,9 +272,14 @@ def write_federation(
         data = folder / "data"
         data.mkdir(parents=True, exist_ok=True)
         _write_data(data, partner, max(int(rows * _SHARE[partner]), 100), seed, seed)
+        _write_residents(data, partner, rows, seed)
         keys = folder / "keys"
         if not (keys / "node.key").exists():
             write_key_pair(keys)
+        linkage = keys / "linkage.key"
+        if not linkage.exists():
+            linkage.write_text(_linkage_key(root) + "\n")
+            linkage.chmod(0o600)
         if ca_cert is not None:
             shutil.copyfile(ca_cert, keys / "ca.crt")
         config = folder / "node.yaml"

@@ -10,8 +10,8 @@ without processes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -36,17 +36,23 @@ class InProcessTransport:
     agents: Sequence[NodeAgent]
 
     def broadcast(
-        self, request: AnalysisRequest, timeout: float, watch: RunWatch | None = None
+        self,
+        request: AnalysisRequest,
+        timeout: float,
+        watch: RunWatch | None = None,
+        relays: Mapping[str, str] | None = None,
     ) -> list[NodeReply]:
-        """Every agent answers `request`; one filed for manual approval is refused as pending
-        (nobody can approve it while the call waits)."""
-        payload = request.to_bytes()
+        """Every agent answers `request` (with `relays`, only those named, each with its own
+        relay); one filed for manual approval is refused as pending (nobody can approve it
+        while the call waits)."""
+        agents = [a for a in self.agents if relays is None or a.config.partner in relays]
         replies = []
         if watch is not None:
-            watch.sent(request.request_id, [a.config.partner for a in self.agents])
-        for agent in self.agents:
+            watch.sent(request.request_id, [a.config.partner for a in agents])
+        for agent in agents:
             stop_if_cancelled(watch)
-            ans = answer(agent, payload)
+            sent = request if relays is None else replace(request, relay=relays[agent.config.partner])
+            ans = answer(agent, sent.to_bytes())
             replies.append(_decoded(agent, answer_pending(agent) if ans.pending is not None else ans))
             if watch is not None:
                 watch.replied(request.request_id, agent.config.partner, replies[-1])

@@ -2,10 +2,10 @@
 
 Transport-agnostic: anything that implements `Transport` will do (the Flower link, or the
 in-process twin). A spec is loaded once (`LoadedSpec`) and travels as it is; how it runs follows
-from its steps: one request (`once`), Newton rounds (`rounds`, `coordinator.run.models`), or
-Flower's FedAvg (`fedavg`). When no partner released anything, the error raised is typed by
-what the nodes said (a budget refusal is a `BudgetExhausted`, so the CLI exits with the budget
-code).
+from its steps: one request (`once`), Newton rounds (`rounds`, `coordinator.run.models`),
+Flower's FedAvg (`fedavg`), or the phases of a linkage ring (`ring`, `coordinator.run.linkage`).
+When no partner released anything, the error raised is typed by what the nodes said (a budget
+refusal is a `BudgetExhausted`, so the CLI exits with the budget code).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 
 from analyses.aggregate import combine
 from analyses.spec import LoadedSpec, load_spec
+from coordinator.run.linkage import run_overlap
 from coordinator.run.models import run_model, run_sgd
 from coordinator.run.outputs import write_outputs
 from coordinator.run.replies import collect, require_holders
@@ -57,6 +58,8 @@ def run_analysis(
         result = run_model(loaded, transport, context, timeout)
     elif flow == "fedavg":
         result = run_sgd(loaded, transport, context, timeout)
+    elif flow == "ring":
+        result = run_overlap(loaded, transport, context, timeout)
     else:
         request = context.request(uuid.uuid4().hex, loaded.text)
         replies = transport.broadcast(request, timeout, context.watch)

@@ -9,7 +9,7 @@ bytes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -106,10 +106,21 @@ class RunContext:
     quorum: Quorum | None = None
 
     def request(
-        self, request_id: str, spec_yaml: str, state: dict[str, object] | None = None
+        self,
+        request_id: str,
+        spec_yaml: str,
+        state: dict[str, object] | None = None,
+        relay: str | None = None,
     ) -> AnalysisRequest:
         return AnalysisRequest(
-            PROTOCOL_VERSIONS[-1], request_id, self.requester, spec_yaml, state, self.run_id, self.purpose
+            PROTOCOL_VERSIONS[-1],
+            request_id,
+            self.requester,
+            spec_yaml,
+            state,
+            self.run_id,
+            self.purpose,
+            relay,
         )
 
 
@@ -152,10 +163,16 @@ class Transport(Protocol):
     """A way to reach every node of a federation."""
 
     def broadcast(
-        self, request: AnalysisRequest, timeout: float, watch: RunWatch | None = None
+        self,
+        request: AnalysisRequest,
+        timeout: float,
+        watch: RunWatch | None = None,
+        relays: Mapping[str, str] | None = None,
     ) -> list[NodeReply]:
         """Send `request` to every node and return one reply each (a refusal of kind
         `timeout` for a node that did not answer in `timeout` seconds), telling `watch`.
+        With `relays` (node as this transport names it -> relay), only those nodes get the
+        request, each with its own relay (an overlap step's hops).
 
         Raises:
             RunCancelled: `watch` said the run was cancelled while replies were awaited.

@@ -272,7 +272,7 @@ def test_a_renewal_that_starts_in_the_future_does_not_open_the_caps(police: Path
     text = police.read_text().replace(
         "policy:\n", "policy:\n  renewal: {every_days: 30, start: 2999-01-01}\n", 1
     )
-    text = text.replace("{incidents: 5.0}", "{incidents: 0.25}")
+    text = text.replace("incidents: 5.0", "incidents: 0.25")
     police.write_text(text)
     agent = NodeAgent(load_node_config(police))
     try:

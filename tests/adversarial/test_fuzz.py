@@ -123,7 +123,7 @@ def agent(federation_data: dict[str, Path], tmp_path_factory: pytest.TempPathFac
     state = tmp_path_factory.mktemp("fuzz-state")
     text = source.read_text().replace("data_dir: data", f"data_dir: {source.parent / 'data'}")
     text = text.replace("state_dir: state", f"state_dir: {state}")
-    text = text.replace("{incidents: 5.0}", "{incidents: 100.0}")
+    text = text.replace("incidents: 5.0", "incidents: 100.0")
     path = state / "node.yaml"
     path.write_text(text)
     made = NodeAgent(load_node_config(path))

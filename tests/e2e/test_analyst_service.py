@@ -22,7 +22,8 @@ from node_agent.inbox import Inbox
 from node_agent.ledger import Ledger
 from privacy.errors import AccessDenied
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+# one worker runs this module, so its module fixture is set up once (pytest-xdist)
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.xdist_group("analyst_service")]
 
 SPEC = """
 version: 1

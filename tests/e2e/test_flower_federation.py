@@ -16,7 +16,8 @@ from coordinator.embedded.federation import EmbeddedFederation
 from coordinator.run.orchestrator import run_analysis
 from tests.conftest import SPECS
 
-pytestmark = pytest.mark.e2e
+# one worker runs this module, so its module fixture is set up once (pytest-xdist)
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("flower_federation")]
 
 
 @pytest.fixture(scope="module")
@@ -213,3 +214,75 @@ def test_a_budget_refusal_reaches_oda_run_as_the_budget_exit_code(tmp_path: Path
     assert proc.returncode == 14, proc.stderr[-2000:]
     assert "requested rho 0.9" in proc.stderr and "remaining rho 0.5" in proc.stderr
     assert "short by rho 0.4" in proc.stderr and "(exit 14:" in proc.stderr
+
+
+def test_an_overlap_runs_over_flower_and_nothing_the_coordinator_writes_holds_an_identifier(
+    federation: EmbeddedFederation, tmp_path: Path
+) -> None:
+    """The ring over real node processes: every phase relayed by the SuperLink, the counts
+    near the generator's truth, and no identifier, keyed or unkeyed hash of one in any file the
+    coordinator side wrote (its folder, its processes' logs, the run's outputs)."""
+    pytest.importorskip("nacl.bindings", reason="PyNaCl is installed with oda-federated[linkage]")
+    import hashlib
+
+    import numpy as np
+    import pandas as pd
+
+    from analyses import load_keyset
+    from coordinator.embedded.synthetic import federation_residents
+    from privacy.psi import keyed_identifiers, normalise_identifier
+
+    areas = list(load_keyset("coventry_lsoa11"))[:40]
+    spec = f"""
+version: 1
+name: known-to-agencies
+dataset: residents
+privacy: {{rho: 0.5, unit: {{identifier: resident_id, max_rows: 1}}}}
+steps:
+  - {{kind: overlap, id: known, area: {{column: area, values: {json.dumps(areas)}}}, max_per_area: 256}}
+"""
+    link = federation.link()
+    try:
+        result = run_analysis(spec, link, out_dir=tmp_path / "out", timeout=120)
+    finally:
+        link.close()
+    combos = next(t.frame for t in result.tables if t.name == "known")
+    assert sorted(combos["agencies"].unique()) == [
+        "council+fire",
+        "council+fire+police",
+        "council+police",
+        "fire+police",
+    ]
+    world = federation_residents(federation.rows, federation.seed)
+    errors, stated = [], []
+    for label, block in combos.groupby("agencies"):
+        truth = world.overlap(str(label).split("+")).reindex(areas, fill_value=0)
+        shown = block.set_index("area")["count"].reindex(areas)
+        published = shown.notna()
+        errors += list(np.abs(shown[published] - truth[published]))
+        stated += list(block.set_index("area")["count_accuracy95"].reindex(areas)[published])
+    # the coverage at 95% is measured in tests/integration/test_overlap.py over 560 cells; here
+    # every cell the nodes' floors let through is within twice its stated accuracy (a miss has
+    # probability about 1e-4 a cell)
+    assert len(errors) >= 10 and all(e <= 2 * a for e, a in zip(errors, stated, strict=True))
+    written = [tmp_path / "out", federation.coordinator_dir]
+    logs = [federation.processes.log_path(n) for n in ("superlink", "fleet-proxy")]
+    data = b"".join(p.read_bytes() for root in written for p in root.rglob("*") if p.is_file()) + b"".join(
+        p.read_bytes() for p in logs if p.exists()
+    )
+    key = bytes.fromhex((federation.work_dir / "linkage.key").read_text())
+    held = pd.read_parquet(federation.configs["police"].parent / "data" / "residents.parquet").iloc[:, 0]
+    for raw in held.head(200):
+        norm = normalise_identifier(raw)
+        keyed = bytes.fromhex(keyed_identifiers([raw], key)[0])
+        unkeyed = hashlib.sha256(norm.encode()).digest()
+        for needle in (
+            raw.encode(),
+            norm.encode(),
+            keyed,
+            keyed.hex().encode(),
+            unkeyed,
+            unkeyed.hex().encode(),
+        ):
+            assert needle not in data
+    assert key.hex().encode() not in data

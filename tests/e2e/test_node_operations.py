@@ -131,7 +131,7 @@ def test_kill_9_at_random_points_never_loses_a_debit(
     source = federation_data["police"]
     text = source.read_text().replace("data_dir: data", f"data_dir: {source.parent / 'data'}")
     text = text.replace("state_dir: state", f"state_dir: {tmp_path / 'state'}")
-    text = text.replace("{incidents: 5.0}", "{incidents: 100.0}")
+    text = text.replace("incidents: 5.0", "incidents: 100.0")
     config = tmp_path / "node.yaml"
     config.write_text(text)
     outbox = tmp_path / "outbox.jsonl"

@@ -17,7 +17,8 @@ from coordinator.run.transport import NodeReply
 from node_agent.agent import NodeAgent
 from node_agent.config import load_node_config
 
-pytestmark = pytest.mark.e2e
+# one worker runs this module, so its module fixture is set up once (pytest-xdist)
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("seam")]
 
 RELEASES = """
 version: 1

@@ -125,11 +125,14 @@ def test_oda_blueprint_cost_shows_what_a_resident_may_bear_against_the_cap(
         config.write(
             "populations:\n"
             "  families:\n"
-            "    datasets: {family_indicators: [police, council, health]}\n"
+            "    datasets:\n"
+            "      family_indicators: [police, council, health]\n"
+            "      known_residents: [police, council, health]\n"
             "    max_rho: 1.0\n"
         )
     capsys.readouterr()
     assert main(["blueprint", "cost", "troubled_families", "--coordinator", str(folder)]) == ExitCode.OK
     out = capsys.readouterr().out
-    # the blueprint spends 0.5 at each holder of family_indicators; three agencies may hold a family
+    # the blueprint spends 0.3 at each holder of family_indicators and 0.2 at each holder of
+    # known_residents (the same residents); three agencies may hold a family in each
     assert "population families: rho 1.5 a resident (held by up to 3 agencies); spent 0 of 1; REFUSED" in out

@@ -1,7 +1,8 @@
-"""Overlap counts on synthetic multi-agency residents (issue 17, the parts built so far): the
-generator's truth is consistent and clustered by family; PSI cardinality per area over each
-agency's own spellings finds exactly the true overlaps; and DP counts of them (OpenDP's integer
-Gaussian, as a node releases them) cover the truth at their stated 95% accuracy."""
+"""Overlap counts on synthetic multi-agency residents (issue 17): the generator's truth is
+consistent and clustered by family; the blinding ring over each agency's own spellings finds
+exactly the residents known to each combination of agencies, per area; and DP counts of them
+(OpenDP's integer Gaussian, as the counting node releases them) cover the truth at their stated
+95% accuracy."""
 
 from __future__ import annotations
 
@@ -37,34 +38,50 @@ def test_the_generator_is_seeded_consistent_and_clustered_by_family() -> None:
     )
 
 
-def test_psi_per_area_finds_the_true_overlaps_and_dp_counts_cover_them() -> None:
-    pytest.importorskip("private_set_intersection.python", reason="openmined-psi is installed by ./dev setup")
-    from privacy.psi import OverlapHolder, OverlapRequester, keyed_identifiers, padded
+def test_the_ring_finds_every_true_combination_and_dp_counts_cover_them() -> None:
+    pytest.importorskip("nacl.bindings", reason="PyNaCl is installed with oda-federated[linkage]")
+    from privacy.psi import (
+        Blinder,
+        combination_masks,
+        keyed_identifiers,
+        mask_parties,
+        pattern_counts,
+        ring_sources,
+    )
 
-    world = multi_agency_residents(["police", "care"], AREAS, 1500, seed=7)
+    world = multi_agency_residents(["police", "care", "health"], AREAS, 1500, seed=7)
+    parties = sorted(world.holdings)
+    size = 96
+    secrets = {p: Blinder.fresh() for p in parties}
 
-    def sets(agency: str) -> dict[str, list[str]]:
+    def sets(agency: str) -> list[list[str]]:
         held = world.holdings[agency]
-        return {
-            area: padded(
-                keyed_identifiers(held.loc[held.area == area, "resident_id"].tolist(), KEY), 128, area
-            )
-            for area in AREAS
+        return [keyed_identifiers(held.loc[held.area == area, "resident_id"].tolist(), KEY) for area in AREAS]
+
+    lists = {p: secrets[p].blind(sets(p), size, AREAS) for p in parties}
+    for hop in range(1, len(parties)):
+        lists = {
+            owner: secrets[applier].reblind(lists[owner], len(AREAS), size)
+            for applier, owner in ring_sources(parties, hop).items()
         }
+    counts = pattern_counts([lists[p] for p in parties], len(AREAS), size)
+    masks = combination_masks(len(parties))
+    r = world.residents.set_index("area")
+    for j, mask in enumerate(masks):  # exactly these agencies, every spelling normalised
+        chosen = mask_parties(mask, parties)
+        others = [p for p in parties if p not in chosen]
+        exact = r[r[list(chosen)].all(axis=1) & ~r[others].any(axis=1)].groupby(level=0).size()
+        assert counts[:, j].tolist() == exact.reindex(AREAS, fill_value=0).tolist(), chosen
+    assert int(counts.sum()) > 100
 
-    requester, holder = OverlapRequester(sets("police")), OverlapHolder(sets("care"))
-    setup = holder.setup(128)
-    sizes = requester.sizes(setup, holder.respond(requester.request()))
-    truth = world.overlap(["police", "care"]).reindex(AREAS, fill_value=0).to_numpy()
-    assert sizes == truth.tolist()  # every agency's spelling normalised; padding matches nothing
-
+    truth = counts.reshape(-1)
     covered, tight = [], []
-    for _ in range(10):  # 400 DP releases of the 40 areas' counts
-        noisy = integer_gaussian(np.asarray(sizes, dtype=np.int64), 1, Rho(0.05))
+    for _ in range(4):  # 640 DP releases of the 40 areas' 4 combination counts
+        noisy = integer_gaussian(truth, 1, Rho(0.05))
         error = np.abs(np.asarray(noisy.values) - truth)
         covered.append(float(np.mean(error <= noisy.accuracy95)))
         tight.append(float(np.mean(error <= noisy.accuracy95 / 3)))
-    # 400 cells at 95% nominal: under 90% has probability below 1e-5; a third of the stated
+    # 640 cells at 95% nominal: under 90% has probability below 1e-7; a third of the stated
     # accuracy covers far less (the check can fail)
     assert float(np.mean(covered)) >= 0.90
     assert float(np.mean(tight)) < 0.80

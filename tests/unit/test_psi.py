@@ -1,94 +1,157 @@
-"""PSI cardinality per area (issue 17, its core): exact sizes at the requester, nothing the
-relay could match across runs, sizes hidden by padding, and every bad input refused by name."""
+"""The blinding ring (`privacy.psi`): exact combination counts per area for the counting agency,
+normalised spellings linked, nothing the relay could match across runs or invert, sizes hidden
+by padding, and every bad message refused by name."""
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping, Sequence
 
 import pytest
 
-pytest.importorskip("private_set_intersection.python", reason="openmined-psi is installed by ./dev setup")
+pytest.importorskip("nacl.bindings", reason="PyNaCl is installed with oda-federated[linkage]")
 
 from privacy.errors import ConfigError, ProtocolError, SpecError
-from privacy.psi import OverlapHolder, OverlapRequester, keyed_identifiers, normalise_identifier, padded
+from privacy.psi import (
+    POINT_BYTES,
+    Blinder,
+    combination_masks,
+    keyed_identifiers,
+    mask_parties,
+    normalise_identifier,
+    pattern_counts,
+    ring_sources,
+    sensitivity_cells,
+)
 
 KEY = b"k" * 32
 AREAS = ("E01009564", "E01009565", "E01009566")
-
-
-def _sets(ids: dict[str, list[str]], size: int) -> dict[str, list[str]]:
-    return {area: padded(keyed_identifiers(ids.get(area, []), KEY), size, area) for area in AREAS}
-
-
-def _exchange(
-    a: dict[str, list[str]], b: dict[str, list[str]], size: int = 64
-) -> tuple[list[int], list[bytes]]:
-    requester, holder = OverlapRequester(_sets(a, size)), OverlapHolder(_sets(b, size))
-    setup = holder.setup(size)
-    request = requester.request()
-    response = holder.respond(request)
-    relayed = [*setup.values(), *request.values(), *response.values()]
-    return requester.sizes(setup, response), relayed
-
+SIZE = 48
 
 POLICE = {
     "E01009564": [f"PNC-{i:08d}" for i in range(30)],
     "E01009565": ["AB 12 3c 456 7890", "NHS-00000000x1", "NHS-00000000x2"],
 }
 CARE = {
-    "E01009564": [f"pnc-{i:08d}" for i in range(20, 50)],  # 10 shared, in another case
+    "E01009564": [f"pnc-{i:08d}" for i in range(20, 50)],  # 10 shared with police, another case
     "E01009565": ["ab123C4567890", "NHS-00000000x3"],  # the same person, spelled differently
     "E01009566": ["NHS-00000000y1"],
 }
+HEALTH = {
+    "E01009564": [f"PNC-{i:08d}" for i in range(25, 27)] + [f"PNC-{i:08d}" for i in range(5, 8)],
+    "E01009566": ["NHS-00000000y1", "NHS-00000000x3"],  # x3: care has them in another area
+}
+HOLDINGS = {"care": CARE, "health": HEALTH, "police": POLICE}
 
 
-def test_the_requester_learns_each_areas_exact_overlap_and_normalisation_links_spellings() -> None:
-    sizes, _ = _exchange(POLICE, CARE)
-    assert sizes == [10, 1, 0]
+def _ring(holdings: Mapping[str, Mapping[str, Sequence[str]]]) -> tuple[list[bytes], list[bytes]]:
+    """The whole ring as the coordinator relays it: the fully blinded lists (name order) and
+    every message that crossed the relay."""
+    parties = sorted(holdings)
+    secrets = {p: Blinder.fresh() for p in parties}
+    lists = {
+        p: secrets[p].blind([keyed_identifiers(holdings[p].get(a, []), KEY) for a in AREAS], SIZE, AREAS)
+        for p in parties
+    }
+    relayed = list(lists.values())
+    for hop in range(1, len(parties)):
+        sources = ring_sources(parties, hop)
+        lists = {
+            owner: secrets[applier].reblind(lists[owner], len(AREAS), SIZE)
+            for applier, owner in sources.items()
+        }
+        relayed += list(lists.values())
+    return [lists[p] for p in parties], relayed
+
+
+def test_the_counting_agency_learns_every_combinations_exact_size_per_area() -> None:
+    final, _ = _ring(HOLDINGS)
+    counts = pattern_counts(final, len(AREAS), SIZE)
+    masks = combination_masks(3)
+    named = [mask_parties(m, sorted(HOLDINGS)) for m in masks]
+    assert named == [
+        ("care", "health"),
+        ("care", "police"),
+        ("health", "police"),
+        ("care", "health", "police"),
+    ]
+    # E01009564: police 0..29, care 20..49, health 25,26 and 5,6,7
+    # care+health only: none; exactly police+care: 20..29 but 25, 26 = 8; police+health only:
+    # 5, 6, 7 = 3; all three: 25, 26 = 2
+    assert counts[0].tolist() == [0, 8, 3, 2]
+    assert counts[1].tolist() == [0, 1, 0, 0]  # AB 12 3c... linked across spellings
+    assert counts[2].tolist() == [1, 0, 0, 0]  # y1 at care and health; x3 is in another area at care
     assert normalise_identifier(" AB 12\t3c ") == normalise_identifier("ab123C") == "ab123c"
 
 
-def test_two_runs_over_the_same_data_relay_nothing_in_common_and_no_identifier() -> None:
-    _, first = _exchange(POLICE, CARE)
-    _, second = _exchange(POLICE, CARE)
+def test_two_agencies_make_a_ring_of_one_hop() -> None:
+    final, relayed = _ring({"care": CARE, "police": POLICE})
+    assert len(relayed) == 4
+    assert pattern_counts(final, len(AREAS), SIZE)[:, 0].tolist() == [10, 1, 0]
 
-    def chunks(message: bytes) -> set[bytes]:
-        return {message[i : i + 16] for i in range(0, len(message) - 16, 4)}
 
-    shared = set.union(*map(chunks, first)) & set.union(*map(chunks, second))
-    assert not {c for c in shared if len(set(c)) > 4}  # no 16-byte run beyond protobuf framing
+def test_two_runs_relay_nothing_in_common_and_no_identifier_or_hash() -> None:
+    _, first = _ring(HOLDINGS)
+    _, second = _ring(HOLDINGS)
+
+    def points(messages: list[bytes]) -> set[bytes]:
+        return {m[i : i + POINT_BYTES] for m in messages for i in range(0, len(m), POINT_BYTES)}
+
+    assert not points(first) & points(second)  # fresh secrets and fresh padding each run
     everything = b"".join(first + second)
-    for ids in (*POLICE.values(), *CARE.values()):
-        for raw in ids:
-            keyed = keyed_identifiers([raw], KEY)[0]
-            unkeyed = hashlib.sha256(normalise_identifier(raw).encode()).hexdigest()
-            for needle in (raw, keyed, unkeyed, bytes.fromhex(keyed).hex()):
-                assert needle.encode() not in everything
-            assert bytes.fromhex(keyed) not in everything and bytes.fromhex(unkeyed) not in everything
+    for held in HOLDINGS.values():
+        for ids in held.values():
+            for raw in ids:
+                keyed = bytes.fromhex(keyed_identifiers([raw], KEY)[0])
+                unkeyed = hashlib.sha256(normalise_identifier(raw).encode()).digest()
+                for needle in (raw.encode(), keyed, unkeyed, keyed.hex().encode(), unkeyed.hex().encode()):
+                    assert needle not in everything
 
 
-def test_padding_makes_every_areas_messages_the_same_size() -> None:
-    _, relayed = _exchange(POLICE, CARE)
-    setups, requests, responses = relayed[0:3], relayed[3:6], relayed[6:9]
-    assert len({len(m) for m in requests}) == 1 and len({len(m) for m in responses}) == 1
-    assert max(len(m) for m in setups) - min(len(m) for m in setups) < 16  # compressed random points
+def test_every_message_has_the_public_size_whatever_the_areas_hold() -> None:
+    _, relayed = _ring(HOLDINGS)
+    assert {len(m) for m in relayed} == {len(AREAS) * SIZE * POINT_BYTES}
 
 
-def test_bad_inputs_are_refused_with_their_message() -> None:
+def test_sources_rotate_so_every_list_meets_every_other_secret() -> None:
+    parties = ["a", "b", "c", "d"]
+    met = {p: {p} for p in parties}
+    for hop in (1, 2, 3):
+        for applier, owner in ring_sources(parties, hop).items():
+            assert applier not in met[owner]
+            met[owner].add(applier)
+    assert all(m == set(parties) for m in met.values())
+    assert sensitivity_cells(3) == 1 and sensitivity_cells(4) == 2 and sensitivity_cells(2) == 1
+
+
+def test_bad_inputs_and_hostile_relays_are_refused_with_their_message() -> None:
     with pytest.raises(ConfigError, match="at least 32 bytes"):
         keyed_identifiers(["x"], b"short")
+    blinder = Blinder.fresh()
+    assert "secret" in repr(blinder) and blinder.scalar.hex() not in repr(blinder)
     with pytest.raises(
-        SpecError, match="area 'E01' has more identifiers than the spec's max_per_area \\(2\\)"
+        SpecError, match="area 'E01' has 3 residents, more than the spec's max_per_area \\(2\\)"
     ):
-        padded(["a", "b", "c"], 2, "E01")
-    assert len(padded(["a", "a", "b"], 3, "E01")) == 3  # duplicates count once
-    holder = OverlapHolder(_sets(CARE, 64))
-    with pytest.raises(ProtocolError, match="malformed overlap request for area 'E01009564'"):
-        holder.respond(dict.fromkeys(AREAS, b"\xff\x00not protobuf"))
-    with pytest.raises(ProtocolError, match="areas that are not the spec's"):
-        holder.respond({"E0100": b""})
-    requester = OverlapRequester(_sets(POLICE, 64))
-    with pytest.raises(ProtocolError, match="overlap setup has areas"):
-        requester.sizes({}, {})
-    with pytest.raises(ProtocolError, match="malformed overlap message for area"):
-        requester.sizes(dict.fromkeys(AREAS, b"\x01"), dict.fromkeys(AREAS, b"\x02"))
+        blinder.blind([keyed_identifiers(["a", "b", "c"], KEY)], 2, ["E01"])
+    assert len(blinder.blind([keyed_identifiers(["a", "A", "b"], KEY)], 2, ["E01"])) == 2 * POINT_BYTES
+    with pytest.raises(ProtocolError, match="has 31 bytes; 1 areas of 1 points need 32"):
+        blinder.reblind(b"\x01" * 31, 1, 1)
+    with pytest.raises(ProtocolError, match="invalid point \\(area 0, item 0\\)"):
+        blinder.reblind(b"\x00" * 32, 1, 1)  # small order
+    nacl = pytest.importorskip("nacl.bindings")
+    point = blinder.blind([keyed_identifiers(["a"], KEY)], 1, ["E01"])
+    order_two = bytes.fromhex("ec" + "ff" * 30 + "7f")
+    shifted = nacl.crypto_core_ed25519_add(point, order_two)  # a point with a torsion part
+    with pytest.raises(ProtocolError, match="invalid point \\(area 0, item 1\\)"):
+        blinder.reblind(point + shifted, 1, 2)
+    with pytest.raises(SpecError, match="over 4,000,000 points per list"):
+        blinder.reblind(b"", 4001, 1000)
+    good = blinder.blind([keyed_identifiers(["a"], KEY)], 2, ["E01"])
+    with pytest.raises(ProtocolError, match="blinded list 1 holds one point twice"):
+        pattern_counts([good, good[:32] * 2], 1, 2)
+    with pytest.raises(ProtocolError, match="needs 2 to 8 lists, not 1"):
+        pattern_counts([good], 1, 2)
+    with pytest.raises(SpecError, match="needs 2 to 8 agencies, not 1"):
+        ring_sources(["a"], 1)
+    with pytest.raises(SpecError, match=r"hop 2 is outside 1\.\.1"):
+        ring_sources(["a", "b"], 2)
