@@ -1,6 +1,6 @@
 """Time and bytes of one overlap ring (`privacy.psi`) between three agencies.
 
-For 10k and 100k identifiers per agency (and 1M with `--full`, about 40 minutes on 2 cores),
+For 10k and 100k identifiers per agency (and 1M with `--full`, about 25 minutes on one core),
 a third of each agency's residents shared with each other agency and a tenth with both: every
 agency blinds its list, blinds the two others' in turn (the last hop sealed to the counter), and
 the counter counts. Each phase is timed at each agency in this process; in a federation the

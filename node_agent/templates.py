@@ -35,6 +35,9 @@ policy:                            # fail closed: anything not allowed here is r
   # renewal: {{every_days: 365, start: 2026-04-01}}
   min_cell: 10                     # smaller noisy counts are not published
   approval: manual                 # manual: requests wait for `oda-node approve ID`
+# linkage: {{key_file: keys/linkage.key}}  # overlap steps only: the partnership's shared key
+#                                   (`oda-node linkage-key FILE`; share it out of band, never
+#                                   through the coordinator); without it overlaps are refused
 """
 
 

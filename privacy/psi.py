@@ -27,9 +27,11 @@ from padding and are never counted here). Those sizes exist only inside its proc
 
 Every message from the relay is checked before use: its length, each point on the curve and in
 the prime-order subgroup (no small-order tricks to learn a secret's low bits), and no point twice
-in one list (so a relay that copies points cannot make one resident count in many cells: each
-resident is at most one point in each of the n lists, so at most floor(n/2) cells of two or more
-agencies). Pure: no transport, no files.
+in one list. The counts' sensitivity rests on each of the n lists being its own agency's: a
+resident is then at most one point in each list, so in at most floor(n/2) cells of two or more
+agencies. The tags (`tag`, checked by every agency at every hop and by the counter) are what
+keep a relay from putting one agency's list in two places, which would make its padding count
+as matches. Pure: no transport, no files.
 """
 
 from __future__ import annotations

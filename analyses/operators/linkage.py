@@ -44,8 +44,11 @@ from privacy.errors import InternalError, ProtocolError, SpecError
 from privacy.psi import MAX_PARTIES, combination_masks
 from privacy.unit import PrivacyUnit
 
-__all__ = ["PARTNER", "STEPS", "OverlapStep", "RingState"]
+__all__ = ["MAX_POINTS", "PARTNER", "STEPS", "OverlapStep", "RingState"]
 
+#: Most points in one agency's list (areas x max_per_area): its base64 in a node's reply stays
+#: under the Fleet proxy's 16 MB body limit (`coordinator.deploy.proxy.MAX_BODY_BYTES`).
+MAX_POINTS = 350_000
 #: What a partner name looks like (node.yaml's `partner`).
 PARTNER = r"^[A-Za-z0-9_.-]{1,80}$"
 
@@ -140,8 +143,13 @@ class OverlapStep(StepBase):
                 len(combination) < 2 or len(set(combination)) != len(combination)
             ):
                 raise ValueError("a named combination lists two or more distinct partners")
-        if len(self.area.keys()) * self.max_per_area > 4_000_000:
-            raise ValueError("areas x max_per_area is over 4,000,000 points per agency: use fewer areas")
+        points = len(self.area.keys()) * self.max_per_area
+        if points > MAX_POINTS:
+            raise ValueError(
+                f"{len(self.area.keys()):,} areas x max_per_area {self.max_per_area:,} is {points:,} points "
+                f"per agency, over {MAX_POINTS:,} (a node's reply carries its list, and the Fleet proxy "
+                "takes at most 16 MB): use fewer areas or a smaller max_per_area"
+            )
         return self
 
     # -- shape ------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ Bounded for CI (`ODA_FUZZ_EXAMPLES`, default 150 per test); by hand, e.g.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -124,6 +125,7 @@ def agent(federation_data: dict[str, Path], tmp_path_factory: pytest.TempPathFac
     text = source.read_text().replace("data_dir: data", f"data_dir: {source.parent / 'data'}")
     text = text.replace("state_dir: state", f"state_dir: {state}")
     text = text.replace("incidents: 5.0", "incidents: 100.0")
+    text = text.replace("key_file: keys/", f"key_file: {source.parent / 'keys'}/")
     path = state / "node.yaml"
     path.write_text(text)
     made = NodeAgent(load_node_config(path))
@@ -160,3 +162,60 @@ def test_the_request_handler_answers_any_envelope_with_a_release_or_a_typed_refu
         agent.handle(request)
     except UserError:
         assert agent.ledger.spent("incidents").value == before  # a refusal spends nothing
+
+
+OVERLAP = """
+version: 1
+name: fuzz-overlap
+dataset: residents
+privacy: {rho: 0.2, unit: {identifier: resident_id, max_rows: 1}}
+steps:
+  - {kind: overlap, id: known, area: {column: area, values: [E01009564, E01009565]}, max_per_area: 64}
+"""
+names = st.sampled_from(["police", "fire", "council", "evil", ""])
+blobs = st.binary(max_size=200).map(lambda b: base64.b64encode(b).decode())
+relay_fields = st.fixed_dictionaries(
+    {},
+    optional={
+        "owner": st.one_of(names, scalars),
+        "list": st.one_of(blobs, scalars),
+        "tag": st.one_of(st.text(alphabet="0123456789abcdef", min_size=64, max_size=64), scalars),
+        "seal": st.one_of(st.text(alphabet="0123456789abcdef", min_size=64, max_size=64), scalars),
+        "seal_tag": scalars,
+        "lists": st.one_of(
+            st.dictionaries(names, st.fixed_dictionaries({"list": blobs, "tag": scalars})), trees
+        ),
+    },
+)
+phases = st.fixed_dictionaries(
+    {"run": st.just("ov-fuzz"), "phase": st.sampled_from(["hop", "count", "blind", "other"])},
+    optional={
+        "hop": st.one_of(st.integers(-1, 9), scalars),
+        # mostly the real ring, so the relay's own checks are reached
+        "parties": st.one_of(st.just(["council", "fire", "police"]), st.lists(names, max_size=4), trees),
+        "counter": st.one_of(st.just("council"), names, scalars),
+    },
+)
+
+
+@pytest.fixture(scope="module")
+def blinded(agent: NodeAgent) -> NodeAgent:
+    """The fuzzed node after it blinded in run ov-fuzz (its secrets kept for the later phases)."""
+    pytest.importorskip("nacl.bindings", reason="PyNaCl is installed with oda-federated[linkage]")
+    agent.handle(
+        AnalysisRequest(1, "ov-fuzz-blind", "central", OVERLAP, {"run": "ov-fuzz", "phase": "blind"})
+    )
+    return agent
+
+
+@FUZZ
+@given(phases, st.one_of(relay_fields.map(json.dumps), any_text, st.none()))
+def test_an_overlap_phase_answers_any_state_and_relay_with_a_typed_refusal_and_spends_nothing(
+    blinded: NodeAgent, state: dict[str, Any], relay: str | None
+) -> None:
+    before = blinded.ledger.spent("residents").value
+    request_id = f"ov-fuzz-{state['phase']}{state.get('hop', '') if state['phase'] == 'hop' else ''}"
+    with contextlib.suppress(UserError):  # no valid tag can be guessed: every one is refused
+        blinded.handle(AnalysisRequest(1, request_id, "central", OVERLAP, state, relay=relay))
+        pytest.fail(f"an overlap phase was released for a fuzzed relay: {state} {relay!r:.200}")
+    assert blinded.ledger.spent("residents").value == before

@@ -10,7 +10,7 @@ import base64
 import hashlib
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -275,3 +275,57 @@ def test_a_node_without_the_key_or_with_a_full_area_refuses_before_spending(
         FederationError, match="an overlap needs two or more agencies, and only council blinded"
     ):
         run_analysis(SPEC, InProcessTransport([council]))
+
+
+@dataclass
+class Tampering:
+    """The twin behind a relay that rewrites one phase's relays before passing them on."""
+
+    inner: InProcessTransport
+    phase: str
+    rewrite: Callable[[dict[str, dict[str, object]]], None]
+
+    def broadcast(
+        self,
+        request: AnalysisRequest,
+        timeout: float,
+        watch: RunWatch | None = None,
+        relays: Mapping[str, str] | None = None,
+    ) -> list[NodeReply]:
+        if relays is not None and request.request_id.endswith(self.phase):
+            parsed = {node: json.loads(text) for node, text in relays.items()}
+            self.rewrite(parsed)
+            relays = {node: json.dumps(data) for node, data in parsed.items()}
+        return self.inner.broadcast(request, timeout, watch, relays)
+
+    def fedavg(self, *args: object, **kwargs: object) -> object:
+        raise NotImplementedError
+
+
+def _twice(relays: dict[str, dict[str, object]]) -> None:
+    lists = relays["council"]["lists"]
+    assert isinstance(lists, dict)
+    lists["fire"] = lists["police"]  # police's sealed list, with its tag, in fire's place
+
+
+def _swap(relays: dict[str, dict[str, object]]) -> None:
+    relays["council"], relays["fire"] = relays["fire"], relays["council"]
+
+
+@pytest.mark.parametrize(
+    ("phase", "rewrite", "why"),
+    [
+        ("-count", _twice, "fire's sealed list does not carry its tag"),
+        ("-hop2", _swap, "at hop 2 this node blinds"),
+    ],
+)
+def test_a_relay_that_moves_a_list_to_another_place_stops_the_ring(
+    agents: list[NodeAgent], phase: str, rewrite: Callable[[dict[str, dict[str, object]]], None], why: str
+) -> None:
+    """One agency's list put in another's place would make its padding count as matches (see
+    tests/unit/test_psi.py): the tags stop it, the run fails naming the refusal, and each
+    agency spent only its blind phase."""
+    with pytest.raises(FederationError, match=why):
+        run_analysis(SPEC, Tampering(InProcessTransport(agents), phase, rewrite))
+    for agent in agents:
+        assert [e.rho for e in agent.ledger.entries() if e.status == "committed"] == [pytest.approx(0.5)]

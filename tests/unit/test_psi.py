@@ -155,3 +155,49 @@ def test_bad_inputs_and_hostile_relays_are_refused_with_their_message() -> None:
         ring_sources(["a"], 1)
     with pytest.raises(SpecError, match=r"hop 2 is outside 1\.\.1"):
         ring_sources(["a", "b"], 2)
+
+
+def _counts(
+    holdings: Mapping[str, Mapping[str, Sequence[str]]], relay: Sequence[int] | None = None
+) -> list[int]:
+    """The combination counts of a full ring; `relay` picks which list the counter gets in each
+    place (a hostile relay may hand it one agency's list twice)."""
+    final, _ = _ring(holdings)
+    chosen = [final[i] for i in relay] if relay is not None else final
+    return [int(v) for v in pattern_counts(chosen, len(AREAS), SIZE).reshape(-1)]
+
+
+@pytest.mark.parametrize(
+    ("homes", "relay"),
+    [
+        ({"a": "E01009564", "b": "E01009565", "c": "E01009564"}, None),
+        ({"a": "E01009564", "b": "E01009564", "c": "E01009564"}, None),
+        ({"a": "E01009564", "b": "E01009565", "c": "E01009566", "d": "E01009564"}, None),
+        ({"a": "E01009564", "b": "E01009565", "c": "E01009564", "d": "E01009565"}, None),
+    ],
+)
+def test_one_resident_moves_at_most_sensitivity_cells_counts_by_one(
+    homes: dict[str, str], relay: list[int] | None
+) -> None:
+    """The counter's release is calibrated to sensitivity floor(n/2): removing one resident
+    (held by every agency, in whichever area each has them) changes the combination counts by at
+    most that much in L1."""
+    others = {p: {a: [f"{p}-{a}-{i}" for i in range(3)] for a in AREAS} for p in homes}
+    shared = {a: [f"SHARED-{a}-{i}" for i in range(4)] for a in AREAS}  # in every agency's lists
+    base = {p: {a: others[p][a] + shared[a] for a in AREAS} for p in homes}
+    with_x = {p: {a: base[p][a] + (["RESIDENT-X"] if homes[p] == a else []) for a in AREAS} for p in homes}
+    change = sum(abs(x - y) for x, y in zip(_counts(with_x, relay), _counts(base, relay), strict=True))
+    assert 1 <= change <= sensitivity_cells(len(homes))
+
+
+def test_a_relay_that_hands_the_counter_one_list_twice_would_move_more_cells() -> None:
+    """Why every list carries a tag binding it to its agency (checked by the counter, see
+    tests/integration/test_overlap.py): one agency's list in two places makes its padding count
+    as matches, so one resident would move two cells, past the calibrated sensitivity."""
+    homes = {"a": "E01009564", "b": "E01009565", "c": "E01009564"}
+    base = {p: {a: [f"{p}-{a}-{i}" for i in range(3)] for a in AREAS} for p in homes}
+    with_x = {p: {a: base[p][a] + (["RESIDENT-X"] if homes[p] == a else []) for a in AREAS} for p in homes}
+    change = sum(
+        abs(x - y) for x, y in zip(_counts(with_x, [0, 0, 2]), _counts(base, [0, 0, 2]), strict=True)
+    )
+    assert change == 2 > sensitivity_cells(3)
