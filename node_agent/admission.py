@@ -131,8 +131,12 @@ def _state(
     """The request's validated round state (only a held step that runs in rounds takes one).
 
     Raises:
-        SpecError: a state missing, malformed, or sent with an analysis that has no rounds.
+        SpecError: a state missing, malformed, or sent with an analysis that has no rounds; a
+            relay sent with an analysis that has no overlap step.
     """
+    phased = spec.rounds_step()
+    if request.relay is not None and (phased is None or phased.flow != "ring"):
+        raise SpecError("the request carries a relay, but the analysis has no overlap step to take one")
     if rounds is not None:
         return rounds.round_state(request.state, request.request_id)
     if request.state is not None and spec.rounds_step() is None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 import os
 import time
@@ -178,8 +179,27 @@ def _sweep(agent: NodeAgent) -> None:
             continue
 
 
-def _list_hash(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+def _list_tag(key: bytes, state: RingState, spec_hash: str, owner: str, hop: int, data: bytes) -> str:
+    """The tag of `owner`'s list after `hop` (0: as blinded, before the ring's agencies are named)."""
+    agencies = ",".join(state.parties) if hop else ""
+    return tag(key, state.run, spec_hash, owner, str(hop), agencies, hashlib.sha256(data).hexdigest())
+
+
+@dataclass(frozen=True)
+class _Phase:
+    """One later phase at this node: the admitted request, its step and state, the key, the run."""
+
+    agent: NodeAgent
+    admission: Admission
+    bundle_hash: str
+    step: OverlapStep
+    state: RingState
+    key: bytes
+    run: _RunFile
+
+    def tagged(self, owner: str, hop: int, data: bytes, given: object) -> bool:
+        expected = _list_tag(self.key, self.state, self.admission.spec.hash, owner, hop, data)
+        return isinstance(given, str) and hmac.compare_digest(given, expected)
 
 
 def _b64(text: object, what: str) -> bytes:
@@ -227,9 +247,8 @@ def run_phase(agent: NodeAgent, admission: Admission, bundle_hash: str) -> Relea
         raise PolicyRefusal(
             f"overlap run {state.run} named other agencies or another counter before: refused"
         )
-    if state.phase == "hop":
-        return _hop(agent, admission, bundle_hash, step, state, key, run)
-    return _count(agent, admission, bundle_hash, step, state, key, run)
+    phase = _Phase(agent, admission, bundle_hash, step, state, key, run)
+    return _hop(phase) if state.phase == "hop" else _count(phase)
 
 
 def _blind(
@@ -274,7 +293,7 @@ def _blind(
         relay = {
             "owner": me,
             "list": base64.b64encode(blinded).decode(),
-            "tag": tag(key, state.run, spec.hash, me, "0", "", _list_hash(blinded)),
+            "tag": _list_tag(key, state, spec.hash, me, 0, blinded),
             "seal": seal.public.hex(),
             "seal_tag": tag(key, state.run, spec.hash, "seal", me, seal.public),
         }
@@ -284,15 +303,15 @@ def _blind(
     return agent.debited(admission, bundle_hash, compute, check)
 
 
-def _hop(
-    agent: NodeAgent,
-    admission: Admission,
-    bundle_hash: str,
-    step: OverlapStep,
-    state: RingState,
-    key: bytes,
-    run: _RunFile,
-) -> Released:
+def _hop(phase: _Phase) -> Released:
+    agent, admission, step, state, key, run = (
+        phase.agent,
+        phase.admission,
+        phase.step,
+        phase.state,
+        phase.key,
+        phase.run,
+    )
     spec, me, parties = admission.spec, agent.config.partner, state.parties
     relay = _relay(admission.request.relay, "hop")
     owner = ring_sources(parties, state.hop)[me]
@@ -301,10 +320,7 @@ def _hop(
             f"at hop {state.hop} this node blinds {owner}'s list, and the relay holds another"
         )
     data = _b64(relay.get("list"), "list")
-    earlier = "" if state.hop == 1 else ",".join(parties)
-    if not tag_matches(
-        key, relay.get("tag"), state.run, spec.hash, owner, str(state.hop - 1), earlier, _list_hash(data)
-    ):
+    if not phase.tagged(owner, state.hop - 1, data, relay.get("tag")):
         raise ProtocolError(f"{owner}'s list at hop {state.hop - 1} does not carry its tag: refused")
     last = state.hop == len(parties) - 1
     seal = b""
@@ -321,22 +337,15 @@ def _hop(
     answer = {
         "owner": owner,
         "list": base64.b64encode(out).decode(),
-        "tag": tag(key, state.run, spec.hash, owner, str(state.hop), ",".join(parties), _list_hash(out)),
+        "tag": _list_tag(key, state, spec.hash, owner, state.hop, out),
     }
     release = StepRelease(step.id, step.kind, "hidden", (), relay=json.dumps(answer))
-    return agent.free_release(admission, bundle_hash, (release,))
+    return agent.free_release(admission, phase.bundle_hash, (release,))
 
 
-def _count(
-    agent: NodeAgent,
-    admission: Admission,
-    bundle_hash: str,
-    step: OverlapStep,
-    state: RingState,
-    key: bytes,
-    run: _RunFile,
-) -> Released:
-    spec, me, parties = admission.spec, agent.config.partner, state.parties
+def _count(phase: _Phase) -> Released:
+    agent, admission, step, state, run = phase.agent, phase.admission, phase.step, phase.state, phase.run
+    me, parties = agent.config.partner, state.parties
     if me != state.counter:
         raise PolicyRefusal(f"overlap run {state.run} is counted by {state.counter}, not this node")
     done = run.data.get("done", [])
@@ -354,27 +363,18 @@ def _count(
         if not isinstance(entry, dict):
             raise ProtocolError(f"malformed count relay entry for {owner}")
         data = _b64(entry.get("list"), f"{owner} list")
-        if not tag_matches(
-            key,
-            entry.get("tag"),
-            state.run,
-            spec.hash,
-            owner,
-            str(final),
-            ",".join(parties),
-            _list_hash(data),
-        ):
+        if not phase.tagged(owner, final, data, entry.get("tag")):
             raise ProtocolError(f"{owner}'s sealed list does not carry its tag: refused")
         opened.append(seal.open(data))
     run.done("count", state.run)
     run.save()
     counts = pattern_counts(opened, step.groups(), step.max_per_area)
-    share = shares(spec.request_budget(step.id), step.measurement_weights())[1]
+    share = shares(admission.spec.request_budget(step.id), step.measurement_weights())[1]
     noisy = integer_gaussian(counts.reshape(-1), sensitivity_cells(len(parties)), share)
     del counts, opened
     run.path.unlink(missing_ok=True)  # the run's secrets: no phase needs them any more
     release = StepRelease(step.id, step.kind, "hidden", (measurement_release("combinations", 1.0, noisy),))
-    return agent.free_release(admission, bundle_hash, (release,))
+    return agent.free_release(admission, phase.bundle_hash, (release,))
 
 
 def _hex(value: object) -> bool:

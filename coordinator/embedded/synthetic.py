@@ -236,6 +236,7 @@ partner: {partner}
 data_dir: data
 state_dir: state
 {coordinator_line}poll_interval: {poll}
+linkage: {{key_file: keys/linkage.key}}
 datasets:
   incidents:
     path: incidents.parquet
@@ -248,7 +249,6 @@ policy:
   max_rho_per_analysis: 1.0
   total_rho_cap: {caps}
   min_cell: 5
-linkage: {{key_file: keys/linkage.key}}
 """
 
 

@@ -80,9 +80,10 @@ def _phase(
     missing = sorted(set(relays) - set(got))
     if missing:
         why = "; ".join(f"{r.partner}: {r.kind}: {r.message}" for r in collected.refusals) or "no reply"
+        phase = f"hop {state.hop}" if state.phase == "hop" else state.phase
         raise FederationError(
-            f"overlap {state.phase} {state.hop or ''}: {', '.join(missing)} did not answer, so the ring "
-            f"stops there; what each partner spent at the blind phase is in the manifest ({why})"
+            f"overlap {phase}: {', '.join(missing)} did not answer, so the ring stops there and no "
+            f"table is published; each partner spent only its blind phase ({why})"
         )
     return got
 
@@ -90,12 +91,13 @@ def _phase(
 def run_overlap(
     loaded: LoadedSpec, transport: Transport, context: RunContext, timeout: float
 ) -> AnalysisResult:
-    """Run an overlap step's phases across the federation and assemble its tables.
+    """Run an overlap step's phases across the federation and assemble its tables. A run that
+    cannot finish (fewer than two agencies blinded, the spec's counter did not, or a partner left
+    the ring) comes back `stopped`, without tables, with every release it got: the nodes have
+    spent at the blind phase, and the manifest says so.
 
     Raises:
         UserError: nobody blinded (typed by the nodes' refusals).
-        FederationError: fewer than two agencies blinded, the counter named by the spec did not,
-            or a partner dropped out of the ring (the nodes have spent at the blind phase).
     """
     spec = loaded.spec
     step = spec.rounds_step()
@@ -112,19 +114,59 @@ def run_overlap(
     address = {r.partner: by_node[r.partner] for r in holders}
     parties = sorted(address)
     kept = [_without_relays(r) for r in collected.releases]
-    if len(parties) < 2:
-        raise FederationError(
-            f"an overlap needs two or more agencies, and only {', '.join(parties)} blinded "
-            "(what it spent is in the manifest)"
-        )
     counter = step.counted_by or parties[0]
-    if counter not in parties:
-        raise FederationError(
-            f"the spec's counted_by {counter!r} did not blind: the overlap cannot be counted"
+    if len(parties) < 2 or counter not in parties:
+        why = (
+            f"an overlap needs two or more agencies, and only {', '.join(parties)} blinded"
+            if len(parties) < 2
+            else f"the spec's counted_by {counter!r} did not blind: the overlap cannot be counted"
         )
+        return AnalysisResult(loaded, request.request_id, [], kept, refusals, stopped=why)
     relays = {r.partner: _relay(r, step) for r in holders}
     lists = {p: {"list": relays[p].get("list"), "tag": relays[p].get("tag")} for p in parties}
     seal = {"seal": relays[counter].get("seal"), "seal_tag": relays[counter].get("seal_tag")}
+    try:
+        count = _ring(
+            transport,
+            loaded,
+            context,
+            timeout,
+            step,
+            run,
+            parties,
+            counter,
+            address,
+            lists,
+            seal,
+            kept,
+            refusals,
+        )
+    except (FederationError, ProtocolError) as exc:  # a partner left the ring, or answered out of place
+        return AnalysisResult(loaded, request.request_id, [], kept, refusals, stopped=str(exc))
+    tables = combine(spec, [_without_relays(r) for r in [*holders, count]])
+    return AnalysisResult(loaded, request.request_id, tables, kept, refusals)
+
+
+def _ring(
+    transport: Transport,
+    loaded: LoadedSpec,
+    context: RunContext,
+    timeout: float,
+    step: OverlapStep,
+    run: str,
+    parties: list[str],
+    counter: str,
+    address: dict[str, str],
+    lists: dict[str, dict[str, Any]],
+    seal: dict[str, Any],
+    kept: list[NodeRelease],
+    refusals: list[Refusal],
+) -> NodeRelease:
+    """The hops and the count; the counter's release.
+
+    Raises:
+        FederationError, ProtocolError: a partner did not answer, or answered out of place.
+    """
     for hop in range(1, len(parties)):
         state = RingState(run=run, phase="hop", hop=hop, parties=tuple(parties), counter=counter)
         sources = ring_sources(parties, hop)
@@ -154,6 +196,4 @@ def run_overlap(
         kept,
         refusals,
     )
-    released = [*holders, got[counter]]
-    tables = combine(spec, [_without_relays(r) for r in released])
-    return AnalysisResult(loaded, request.request_id, tables, kept, refusals)
+    return got[counter]

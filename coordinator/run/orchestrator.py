@@ -22,6 +22,7 @@ from coordinator.run.outputs import write_outputs
 from coordinator.run.replies import collect, require_holders
 from coordinator.run.results import AnalysisResult
 from coordinator.run.transport import QuorumNotMet, RunContext, Transport
+from privacy.errors import FederationError
 
 __all__ = ["run_analysis"]
 
@@ -49,6 +50,8 @@ def run_analysis(
         RunCancelled: `context.watch` cancelled the run while it waited.
         QuorumNotMet: fewer partners released than `context.quorum` needs; no table is kept, and
             the manifest (written all the same) records what each partner spent.
+        FederationError: a partner left an overlap's ring; likewise, no table is kept and the
+            manifest records what each partner spent.
     """
     context = context or RunContext()
     started = time.perf_counter()
@@ -80,9 +83,9 @@ def run_analysis(
     if out_dir is not None:
         write_outputs(result, out_dir, context.quorum)
         result.out_dir = out_dir
+    where = f"; the manifest records what each partner spent: {out_dir / 'manifest.json'}" if out_dir else ""
     if result.quorum_unmet is not None:
-        where = (
-            f"; the manifest records what each partner spent: {out_dir / 'manifest.json'}" if out_dir else ""
-        )
         raise QuorumNotMet(result.quorum_unmet + where)
+    if result.stopped is not None:
+        raise FederationError(result.stopped + where)
     return result

@@ -146,6 +146,8 @@ def write_outputs(result: AnalysisResult, out_dir: Path, quorum: Quorum | None =
         "disclosure": disclosure(result),
         "seconds": round(result.seconds, 3),
     }
+    if result.stopped is not None:
+        manifest["stopped"] = result.stopped
     if quorum is not None:
         manifest["quorum"] = {
             **quorum.to_json(),

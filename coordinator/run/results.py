@@ -31,6 +31,9 @@ class AnalysisResult:
     model_check: ModelCheck | None = None
     #: Why the run's quorum was not met (its tables are then withheld), or None.
     quorum_unmet: str | None = None
+    #: Why the run stopped before its tables (a partner left an overlap's ring), or None: no
+    #: table is kept, and the manifest records what each partner spent.
+    stopped: str | None = None
 
     @property
     def spec(self) -> AnalysisSpec:

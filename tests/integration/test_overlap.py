@@ -10,7 +10,7 @@ import base64
 import hashlib
 import json
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -179,7 +179,13 @@ def test_the_coordinator_relays_nothing_it_can_match_and_writes_no_identifier(
     key = bytes.fromhex((tmp_path / "partners" / "linkage.key").read_text())
     held = pd.concat(pd.read_parquet(a.config.data_dir + "/residents.parquet").iloc[:, 0] for a in agents)
     assert len(held) > 500
-    for raw in held.head(300):
+    assert_no_identifier(relayed + written, held.head(300), key)
+
+
+def assert_no_identifier(data: bytes, identifiers: Iterable[str], key: bytes) -> None:
+    """No identifier, as held or normalised, nor its keyed or unkeyed SHA-256 (raw or hex), nor
+    the linkage key, is anywhere in `data` (what a coordinator relayed or wrote)."""
+    for raw in identifiers:
         norm = normalise_identifier(raw)
         keyed = bytes.fromhex(keyed_identifiers([raw], key)[0])
         unkeyed = hashlib.sha256(norm.encode()).digest()
@@ -191,8 +197,8 @@ def test_the_coordinator_relays_nothing_it_can_match_and_writes_no_identifier(
             unkeyed,
             unkeyed.hex().encode(),
         ):
-            assert needle not in relayed and needle not in written
-    assert key not in written and key.hex().encode() not in written
+            assert needle not in data, f"{raw!r} is in what the coordinator holds"
+    assert key not in data and key.hex().encode() not in data
 
 
 def _blind(agents: list[NodeAgent], run: str = "ov-test1") -> dict[str, dict[str, object]]:
@@ -329,3 +335,39 @@ def test_a_relay_that_moves_a_list_to_another_place_stops_the_ring(
         run_analysis(SPEC, Tampering(InProcessTransport(agents), phase, rewrite))
     for agent in agents:
         assert [e.rho for e in agent.ledger.entries() if e.status == "committed"] == [pytest.approx(0.5)]
+
+
+def _drop_police(relays: dict[str, dict[str, object]]) -> None:
+    del relays["police"]
+
+
+def test_a_partner_leaving_the_ring_stops_the_run_and_the_manifest_says_what_was_spent(
+    agents: list[NodeAgent], tmp_path: Path
+) -> None:
+    with pytest.raises(
+        FederationError, match=r"overlap hop 1: police did not answer, so the ring stops there"
+    ):
+        run_analysis(SPEC, Tampering(InProcessTransport(agents), "-hop1", _drop_police), out_dir=tmp_path)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert "police did not answer" in manifest["stopped"] and manifest["tables"] == []
+    blind = {n["partner"]: n["cost_rho"] for n in manifest["nodes"] if n["request_id"].endswith("-blind")}
+    assert blind == {"council": 0.5, "fire": 0.5, "police": 0.5}
+
+
+def test_a_relay_sent_with_an_analysis_without_an_overlap_is_refused(agents: list[NodeAgent]) -> None:
+    count = SPEC.split("steps:")[0] + "steps:\n  - {kind: count, id: n}\n"
+    with pytest.raises(Exception, match="the request carries a relay, but the analysis has no overlap step"):
+        agents[0].handle(RunContext().request("r-1", count, None, "{}"))
+
+
+def test_the_embedded_partners_share_one_linkage_key_and_keep_their_approval(tmp_path: Path) -> None:
+    configs = write_federation(tmp_path, 1000, seed=5, manual=frozenset({"council"}))
+    loaded = {p: load_node_config(c) for p, c in configs.items()}
+    assert {p: c.policy.approval for p, c in loaded.items()} == {
+        "police": "auto",
+        "fire": "auto",
+        "council": "manual",
+    }
+    keys = {Path(c.linkage.key_file).read_text() for c in loaded.values() if c.linkage is not None}
+    assert len(keys) == 1 and len(bytes.fromhex(keys.pop())) == 32
+    assert all(Path(c.linkage.key_file).stat().st_mode & 0o077 == 0 for c in loaded.values() if c.linkage)
