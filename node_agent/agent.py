@@ -43,6 +43,7 @@ from node_agent.contact import Contact
 from node_agent.datasets import Datasets, Snapshot
 from node_agent.inbox import Inbox, InboxItem
 from node_agent.ledger import Ledger
+from node_agent.linkage import run_phase
 from privacy.budget import DISPLAY_DELTA, Rho, exact_total, rho_at_least
 from privacy.errors import ConfigError, InternalError, PolicyRefusal, SpecError, UserError
 from privacy.mechanisms import integer_gaussian
@@ -384,8 +385,6 @@ class NodeAgent:
                 return self._audited(request, release, bundle_hash)
         rounds = admission.rounds_step
         if rounds is not None and rounds.flow == "ring":
-            from node_agent.linkage import run_phase  # PyNaCl is imported only by overlap steps
-
             released = run_phase(self, admission, bundle_hash)
             log.info("released %s (%s) to %s", spec.name, request.request_id, request.requester)
             return released

@@ -25,9 +25,10 @@ import hmac
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -36,6 +37,8 @@ from analyses.local_data import LocalData
 from analyses.local_step import measurement_release
 from analyses.operators.linkage import OverlapStep, RingState
 from analyses.reply import StepRelease
+from node_agent.admission import Admission
+from node_agent.config import NodeConfig
 from privacy.budget import shares
 from privacy.errors import ConfigError, DataError, InternalError, PolicyRefusal, ProtocolError, SpecError
 from privacy.mechanisms import integer_gaussian
@@ -52,11 +55,41 @@ from privacy.psi import (
     tag_matches,
 )
 
-if TYPE_CHECKING:
-    from node_agent.admission import Admission
-    from node_agent.agent import NodeAgent, Released
+__all__ = [
+    "LINKAGE_DIR",
+    "RUN_SECONDS",
+    "Node",
+    "linkage_key",
+    "new_linkage_key",
+    "run_phase",
+    "sets_by_area",
+]
 
-__all__ = ["LINKAGE_DIR", "RUN_SECONDS", "linkage_key", "new_linkage_key", "run_phase", "sets_by_area"]
+#: What the node's release path returns (the agent's `Released`).
+R = TypeVar("R")
+R_co = TypeVar("R_co", covariant=True)
+
+
+class Node(Protocol[R_co]):
+    """What the phases need of the node agent (`node_agent.agent.NodeAgent`): its config, its
+    data, and its two release paths, the one that debits and the one that spends nothing."""
+
+    config: NodeConfig
+
+    def frame(self, dataset: str) -> pd.DataFrame: ...
+
+    def debited(
+        self,
+        admission: Admission,
+        bundle_hash: str,
+        compute: Callable[[], tuple[StepRelease, ...]],
+        check: Callable[[], None],
+    ) -> R_co: ...
+
+    def free_release(
+        self, admission: Admission, bundle_hash: str, steps: tuple[StepRelease, ...]
+    ) -> R_co: ...
+
 
 #: Where a node keeps each overlap run's secrets between phases (under its state folder).
 LINKAGE_DIR = "linkage"
@@ -78,7 +111,7 @@ def new_linkage_key(path: Path) -> None:
         out.write(os.urandom(32).hex() + "\n")
 
 
-def linkage_key(agent: NodeAgent) -> bytes:
+def linkage_key(agent: Node[Any]) -> bytes:
     """The partnership's linkage key, from `linkage.key_file`.
 
     Raises:
@@ -133,7 +166,7 @@ class _RunFile:
     data: dict[str, Any]
 
     @staticmethod
-    def of(agent: NodeAgent, run: str) -> _RunFile:
+    def of(agent: Node[Any], run: str) -> _RunFile:
         folder = Path(agent.config.state_dir) / LINKAGE_DIR
         return _RunFile(folder / f"{run}.json", {})
 
@@ -165,7 +198,7 @@ class _RunFile:
         self.data.setdefault("done", []).append(phase)
 
 
-def _sweep(agent: NodeAgent) -> None:
+def _sweep(agent: Node[Any]) -> None:
     """Delete the secrets of runs blinded more than RUN_SECONDS ago."""
     folder = Path(agent.config.state_dir) / LINKAGE_DIR
     if not folder.is_dir():
@@ -186,10 +219,10 @@ def _list_tag(key: bytes, state: RingState, spec_hash: str, owner: str, hop: int
 
 
 @dataclass(frozen=True)
-class _Phase:
+class _Phase(Generic[R]):
     """One later phase at this node: the admitted request, its step and state, the key, the run."""
 
-    agent: NodeAgent
+    agent: Node[R]
     admission: Admission
     bundle_hash: str
     step: OverlapStep
@@ -223,7 +256,7 @@ def _relay(text: str | None, what: str) -> dict[str, Any]:
     return data
 
 
-def run_phase(agent: NodeAgent, admission: Admission, bundle_hash: str) -> Released:
+def run_phase(agent: Node[R], admission: Admission, bundle_hash: str) -> R:
     """Run the phase an admitted overlap request carries (see the module docstring).
 
     Raises:
@@ -252,8 +285,8 @@ def run_phase(agent: NodeAgent, admission: Admission, bundle_hash: str) -> Relea
 
 
 def _blind(
-    agent: NodeAgent, admission: Admission, bundle_hash: str, step: OverlapStep, state: RingState, key: bytes
-) -> Released:
+    agent: Node[R], admission: Admission, bundle_hash: str, step: OverlapStep, state: RingState, key: bytes
+) -> R:
     spec = admission.spec
     dataset = spec.dataset_of(step)
     identifier = spec.unit_of(step).identifier
@@ -303,7 +336,7 @@ def _blind(
     return agent.debited(admission, bundle_hash, compute, check)
 
 
-def _hop(phase: _Phase) -> Released:
+def _hop(phase: _Phase[R]) -> R:
     agent, admission, step, state, key, run = (
         phase.agent,
         phase.admission,
@@ -343,7 +376,7 @@ def _hop(phase: _Phase) -> Released:
     return agent.free_release(admission, phase.bundle_hash, (release,))
 
 
-def _count(phase: _Phase) -> Released:
+def _count(phase: _Phase[R]) -> R:
     agent, admission, step, state, run = phase.agent, phase.admission, phase.step, phase.state, phase.run
     me, parties = agent.config.partner, state.parties
     if me != state.counter:
