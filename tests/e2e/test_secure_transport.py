@@ -95,7 +95,8 @@ def coordinator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coordinato
     folder = root / "coordinator"
     port, superlink_port = free_port(), free_port()
     init = [*ODA, "coordinator", "init", str(folder), "--host", "127.0.0.1", "--listen", "127.0.0.1"]
-    init += ["--port", str(port), "--superlink-port", str(superlink_port), "--name", "test federation"]
+    init += ["--port", str(port), "--superlink-port", str(superlink_port), "--api-port", "0"]
+    init += ["--name", "test federation"]  # no analyst API: its default port may be another test's
     done = subprocess.run(init, capture_output=True, text=True, check=True)
     assert f"partners reach it at 127.0.0.1:{port}" in done.stdout and "oda coordinator invite" in done.stdout
     with running_coordinator(folder, root / "coordinator.log"):
