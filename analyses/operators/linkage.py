@@ -245,7 +245,7 @@ class OverlapStep(StepBase):
         for partner, release in own.items():
             if len(release.measurement("residents").values) != areas:
                 raise ProtocolError(f"step {self.id!r}: {partner}'s resident counts are not one per area")
-        exact = np.asarray(count.values, dtype=float).reshape(areas, len(masks))
+        noisy = np.asarray(count.values, dtype=float).reshape(areas, len(masks))
         scale = count.scale
         publication = replace(publication, max_rows=1)  # a resident is one point per agency
         notes = (
@@ -259,14 +259,14 @@ class OverlapStep(StepBase):
             frames.append(
                 self._block(
                     "+".join(combination),
-                    exact[:, columns].sum(axis=1),
+                    noisy[:, columns].sum(axis=1),
                     integer_noise_accuracy95([scale] * len(columns)),
                     math.sqrt(len(columns) * discrete_gaussian_variance(scale)),
                     publication,
                 )
             )
         combos = pd.concat(frames, ignore_index=True)
-        known = self._known_to(parties, own, exact, masks, scale, publication)
+        known = self._known_to(parties, own, noisy, masks, scale, publication)
         return [
             ResultTable(self.id, combos, notes),
             ResultTable(f"{self.id}_known_to", known, notes),
@@ -276,7 +276,7 @@ class OverlapStep(StepBase):
         self,
         parties: Sequence[str],
         own: Mapping[str, StepRelease],
-        exact: np.ndarray,
+        noisy: np.ndarray,
         masks: Sequence[int],
         scale: float,
         publication: Publication,
@@ -290,7 +290,7 @@ class OverlapStep(StepBase):
         by_k = {k: [j for j, m in enumerate(masks) if m.bit_count() == k] for k in range(2, n + 1)}
         # sum of own counts = k1 + 2 k2 + 3 k3 + ...: k1 is what is left (normal approximation
         # of the sum of independent discrete Gaussians for its accuracy)
-        single = total - sum(k * exact[:, cols].sum(axis=1) for k, cols in by_k.items())
+        single = total - sum(k * noisy[:, cols].sum(axis=1) for k, cols in by_k.items())
         single_variance = own_variance + sum(k * k * len(cols) * mask_variance for k, cols in by_k.items())
         blocks = [
             self._block(
@@ -307,7 +307,7 @@ class OverlapStep(StepBase):
             blocks.append(
                 self._block(
                     label,
-                    exact[:, cols].sum(axis=1),
+                    noisy[:, cols].sum(axis=1),
                     integer_noise_accuracy95([scale] * len(cols)),
                     math.sqrt(len(cols) * mask_variance),
                     publication,

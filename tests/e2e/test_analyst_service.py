@@ -22,8 +22,7 @@ from node_agent.inbox import Inbox
 from node_agent.ledger import Ledger
 from privacy.errors import AccessDenied
 
-# one worker runs this module, so its module fixture is set up once (pytest-xdist)
-pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.xdist_group("analyst_service")]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 SPEC = """
 version: 1

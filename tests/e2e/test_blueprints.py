@@ -26,8 +26,7 @@ from coordinator.embedded.example_data import write_blueprint_federation
 from coordinator.embedded.federation import EmbeddedFederation
 from node_agent.ledger import Ledger
 
-# one worker runs this module, so its module fixture is set up once (pytest-xdist)
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("blueprints")]
+pytestmark = pytest.mark.e2e
 
 CATALOGUE = bundled_blueprints()
 

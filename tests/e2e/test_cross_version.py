@@ -29,8 +29,7 @@ from coordinator.run.orchestrator import run_analysis
 from tests.adversarial.test_attacks import GLM_SPEC
 from tests.e2e.test_secure_transport import _wait_for_text, running_coordinator
 
-# one worker runs this module, so its module fixture is set up once (pytest-xdist)
-pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.xdist_group("cross_version")]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Stop 22's landing: the release before protocol minor versions.

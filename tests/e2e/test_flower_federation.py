@@ -16,8 +16,7 @@ from coordinator.embedded.federation import EmbeddedFederation
 from coordinator.run.orchestrator import run_analysis
 from tests.conftest import SPECS
 
-# one worker runs this module, so its module fixture is set up once (pytest-xdist)
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("flower_federation")]
+pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")

@@ -32,9 +32,9 @@ from coordinator.embedded.synthetic import write_federation
 from coordinator.run.orchestrator import run_analysis
 from privacy.exit_codes import ExitCode
 from tests.e2e.test_secure_transport import SPEC, _wait_for_text, running_coordinator
+from tests.source_tree import source_copy
 
-# builds a wheel from the source tree, which writes its build/ folder: one build at a time
-pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.xdist_group("source_build")]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 ODA = [sys.executable, "-m", "coordinator.cli"]
@@ -87,7 +87,17 @@ def test_a_fresh_venv_installs_the_served_wheel_then_enrols_checks_and_starts(
 ) -> None:
     folder, fleet = coordinator
     built = _run(
-        [sys.executable, "-m", "build", "--wheel", "--outdir", str(tmp_path / "dist"), str(ROOT)], ROOT, 600
+        [
+            sys.executable,
+            "-m",
+            "build",
+            "--wheel",
+            "--outdir",
+            str(tmp_path / "dist"),
+            str(source_copy(tmp_path / "src")),
+        ],
+        ROOT,
+        600,
     )
     assert built.returncode == 0, built.stderr[-3000:]
     (wheel,) = (tmp_path / "dist").glob("oda_federated-*.whl")

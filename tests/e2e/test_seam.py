@@ -17,8 +17,7 @@ from coordinator.run.transport import NodeReply
 from node_agent.agent import NodeAgent
 from node_agent.config import load_node_config
 
-# one worker runs this module, so its module fixture is set up once (pytest-xdist)
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("seam")]
+pytestmark = pytest.mark.e2e
 
 RELEASES = """
 version: 1

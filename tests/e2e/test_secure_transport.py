@@ -26,8 +26,7 @@ from coordinator.embedded.synthetic import write_federation
 from coordinator.run.orchestrator import run_analysis
 from privacy.exit_codes import ExitCode
 
-# one worker runs this module, so its module fixture is set up once (pytest-xdist)
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("secure_transport")]
+pytestmark = pytest.mark.e2e
 
 ODA = [sys.executable, "-m", "coordinator.cli"]
 NODE = [sys.executable, "-m", "node_agent.cli"]

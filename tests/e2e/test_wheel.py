@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-# builds a wheel from the source tree, which writes its build/ folder: one build at a time
-pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.xdist_group("source_build")]
+from tests.source_tree import source_copy
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,7 +27,7 @@ def test_the_wheel_holds_every_package_and_builds_quietly(tmp_path: Path) -> Non
             "wheel",
             "--no-deps",
             "--disable-pip-version-check",
-            str(ROOT),
+            str(source_copy(tmp_path / "src")),
             "-w",
             str(tmp_path),
         ],
