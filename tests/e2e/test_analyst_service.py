@@ -169,10 +169,14 @@ def test_node_audit_logs_name_each_analyst_and_run(federation: EmbeddedFederatio
     assert ("bob@oda-embedded-federation", info["bob_run"]) in released  # police released before the cancel
     logs = [p for folder in (federation.work_dir, federation.coordinator_dir) for p in folder.rglob("*.log")]
     assert any(p.name == "analyst-api.log" for p in logs)
+    # a token is oda_<16 hex>_<43-character secret>, and the secret may itself hold "_": split
+    # off the prefix, never at the last "_" (a 2-character tail is in any log)
+    secrets = [info[u].split("_", 2)[2] for u in ("alice", "bob", "rex")]
+    assert all(len(s) == 43 for s in secrets)
     for path in logs:  # no token, nor its secret, in any log a process wrote
         text = path.read_text(errors="replace")
-        assert all(
-            info[u] not in text and info[u].rsplit("_", 1)[1] not in text for u in ("alice", "bob", "rex")
+        assert all(info[u] not in text for u in ("alice", "bob", "rex")) and not any(
+            s in text for s in secrets
         )
 
 
