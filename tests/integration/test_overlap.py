@@ -48,10 +48,13 @@ steps:
 
 
 @dataclass
-class Recording:
-    """The twin, recording every relay the coordinator sends and receives."""
+class Relay:
+    """The twin behind the relay a test plays: it records every relay the coordinator sends and
+    receives, and with `phase` and `rewrite` it rewrites that phase's relays before passing them on."""
 
     inner: InProcessTransport
+    phase: str = ""
+    rewrite: Callable[[dict[str, dict[str, object]]], None] | None = None
     relayed: list[str] = field(default_factory=list)
 
     def broadcast(
@@ -61,6 +64,10 @@ class Recording:
         watch: RunWatch | None = None,
         relays: Mapping[str, str] | None = None,
     ) -> list[NodeReply]:
+        if relays is not None and self.rewrite is not None and request.request_id.endswith(self.phase):
+            parsed = {node: json.loads(text) for node, text in relays.items()}
+            self.rewrite(parsed)
+            relays = {node: json.dumps(data) for node, data in parsed.items()}
         self.relayed += list((relays or {}).values())
         replies = self.inner.broadcast(request, timeout, watch, relays)
         for reply in replies:
@@ -158,7 +165,7 @@ def test_the_coordinator_relays_nothing_it_can_match_and_writes_no_identifier(
 ) -> None:
     runs = []
     for run in range(2):
-        recording = Recording(InProcessTransport(agents))
+        recording = Relay(InProcessTransport(agents))
         run_analysis(SPEC, recording, out_dir=tmp_path / "coordinator" / f"out{run}")
         runs.append(recording.relayed)
 
@@ -283,31 +290,6 @@ def test_a_node_without_the_key_or_with_a_full_area_refuses_before_spending(
         run_analysis(SPEC, InProcessTransport([council]))
 
 
-@dataclass
-class Tampering:
-    """The twin behind a relay that rewrites one phase's relays before passing them on."""
-
-    inner: InProcessTransport
-    phase: str
-    rewrite: Callable[[dict[str, dict[str, object]]], None]
-
-    def broadcast(
-        self,
-        request: AnalysisRequest,
-        timeout: float,
-        watch: RunWatch | None = None,
-        relays: Mapping[str, str] | None = None,
-    ) -> list[NodeReply]:
-        if relays is not None and request.request_id.endswith(self.phase):
-            parsed = {node: json.loads(text) for node, text in relays.items()}
-            self.rewrite(parsed)
-            relays = {node: json.dumps(data) for node, data in parsed.items()}
-        return self.inner.broadcast(request, timeout, watch, relays)
-
-    def fedavg(self, *args: object, **kwargs: object) -> object:
-        raise NotImplementedError
-
-
 def _twice(relays: dict[str, dict[str, object]]) -> None:
     lists = relays["council"]["lists"]
     assert isinstance(lists, dict)
@@ -332,7 +314,7 @@ def test_a_relay_that_moves_a_list_to_another_place_stops_the_ring(
     tests/unit/test_psi.py): the tags stop it, the run fails naming the refusal, and each
     agency spent only its blind phase."""
     with pytest.raises(FederationError, match=why):
-        run_analysis(SPEC, Tampering(InProcessTransport(agents), phase, rewrite))
+        run_analysis(SPEC, Relay(InProcessTransport(agents), phase, rewrite))
     for agent in agents:
         assert [e.rho for e in agent.ledger.entries() if e.status == "committed"] == [pytest.approx(0.5)]
 
@@ -347,7 +329,7 @@ def test_a_partner_leaving_the_ring_stops_the_run_and_the_manifest_says_what_was
     with pytest.raises(
         FederationError, match=r"overlap hop 1: police did not answer, so the ring stops there"
     ):
-        run_analysis(SPEC, Tampering(InProcessTransport(agents), "-hop1", _drop_police), out_dir=tmp_path)
+        run_analysis(SPEC, Relay(InProcessTransport(agents), "-hop1", _drop_police), out_dir=tmp_path)
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert "police did not answer" in manifest["stopped"] and manifest["tables"] == []
     blind = {n["partner"]: n["cost_rho"] for n in manifest["nodes"] if n["request_id"].endswith("-blind")}
