@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import hmac
 import json
 import os
 import time
@@ -35,14 +34,16 @@ import pandas as pd
 
 from analyses.local_data import LocalData
 from analyses.local_step import measurement_release
-from analyses.operators.linkage import OverlapStep, RingState
+from analyses.operators.linkage import OverlapStep, RingState, read_relay
 from analyses.reply import StepRelease
 from node_agent.admission import Admission
 from node_agent.config import NodeConfig
 from privacy.budget import shares
 from privacy.errors import ConfigError, DataError, InternalError, PolicyRefusal, ProtocolError, SpecError
+from privacy.keyfiles import write_secret
 from privacy.mechanisms import integer_gaussian
 from privacy.psi import (
+    MIN_KEY_BYTES,
     Blinder,
     SealKey,
     keyed_identifiers,
@@ -106,9 +107,7 @@ def new_linkage_key(path: Path) -> None:
     if path.exists():
         raise ConfigError(f"{path} exists: a linkage key is never overwritten")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(os.urandom(32).hex() + "\n")
+    write_secret(path, (os.urandom(32).hex() + "\n").encode())
 
 
 def linkage_key(agent: Node[Any]) -> bytes:
@@ -130,8 +129,10 @@ def linkage_key(agent: Node[Any]) -> bytes:
         raise ConfigError(f"cannot read linkage.key_file: {exc.strerror}") from exc
     except ValueError as exc:
         raise ConfigError("linkage.key_file must hold the key as hex digits") from exc
-    if len(key) < 32:
-        raise ConfigError(f"the linkage key must be at least 32 bytes (64 hex digits), not {len(key)}")
+    if len(key) < MIN_KEY_BYTES:
+        raise ConfigError(
+            f"the linkage key must be at least {MIN_KEY_BYTES} bytes ({2 * MIN_KEY_BYTES} hex digits), not {len(key)}"
+        )
     return key
 
 
@@ -185,11 +186,7 @@ class _RunFile:
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        temporary = self.path.with_suffix(".tmp")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            json.dump(self.data, out)
-        os.replace(temporary, self.path)
+        write_secret(self.path, json.dumps(self.data).encode(), replace=True)
 
     def done(self, phase: str, run: str) -> None:
         """Raises: PolicyRefusal when `phase` was done already (each phase runs once)."""
@@ -212,10 +209,11 @@ def _sweep(agent: Node[Any]) -> None:
             continue
 
 
-def _list_tag(key: bytes, state: RingState, spec_hash: str, owner: str, hop: int, data: bytes) -> str:
-    """The tag of `owner`'s list after `hop` (0: as blinded, before the ring's agencies are named)."""
+def _list_fields(state: RingState, spec_hash: str, owner: str, hop: int, data: bytes) -> tuple[str, ...]:
+    """What the tag of `owner`'s list after `hop` covers (0: as blinded, before the ring's
+    agencies are named)."""
     agencies = ",".join(state.parties) if hop else ""
-    return tag(key, state.run, spec_hash, owner, str(hop), agencies, hashlib.sha256(data).hexdigest())
+    return (state.run, spec_hash, owner, str(hop), agencies, hashlib.sha256(data).hexdigest())
 
 
 @dataclass(frozen=True)
@@ -231,8 +229,12 @@ class _Phase(Generic[R]):
     run: _RunFile
 
     def tagged(self, owner: str, hop: int, data: bytes, given: object) -> bool:
-        expected = _list_tag(self.key, self.state, self.admission.spec.hash, owner, hop, data)
-        return isinstance(given, str) and hmac.compare_digest(given, expected)
+        fields = _list_fields(self.state, self.admission.spec.hash, owner, hop, data)
+        return tag_matches(self.key, given, *fields)
+
+    def tag(self, owner: str, data: bytes) -> str:
+        """The tag of `owner`'s list as this phase hands it on."""
+        return tag(self.key, *_list_fields(self.state, self.admission.spec.hash, owner, self.state.hop, data))
 
 
 def _b64(text: object, what: str) -> bytes:
@@ -247,13 +249,7 @@ def _b64(text: object, what: str) -> bytes:
 def _relay(text: str | None, what: str) -> dict[str, Any]:
     if text is None:
         raise ProtocolError(f"the {what} phase needs a relay from the coordinator, and the request has none")
-    try:
-        data = json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise ProtocolError(f"malformed relay: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ProtocolError("malformed relay: not an object")
-    return data
+    return read_relay(text, "the relay")
 
 
 def run_phase(agent: Node[R], admission: Admission, bundle_hash: str) -> R:
@@ -326,7 +322,7 @@ def _blind(
         relay = {
             "owner": me,
             "list": base64.b64encode(blinded).decode(),
-            "tag": _list_tag(key, state, spec.hash, me, 0, blinded),
+            "tag": tag(key, *_list_fields(state, spec.hash, me, 0, blinded)),
             "seal": seal.public.hex(),
             "seal_tag": tag(key, state.run, spec.hash, "seal", me, seal.public),
         }
@@ -370,7 +366,7 @@ def _hop(phase: _Phase[R]) -> R:
     answer = {
         "owner": owner,
         "list": base64.b64encode(out).decode(),
-        "tag": _list_tag(key, state, spec.hash, owner, state.hop, out),
+        "tag": phase.tag(owner, out),
     }
     release = StepRelease(step.id, step.kind, "hidden", (), relay=json.dumps(answer))
     return agent.free_release(admission, phase.bundle_hash, (release,))

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from privacy.errors import ConfigError
 
-__all__ = ["KeyFiles", "load_node_public_key", "owner_only", "write_private_key"]
+__all__ = ["KeyFiles", "load_node_public_key", "owner_only", "write_private_key", "write_secret"]
 
 
 class KeyFiles(NamedTuple):
@@ -46,13 +46,29 @@ def write_private_key(
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
-    owner_only(private_path)
+    write_secret(private_path, pem)
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     public_path.write_bytes(public + (f" {comment}" if comment else "").encode() + b"\n")
     return KeyFiles(private_path, public_path)
+
+
+def write_secret(path: Path, data: bytes, *, replace: bool = False) -> None:
+    """Write `data` to `path`, readable by its owner only from its first byte (created 0600, then
+    `owner_only`). A new file never overwrites one; with `replace`, the file is written beside
+    `path` and moved over it, so a reader sees the old content or the new, never half.
+
+    Raises:
+        FileExistsError: `path` exists and `replace` is not set.
+        ConfigError: as `owner_only`.
+    """
+    target = path.with_name(path.name + ".tmp") if replace else path
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if replace else os.O_EXCL)
+    fd = os.open(target, flags, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    owner_only(target)
+    if replace:
+        os.replace(target, path)
 
 
 def owner_only(path: Path) -> None:

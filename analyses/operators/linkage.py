@@ -24,11 +24,12 @@ round state, tables); the node's phases are `node_agent.linkage`.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
@@ -44,7 +45,7 @@ from privacy.errors import InternalError, ProtocolError, SpecError
 from privacy.psi import MAX_PARTIES, combination_masks
 from privacy.unit import PrivacyUnit
 
-__all__ = ["MAX_POINTS", "PARTNER", "STEPS", "OverlapStep", "RingState"]
+__all__ = ["MAX_POINTS", "PARTNER", "STEPS", "OverlapStep", "RingState", "read_relay"]
 
 #: Most points in one agency's list (areas x max_per_area): its base64 in a node's reply stays
 #: under the Fleet proxy's 16 MB body limit (`coordinator.deploy.proxy.MAX_BODY_BYTES`).
@@ -325,6 +326,22 @@ class OverlapStep(StepBase):
         frame["count_accuracy95"] = accuracy
         disclose(frame, "count", ["count"], publication, sd, clamp_cols=("count",))
         return frame
+
+
+def read_relay(text: str, what: str) -> dict[str, Any]:
+    """The JSON object an overlap relay holds, read the same way by a node (what the coordinator
+    passed on) and by the coordinator (what a node released); `what` names it in errors.
+
+    Raises:
+        ProtocolError: not JSON, nested too deeply, or not an object.
+    """
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError(f"{what} is not readable: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ProtocolError(f"{what} is not an object")
+    return data
 
 
 def _has(release: StepRelease, name: str) -> bool:

@@ -37,6 +37,7 @@ from analyses.keysets import load_keyset
 from node_agent.keys import write_key_pair
 from node_agent.linkage import new_linkage_key
 from privacy.errors import SpecError
+from privacy.keyfiles import write_secret
 
 __all__ = ["LAW_ENFORCEMENT_PARTNERS", "example_frame", "write_blueprint_federation"]
 
@@ -215,8 +216,7 @@ def write_blueprint_federation(
         if not shared.exists():
             new_linkage_key(shared)
         if not (keys / "linkage.key").exists():
-            shutil.copyfile(shared, keys / "linkage.key")
-            (keys / "linkage.key").chmod(0o600)
+            write_secret(keys / "linkage.key", shared.read_bytes())
         config: dict[str, Any] = {"version": 1, "partner": partner, "data_dir": "data", "state_dir": "state"}
         if coordinator is not None:
             config["coordinator"] = coordinator

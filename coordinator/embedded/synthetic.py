@@ -20,6 +20,7 @@ from analyses.keysets import load_keyset
 from coordinator.embedded.residents import MultiAgency, multi_agency_residents
 from node_agent.keys import write_key_pair
 from node_agent.linkage import new_linkage_key
+from privacy.keyfiles import write_secret
 
 __all__ = [
     "PARTNERS",
@@ -278,8 +279,7 @@ def write_federation(
             write_key_pair(keys)
         linkage = keys / "linkage.key"
         if not linkage.exists():
-            linkage.write_text(_linkage_key(root) + "\n")
-            linkage.chmod(0o600)
+            write_secret(linkage, (_linkage_key(root) + "\n").encode())
         if ca_cert is not None:
             shutil.copyfile(ca_cert, keys / "ca.crt")
         config = folder / "node.yaml"

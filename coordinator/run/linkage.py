@@ -20,7 +20,7 @@ from dataclasses import replace
 from typing import Any
 
 from analyses.aggregate import combine
-from analyses.operators.linkage import OverlapStep, RingState
+from analyses.operators.linkage import OverlapStep, RingState, read_relay
 from analyses.reply import NodeRelease, Refusal
 from analyses.spec import LoadedSpec
 from coordinator.run.replies import collect, require_holders
@@ -39,13 +39,7 @@ def _relay(release: NodeRelease, step: OverlapStep) -> dict[str, Any]:
         ProtocolError: none, or not a JSON object.
     """
     text = next((s.relay for s in release.steps if s.step_id == step.id), "")
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise ProtocolError(f"{release.partner}: its release carries no readable relay: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ProtocolError(f"{release.partner}: its relay is not an object")
-    return data
+    return read_relay(text, f"{release.partner}'s relay")
 
 
 def _without_relays(release: NodeRelease) -> NodeRelease:
@@ -143,7 +137,7 @@ def run_overlap(
         )
     except (FederationError, ProtocolError) as exc:  # a partner left the ring, or answered out of place
         return AnalysisResult(loaded, request.request_id, [], kept, refusals, stopped=str(exc))
-    tables = combine(spec, [_without_relays(r) for r in [*holders, count]])
+    tables = combine(spec, [*holders, count])  # the tables read the measurements, never a relay
     return AnalysisResult(loaded, request.request_id, tables, kept, refusals)
 
 
